@@ -1,0 +1,158 @@
+"""The LightningModule that trains and evaluates any :class:`~lightning_tru.nn.Backbone`."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_tru.metrics import ranking_metrics
+from lightning_tru.models.losses import bpr_loss
+from lightning_tru.nn.base import Backbone, BackboneFactory
+
+CHECKPOINT_KEY = "lightning_tru"
+
+
+class RecommenderModule(LightningModule):
+    r"""BPR training and full-ranking evaluation of a backbone.
+
+    .. math::
+        \mathcal L = -\frac1B\sum_{(u,i,j)} \log\sigma(s_{ui} - s_{uj}) + \sum_k \mathcal L^{aux}_k
+
+    where :math:`\mathcal L^{aux}` are the backbone's own terms (L2, contrastive, ...).
+    Graph and features come from the datamodule in :meth:`setup` (``attach``); logged metrics:
+    ``train/loss``, ``val/recall@K`` ... and ``test/...`` for every K in ``eval_ks``.
+
+    Args:
+        backbone: a backbone class with bound hyper-parameters (``class_path`` + ``init_args``
+            in YAML); called with ``(num_users, num_items, feature_dims)``.
+        num_users, num_items, feature_dims: sizes, linked from the datamodule by the CLI.
+        optimizer: optimizer factory (default Adam, lr 1e-3).
+        scheduler: optional LR scheduler factory, stepped per epoch.
+        eval_ks: cut-offs of the ranking metrics.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory,
+        num_users: int,
+        num_items: int,
+        feature_dims: Optional[dict[str, int]] = None,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        scheduler: Optional[LRSchedulerCallable] = None,
+        eval_ks: Sequence[int] = (10, 20, 50),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backbone: Backbone = backbone(num_users, num_items, dict(feature_dims or {}))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.eval_ks = tuple(sorted(set(int(k) for k in eval_ks)))
+        self.val_metrics = ranking_metrics(self.eval_ks, prefix="val/")
+        self.test_metrics = ranking_metrics(self.eval_ks, prefix="test/")
+        self._eval_embeddings: Optional[tuple[Tensor, Tensor]] = None
+
+    # ----------------------------------------------------------------------------- data
+    def attach(self, datamodule: Any) -> None:
+        """Give the backbone its graph and features from a :class:`RecDataModule`."""
+        b = self.backbone
+        if (datamodule.num_users, datamodule.num_items) != (b.num_users, b.num_items):
+            raise ValueError(
+                f"the model is sized for {b.num_users} users x {b.num_items} items but the data has "
+                f"{datamodule.num_users} x {datamodule.num_items}; use the data the model was trained on"
+            )
+        b.set_graph(datamodule.train_edge_index())
+        b.set_features(datamodule.feature_tensors(), datamodule.item_graphs())
+
+    @override
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            self.attach(dm)
+
+    # ------------------------------------------------------------------------- training
+    def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """BPR plus the backbone's auxiliary terms, by name."""
+        prop = self.backbone.propagate()
+        pos_s = self.backbone.score(users, pos, prop)
+        neg_s = self.backbone.score(users, neg, prop)
+        return {"bpr": bpr_loss(pos_s, neg_s), **self.backbone.auxiliary_losses(prop, users, pos, neg)}
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        users, pos, neg = batch
+        losses = self.training_losses(users, pos, neg)
+        loss = torch.stack(list(losses.values())).sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(users))
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(users))
+        return loss
+
+    # ----------------------------------------------------------------------- evaluation
+    def _rank(self, batch: tuple[Tensor, Tensor, Tensor], metrics: Any) -> None:
+        users, exclude, target = batch
+        if self._eval_embeddings is None:
+            raise RuntimeError("evaluation embeddings are missing: run through trainer.validate/test")
+        u, i = self._eval_embeddings
+        scores = (u[users] @ i.T).masked_fill(exclude, float("-inf"))  # (B, I)
+        topk = torch.topk(scores, min(max(self.eval_ks), scores.shape[1]), dim=1).indices
+        metrics.update(topk, target)
+
+    def _start_eval(self) -> None:
+        with torch.no_grad():
+            self._eval_embeddings = self.backbone.embeddings()
+
+    def _end_eval(self, metrics: Any) -> None:
+        self.log_dict(metrics.compute(), prog_bar=False)
+        metrics.reset()
+        self._eval_embeddings = None
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._rank(batch, self.val_metrics)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval(self.val_metrics)
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    @override
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self._rank(batch, self.test_metrics)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._end_eval(self.test_metrics)
+
+    # ------------------------------------------------------------------------ optimiser
+    @override
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+
+    # ----------------------------------------------------------------------- checkpoints
+    def model_signature(self) -> dict[str, Any]:
+        """What a checkpoint must match to be loaded into this module."""
+        b = self.backbone
+        return {
+            "backbone": f"{type(b).__module__}.{type(b).__qualname__}",
+            "num_users": b.num_users,
+            "num_items": b.num_items,
+            "feature_dims": dict(b.feature_dims),
+        }
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.model_signature()

@@ -1,0 +1,17 @@
+"""Backbones as plain ``nn.Module``s and the graph operators they share."""
+from lightning_tru.nn.base import Backbone, BackboneFactory, Propagation
+from lightning_tru.nn.graph import SparseGraph, knn_graph, normalized_bipartite, normalized_interactions
+from lightning_tru.nn.lightgcn import LightGCN
+from lightning_tru.nn.mgcn import MGCN
+
+__all__ = [
+    "Backbone",
+    "BackboneFactory",
+    "LightGCN",
+    "MGCN",
+    "Propagation",
+    "SparseGraph",
+    "knn_graph",
+    "normalized_bipartite",
+    "normalized_interactions",
+]

@@ -1,0 +1,161 @@
+r"""The backbone contract every recommender in :mod:`lightning_tru.nn` follows.
+
+A backbone is a plain :class:`torch.nn.Module` sized by ``(num_users, num_items, feature_dims)``.
+Graphs and features are data: they arrive through :meth:`Backbone.set_graph` and
+:meth:`Backbone.set_features` and live in non-persistent buffers, so a checkpoint holds
+parameters only and unlearning can swap in a graph without the forgotten edges.
+
+The unlearning-facing surface:
+
+* :meth:`Backbone.propagate` returns a :class:`Propagation` whose ``branches`` add up to the
+  final embeddings, :math:`e_u = \sum_b e_u^b`, :math:`e_i = \sum_b e_i^b`;
+* :meth:`Backbone.branch_scores` splits a score into per-branch contributions that add up to it;
+* :meth:`Backbone.branch_parameters` / :meth:`Backbone.layer_parameters` name the parameter groups.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from typing import Callable, NamedTuple, Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from lightning_tru.models.losses import l2_penalty
+
+
+class Propagation(NamedTuple):
+    """Output of :meth:`Backbone.propagate`.
+
+    Attributes:
+        user: ``(U, d)`` final user embeddings.
+        item: ``(I, d)`` final item embeddings.
+        branches: branch name -> ``(user (U, d), item (I, d))``; they sum to ``(user, item)``.
+        extras: backbone-specific intermediates used by :meth:`Backbone.auxiliary_losses`.
+    """
+
+    user: Tensor
+    item: Tensor
+    branches: dict[str, tuple[Tensor, Tensor]]
+    extras: dict[str, Tensor]
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Base of the recommender backbones.
+
+    Args:
+        num_users: number of users ``U``.
+        num_items: number of items ``I``.
+        feature_dims: modality name -> feature width ``d_m`` (ignored by ID-only backbones).
+    """
+
+    def __init__(self, num_users: int, num_items: int, feature_dims: Optional[Mapping[str, int]] = None) -> None:
+        super().__init__()
+        if num_users < 1 or num_items < 1:
+            raise ValueError(
+                f"num_users={num_users} and num_items={num_items} must be >= 1; "
+                "link them from the datamodule (data.num_users / data.num_items)"
+            )
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.feature_dims: dict[str, int] = dict(feature_dims or {})
+
+    # ----------------------------------------------------------------------------- data
+    @abc.abstractmethod
+    def set_graph(self, edge_index: Tensor) -> None:
+        """Build the propagation graphs from ``(2, E)`` training (user, item) edges."""
+
+    def set_features(
+        self, features: Mapping[str, Tensor], item_graphs: Optional[Mapping[str, sp.spmatrix]] = None
+    ) -> None:
+        """Attach per-item modality features (and optional precomputed item-item graphs)."""
+        missing = set(self.feature_dims) - set(features)
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} was built for modalities {sorted(self.feature_dims)} but the data "
+                f"lacks {sorted(missing)}; load the same modalities the model was trained with"
+            )
+        for m, d in self.feature_dims.items():
+            f = features[m]
+            if f.ndim != 2 or f.shape[0] != self.num_items or f.shape[1] != d:
+                raise ValueError(
+                    f"feature '{m}' has shape {tuple(f.shape)}; the model expects ({self.num_items}, {d})"
+                )
+            if not torch.isfinite(f).all():
+                raise ValueError(f"feature '{m}' holds NaN or inf values; clean or impute them before training")
+
+    def _device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # --------------------------------------------------------------------- embeddings
+    @abc.abstractmethod
+    def propagate(self) -> Propagation:
+        """Full-graph forward pass."""
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        """``(user (U, d), item (I, d))`` final embeddings."""
+        p = self.propagate()
+        return p.user, p.item
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self()
+
+    def score(self, users: Tensor, items: Tensor, propagation: Optional[Propagation] = None) -> Tensor:
+        r""":math:`s(u, i) = e_u^\top e_i` for ``(B,)`` pairs."""
+        p = propagation if propagation is not None else self.propagate()
+        return (p.user[users] * p.item[items]).sum(-1)
+
+    def branch_scores(
+        self, users: Tensor, items: Tensor, propagation: Optional[Propagation] = None
+    ) -> dict[str, Tensor]:
+        r"""Per-branch contributions :math:`s_b = \tfrac12(e_u^\top e_i^b + e_u^{b\top} e_i)`.
+
+        They add up to the score exactly, since :math:`\sum_b e^b = e`.
+        """
+        p = propagation if propagation is not None else self.propagate()
+        u, i = p.user[users], p.item[items]
+        return {
+            b: 0.5 * ((u * bi[items]).sum(-1) + (bu[users] * i).sum(-1)) for b, (bu, bi) in p.branches.items()
+        }
+
+    @torch.no_grad()
+    def recommend(self, users: Tensor, k: int, exclude: Optional[Tensor] = None) -> Tensor:
+        """Top-``k`` item ids ``(B, k)`` per user, items where ``exclude`` ``(B, I)`` is true masked out."""
+        u, i = self.embeddings()
+        scores = u[users] @ i.T  # (B, I)
+        if exclude is not None:
+            scores = scores.masked_fill(exclude, float("-inf"))
+        return torch.topk(scores, k, dim=1).indices
+
+    # ------------------------------------------------------------------------- losses
+    def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """Backbone-specific loss terms added to BPR (default: L2 of the batch's final embeddings)."""
+        p = propagation
+        return {"l2": self.reg_weight * l2_penalty(p.user[users], p.item[pos], p.item[neg])}
+
+    reg_weight: float = 1e-4
+
+    # ------------------------------------------------------------------ parameter groups
+    def branch_parameters(self) -> dict[str, list[str]]:
+        """Branch name -> parameter names (default: one ``"all"`` branch)."""
+        return {"all": [n for n, _ in self.named_parameters()]}
+
+    def layer_parameters(self) -> dict[str, list[str]]:
+        """Layer name -> parameter names (default: the owning module's path)."""
+        groups: dict[str, list[str]] = {}
+        for n, _ in self.named_parameters():
+            groups.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
+        return groups
+
+
+BackboneFactory = Callable[[int, int, Optional[dict[str, int]]], Backbone]
+"""What :class:`~lightning_tru.models.RecommenderModule` takes: a backbone class with its
+hyper-parameters bound, called with ``(num_users, num_items, feature_dims)``."""
+
+
+def edge_index_from_pairs(pairs: np.ndarray) -> Tensor:
+    """``(E, 2)`` numpy pairs -> ``(2, E)`` long tensor."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T))

@@ -1,0 +1,193 @@
+r"""Sparse graph operators shared by the backbones.
+
+Graphs are data, not parameters: :class:`SparseGraph` keeps a CSR matrix and its
+transpose as non-persistent buffers, so Lightning moves them with the module, checkpoints
+stay small, and unlearning swaps in a graph without the forgotten edges by calling the
+backbone's ``set_graph``. Two SpMM backends compute the same product:
+
+* ``"torch"`` (default): ``torch.sparse`` CSR (MKL on CPU, cuSPARSE on GPU);
+* ``"torch_sparse"``: the optional ``torch-sparse`` extension (``pip install lightning_tru[ext]``).
+
+Both run inside one autograd function whose backward is :math:`\partial L/\partial X = A^\top G`
+with the transpose precomputed once per graph.
+"""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+Backend = Literal["torch", "torch_sparse"]
+BACKENDS: tuple[str, ...] = ("torch", "torch_sparse")
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown graph backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "torch_sparse" and importlib.util.find_spec("torch_sparse") is None:
+        raise ImportError(
+            "graph backend 'torch_sparse' needs the torch-sparse package: "
+            "pip install --no-build-isolation 'lightning_tru[ext]' (or use backend='torch')"
+        )
+
+
+def _spmm(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int], x: Tensor, backend: str) -> Tensor:
+    if backend == "torch_sparse":
+        import torch_sparse
+
+        mat = torch_sparse.SparseTensor(
+            rowptr=crow, col=col, value=val, sparse_sizes=shape, is_sorted=True, trust_data=True
+        )
+        return mat.matmul(x)
+    a = torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+    return a @ x
+
+
+class _SpMM(torch.autograd.Function):
+    """:math:`Y = A X` with :math:`\\nabla_X = A^\\top \\nabla_Y` (the graph itself gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, graph: "SparseGraph", x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.graph = graph
+        return _spmm(graph.crow, graph.col, graph.val, graph.shape, x, graph.backend)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        g: SparseGraph = ctx.graph
+        if g.symmetric:
+            return None, _spmm(g.crow, g.col, g.val, g.shape, grad, g.backend)
+        return None, _spmm(g.crow_t, g.col_t, g.val_t, (g.shape[1], g.shape[0]), grad, g.backend)
+
+
+class SparseGraph(nn.Module):
+    r"""A fixed sparse matrix :math:`A \in \mathbb{R}^{n \times m}` applied as ``graph(x) = A x``.
+
+    Args:
+        matrix: a scipy sparse matrix (any format).
+        backend: ``"torch"`` or ``"torch_sparse"``.
+        symmetric: set when :math:`A = A^\top` to skip storing the transpose.
+
+    Shapes:
+        - input: ``(m, d)``; output: ``(n, d)``.
+    """
+
+    crow: Tensor
+    col: Tensor
+    val: Tensor
+    crow_t: Tensor
+    col_t: Tensor
+    val_t: Tensor
+
+    def __init__(self, matrix: sp.spmatrix, backend: Backend = "torch", symmetric: bool = False) -> None:
+        super().__init__()
+        _check_backend(backend)
+        self.backend = backend
+        self.symmetric = symmetric
+        m = sp.csr_matrix(matrix, dtype=np.float32)
+        m.sum_duplicates()
+        m.sort_indices()
+        self.shape = (int(m.shape[0]), int(m.shape[1]))
+        self._register_csr("", m)
+        self._register_csr("_t", m if symmetric else sp.csr_matrix(m.T))
+
+    def _register_csr(self, suffix: str, m: sp.csr_matrix) -> None:
+        m.sort_indices()
+        self.register_buffer("crow" + suffix, torch.from_numpy(m.indptr.astype(np.int64)), persistent=False)
+        self.register_buffer("col" + suffix, torch.from_numpy(m.indices.astype(np.int64)), persistent=False)
+        self.register_buffer("val" + suffix, torch.from_numpy(m.data.astype(np.float32)), persistent=False)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.val.numel())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] != self.shape[1]:
+            raise ValueError(f"graph of shape {self.shape} cannot multiply a matrix with {x.shape[0]} rows")
+        if x.dtype != self.val.dtype:
+            x = x.to(self.val.dtype)
+        return _SpMM.apply(self, x)
+
+    def to_scipy(self) -> sp.csr_matrix:
+        return sp.csr_matrix(
+            (self.val.cpu().numpy(), self.col.cpu().numpy(), self.crow.cpu().numpy()), shape=self.shape
+        )
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, nnz={self.nnz}, backend={self.backend!r}"
+
+
+def interaction_matrix(edge_index: Tensor | np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
+    """Binary ``(num_users, num_items)`` matrix :math:`R` from ``(2, E)`` (user, item) edges."""
+    e = edge_index.detach().cpu().numpy() if isinstance(edge_index, Tensor) else np.asarray(edge_index)
+    e = e.reshape(2, -1).astype(np.int64)
+    if e.size and (e.min() < 0 or e[0].max() >= num_users or e[1].max() >= num_items):
+        raise ValueError(
+            f"edge ids out of range for num_users={num_users}, num_items={num_items}; "
+            "build the graph from the same data the model was sized for"
+        )
+    r = sp.csr_matrix((np.ones(e.shape[1], np.float32), (e[0], e[1])), shape=(num_users, num_items))
+    r.sum_duplicates()
+    r.data[:] = 1.0
+    return r
+
+
+def _inv_sqrt(deg: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        d = np.power(deg.astype(np.float64), -0.5)
+    d[~np.isfinite(d)] = 0.0
+    return d
+
+
+def normalized_bipartite(r: sp.csr_matrix, self_loops: bool = False) -> sp.csr_matrix:
+    r"""Symmetrically normalised user-item adjacency of the bipartite graph.
+
+    .. math::
+        \hat A = D^{-1/2} (A + \delta I) D^{-1/2}, \quad
+        A = \begin{pmatrix} 0 & R \\ R^\top & 0 \end{pmatrix}
+
+    with :math:`\delta = 1` when ``self_loops`` (isolated nodes get degree 0 and rows of zeros).
+    Shapes: ``r`` is ``(U, I)``; the result is ``(U + I, U + I)``.
+    """
+    nu, ni = r.shape
+    a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    if self_loops:
+        a = a + sp.identity(nu + ni, dtype=np.float32, format="csr")
+    d = _inv_sqrt(np.asarray(a.sum(1)).ravel())
+    return sp.csr_matrix(sp.diags(d) @ a @ sp.diags(d), dtype=np.float32)
+
+
+def normalized_interactions(r: sp.csr_matrix) -> sp.csr_matrix:
+    r""":math:`D_U^{-1/2} R D_I^{-1/2}`, the user-item block of :func:`normalized_bipartite`."""
+    du = _inv_sqrt(np.asarray(r.sum(1)).ravel())
+    di = _inv_sqrt(np.asarray(r.sum(0)).ravel())
+    return sp.csr_matrix(sp.diags(du) @ r @ sp.diags(di), dtype=np.float32)
+
+
+def knn_graph(features: Tensor | np.ndarray, k: int = 10, chunk: int = 2048) -> sp.csr_matrix:
+    r"""Symmetrically normalised item-item kNN graph from cosine similarity (MGCN).
+
+    Row :math:`i` keeps the top-``k`` items by :math:`\cos(f_i, f_j)` (itself included, as in
+    MGCN), with weight 1, then :math:`\hat S = D^{-1/2} S D^{-1/2}` with row-sum degrees.
+    Computed in row chunks: memory :math:`O(\text{chunk} \cdot n)`.
+    """
+    f = torch.as_tensor(np.asarray(features) if not isinstance(features, Tensor) else features)
+    f = f.detach().float().cpu()
+    n = f.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"knn k={k} must be between 1 and the number of items ({n})")
+    f = torch.nn.functional.normalize(f, dim=1)
+    cols = []
+    for s in range(0, n, chunk):
+        cols.append(torch.topk(f[s : s + chunk] @ f.T, k, dim=1).indices)
+    col = torch.cat(cols).numpy().reshape(-1)
+    row = np.repeat(np.arange(n), k)
+    s = sp.csr_matrix((np.ones(len(row), np.float32), (row, col)), shape=(n, n))
+    s.sum_duplicates()
+    deg = _inv_sqrt(np.asarray(s.sum(1)).ravel())
+    return sp.csr_matrix(sp.diags(deg) @ s @ sp.diags(deg), dtype=np.float32)

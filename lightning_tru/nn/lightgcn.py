@@ -1,0 +1,81 @@
+r"""LightGCN, the ID-only reference backbone."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_tru.models.losses import l2_penalty
+from lightning_tru.nn.base import Backbone, Propagation
+from lightning_tru.nn.graph import Backend, SparseGraph, interaction_matrix, normalized_bipartite
+
+
+class LightGCN(Backbone):
+    r"""LightGCN (He et al., SIGIR 2020, https://arxiv.org/abs/2002.02126).
+
+    .. math::
+        E^{(l+1)} = \hat A E^{(l)}, \qquad E = \frac{1}{L+1}\sum_{l=0}^{L} E^{(l)}
+
+    with :math:`\hat A` the symmetrically normalised user-item adjacency. Item features are
+    ignored (ID only). The L2 term acts on the batch's layer-0 embeddings, as in MMRec.
+
+    Args:
+        num_users, num_items: sizes.
+        feature_dims: accepted for a uniform constructor; unused.
+        embedding_dim: ``d``.
+        num_layers: ``L``.
+        reg_weight: weight of the L2 term.
+        graph_backend: ``"torch"`` or ``"torch_sparse"``.
+
+    Shapes:
+        - ``propagate().user``: ``(U, d)``; ``.item``: ``(I, d)``.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        feature_dims: Optional[Mapping[str, int]] = None,
+        embedding_dim: int = 64,
+        num_layers: int = 3,
+        reg_weight: float = 1e-4,
+        graph_backend: Backend = "torch",
+    ) -> None:
+        super().__init__(num_users, num_items, None)
+        if num_layers < 0 or embedding_dim < 1:
+            raise ValueError(f"num_layers={num_layers} must be >= 0 and embedding_dim={embedding_dim} >= 1")
+        self.num_layers = num_layers
+        self.reg_weight = reg_weight
+        self.graph_backend = graph_backend
+        self.user_embedding = nn.Embedding(num_users, embedding_dim)
+        self.item_embedding = nn.Embedding(num_items, embedding_dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.adj: Optional[SparseGraph] = None
+
+    def set_graph(self, edge_index: Tensor) -> None:
+        r = interaction_matrix(edge_index, self.num_users, self.num_items)
+        self.adj = SparseGraph(normalized_bipartite(r), self.graph_backend, symmetric=True).to(self._device())
+
+    def propagate(self) -> Propagation:
+        if self.adj is None:
+            raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])  # (U+I, d)
+        out = x
+        for _ in range(self.num_layers):
+            x = self.adj(x)
+            out = out + x
+        out = out / (self.num_layers + 1)
+        user, item = out.split([self.num_users, self.num_items])
+        return Propagation(user, item, {"id": (user, item)}, {})
+
+    def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        return {
+            "l2": self.reg_weight
+            * l2_penalty(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg))
+        }
+
+    def branch_parameters(self) -> dict[str, list[str]]:
+        return {"id": ["user_embedding.weight", "item_embedding.weight"]}

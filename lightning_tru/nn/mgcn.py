@@ -1,0 +1,184 @@
+r"""MGCN generalised to any number of modalities."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional
+
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from lightning_tru.models.losses import info_nce, l2_penalty
+from lightning_tru.nn.base import Backbone, Propagation
+from lightning_tru.nn.graph import (
+    Backend,
+    SparseGraph,
+    interaction_matrix,
+    knn_graph,
+    normalized_bipartite,
+    normalized_interactions,
+)
+
+
+class MGCN(Backbone):
+    r"""Multi-View Graph Convolutional Network (Yu et al., ACM MM 2023, https://arxiv.org/abs/2308.03588).
+
+    For each modality :math:`m` with features :math:`F_m`:
+
+    .. math::
+        H_m &= E_I \odot \sigma\big(W_g^m (W_t^m F_m + b_t^m) + b_g^m\big)
+            && \text{(behaviour-guided purifier)} \\
+        H_m &\leftarrow S_m^{L_{ii}} H_m, \quad U_m = \tilde R H_m
+            && \text{(item-item view; } \tilde R = D_U^{-1/2} R D_I^{-1/2}) \\
+        C &= \tfrac{1}{L_{ui}+1}\textstyle\sum_{l=0}^{L_{ui}} \hat A^l [E_U; E_I]
+            && \text{(user-item view)} \\
+        e_m &= [U_m; H_m], \quad \alpha = \mathrm{softmax}_m\big(q(e_m)\big), \quad
+            c = \textstyle\sum_m \alpha_m e_m && \text{(common part)} \\
+        \text{side} &= \tfrac{1}{M+1}\Big(c + \textstyle\sum_m \sigma(W_p^m C) \odot (e_m - c)\Big), \quad
+            E = C + \text{side}
+
+    with :math:`S_m` the normalised top-k cosine kNN graph of :math:`F_m` and
+    :math:`q = W_2 \tanh(W_1 \cdot)`. Loss terms beside BPR: ``reg_weight`` times L2 of the
+    batch's final embeddings and ``cl_weight`` times InfoNCE(side, C) over the batch's items
+    and users (temperature 0.2). For two modalities this is MMRec's MGCN; features are fixed
+    buffers here (MMRec fine-tunes the raw feature table).
+
+    Branches: ``id`` (:math:`C`), one per modality (:math:`\sigma(W_p^m C)\odot(e_m-c)/(M+1)`) and
+    ``fusion`` (:math:`c/(M+1)`); they sum to :math:`E`.
+
+    Args:
+        num_users, num_items: sizes.
+        feature_dims: modality -> feature width; at least one modality.
+        embedding_dim: ``d``.
+        num_ui_layers: :math:`L_{ui}` (2).
+        num_ii_layers: :math:`L_{ii}` (1).
+        knn_k: neighbours of the kNN graphs built from features (10).
+        cl_weight: InfoNCE weight (MMRec searches {0.001, 0.01, 0.1}).
+        cl_temperature: InfoNCE temperature (0.2).
+        reg_weight: L2 weight (1e-4).
+        graph_backend: ``"torch"`` or ``"torch_sparse"``.
+
+    Shapes:
+        - ``propagate().user``: ``(U, d)``; ``.item``: ``(I, d)``.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        feature_dims: Optional[Mapping[str, int]] = None,
+        embedding_dim: int = 64,
+        num_ui_layers: int = 2,
+        num_ii_layers: int = 1,
+        knn_k: int = 10,
+        cl_weight: float = 0.01,
+        cl_temperature: float = 0.2,
+        reg_weight: float = 1e-4,
+        graph_backend: Backend = "torch",
+    ) -> None:
+        super().__init__(num_users, num_items, feature_dims)
+        if not self.feature_dims:
+            raise ValueError("MGCN needs at least one modality: link feature_dims from the datamodule")
+        if "id" in self.feature_dims or "fusion" in self.feature_dims:
+            raise ValueError("modality names 'id' and 'fusion' are reserved for MGCN's branches; rename the modality")
+        d = embedding_dim
+        self.num_ui_layers, self.num_ii_layers, self.knn_k = num_ui_layers, num_ii_layers, knn_k
+        self.cl_weight, self.cl_temperature, self.reg_weight = cl_weight, cl_temperature, reg_weight
+        self.graph_backend = graph_backend
+        self.modalities = sorted(self.feature_dims)
+        self.user_embedding = nn.Embedding(num_users, d)
+        self.item_id_embedding = nn.Embedding(num_items, d)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_id_embedding.weight)
+        self.transform = nn.ModuleDict({m: nn.Linear(self.feature_dims[m], d) for m in self.modalities})
+        self.gate = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.prefer = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.query_common = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+        self.adj: Optional[SparseGraph] = None
+        self.user_item: Optional[SparseGraph] = None
+        self.item_graphs = nn.ModuleDict()
+        for m in self.modalities:
+            self.register_buffer(f"feat_{m}", torch.zeros(0), persistent=False)
+
+    def set_graph(self, edge_index: Tensor) -> None:
+        r = interaction_matrix(edge_index, self.num_users, self.num_items)
+        dev = self._device()
+        self.adj = SparseGraph(normalized_bipartite(r), self.graph_backend, symmetric=True).to(dev)
+        self.user_item = SparseGraph(normalized_interactions(r), self.graph_backend).to(dev)
+
+    def set_features(
+        self, features: Mapping[str, Tensor], item_graphs: Optional[Mapping[str, sp.spmatrix]] = None
+    ) -> None:
+        super().set_features(features, item_graphs)
+        dev = self._device()
+        graphs = dict(item_graphs or {})
+        for m in self.modalities:
+            f = features[m].float()
+            setattr(self, f"feat_{m}", f.to(dev))
+            g = graphs[m] if m in graphs else knn_graph(f, self.knn_k)
+            if g.shape != (self.num_items, self.num_items):
+                raise ValueError(f"item graph '{m}' has shape {g.shape}; expected ({self.num_items}, {self.num_items})")
+            self.item_graphs[m] = SparseGraph(g, self.graph_backend).to(dev)
+
+    def propagate(self) -> Propagation:
+        if self.adj is None or self.user_item is None:
+            raise RuntimeError("MGCN has no graph: call set_graph(edge_index) first")
+        if len(self.item_graphs) != len(self.modalities):
+            raise RuntimeError("MGCN has no features: call set_features(features) first")
+        nu, ni, nm = self.num_users, self.num_items, len(self.modalities)
+        item_id = self.item_id_embedding.weight
+        # user-item view (LightGCN, mean over layers)
+        x = torch.cat([self.user_embedding.weight, item_id])  # (U+I, d)
+        content = x
+        for _ in range(self.num_ui_layers):
+            x = self.adj(x)
+            content = content + x
+        content = content / (self.num_ui_layers + 1)
+        # item-item views
+        views = []
+        for m in self.modalities:
+            h = item_id * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")))  # (I, d)
+            for _ in range(self.num_ii_layers):
+                h = self.item_graphs[m](h)
+            views.append(torch.cat([self.user_item(h), h]))  # (U+I, d)
+        stacked = torch.stack(views)  # (M, U+I, d)
+        # behaviour-aware fuser
+        att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # (M, U+I)
+        common = (att.unsqueeze(-1) * stacked).sum(0)  # (U+I, d)
+        specific = {
+            m: self.prefer[m](content) * (views[k] - common) / (nm + 1) for k, m in enumerate(self.modalities)
+        }
+        fusion = common / (nm + 1)
+        side = fusion + sum(specific.values())
+        final = content + side
+        user, item = final.split([nu, ni])
+
+        def split(t: Tensor) -> tuple[Tensor, Tensor]:
+            a, b = t.split([nu, ni])
+            return a, b
+
+        branches = {"id": split(content), **{m: split(s) for m, s in specific.items()}, "fusion": split(fusion)}
+        return Propagation(user, item, branches, {"side": side, "content": content})
+
+    def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        p = propagation
+        side_u, side_i = p.extras["side"].split([self.num_users, self.num_items])
+        cont_u, cont_i = p.extras["content"].split([self.num_users, self.num_items])
+        cl = info_nce(side_i[pos], cont_i[pos], self.cl_temperature) + info_nce(
+            side_u[users], cont_u[users], self.cl_temperature
+        )
+        return {
+            "l2": self.reg_weight * l2_penalty(p.user[users], p.item[pos], p.item[neg]),
+            "cl": self.cl_weight * cl,
+        }
+
+    def branch_parameters(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {"id": ["user_embedding.weight", "item_id_embedding.weight"]}
+        for m in self.modalities:
+            groups[m] = [
+                n
+                for n, _ in self.named_parameters()
+                if n.startswith((f"transform.{m}.", f"gate.{m}.", f"prefer.{m}."))
+            ]
+        groups["fusion"] = [n for n, _ in self.named_parameters() if n.startswith("query_common.")]
+        return groups
