@@ -67,8 +67,9 @@ class _RankingMetric(Metric):
         hits = ranking_hits(topk, target)
         num_relevant = (target != 0).sum(dim=1)
         accum, total = self._update_fn(hits, num_relevant, self.k)
-        self.accum += accum.to(self.accum.device)
-        self.total += total.to(self.total.device)
+        # out of place: states reset under inference mode must still update under no_grad
+        self.accum = self.accum + accum.to(self.accum.device)
+        self.total = self.total + total.to(self.total.device)
 
     def compute(self) -> Tensor:
         """Mean over users with at least one relevant item (0 if there were none)."""

@@ -11,7 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tru.metrics import ranking_metrics
-from lightning_tru.models.losses import bpr_loss
+from lightning_tru.nn.losses import bpr_loss
 from lightning_tru.nn.base import Backbone, BackboneFactory
 
 CHECKPOINT_KEY = "lightning_tru"

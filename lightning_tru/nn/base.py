@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.models.losses import l2_penalty
+from lightning_tru.nn.losses import l2_penalty
 
 
 class Propagation(NamedTuple):

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.models.losses import l2_penalty
+from lightning_tru.nn.losses import l2_penalty
 from lightning_tru.nn.base import Backbone, Propagation
 from lightning_tru.nn.graph import Backend, SparseGraph, interaction_matrix, normalized_bipartite
 

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.models.losses import info_nce, l2_penalty
+from lightning_tru.nn.losses import info_nce, l2_penalty
 from lightning_tru.nn.base import Backbone, Propagation
 from lightning_tru.nn.graph import (
     Backend,

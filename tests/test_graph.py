@@ -1,0 +1,98 @@
+import importlib.util
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from lightning_tru.nn.graph import (
+    SparseGraph,
+    interaction_matrix,
+    knn_graph,
+    normalized_bipartite,
+    normalized_interactions,
+)
+
+
+def _random_edges(nu: int = 9, ni: int = 7, e: int = 25, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, nu, e), rng.integers(0, ni, e)])
+
+
+def test_normalized_bipartite_matches_dense_formula() -> None:
+    r = interaction_matrix(_random_edges(), 9, 7)
+    dense_r = r.toarray()
+    a = np.block([[np.zeros((9, 9)), dense_r], [dense_r.T, np.zeros((7, 7))]])
+    deg = a.sum(1)
+    d = np.where(deg > 0, deg ** -0.5, 0.0)
+    np.testing.assert_allclose(normalized_bipartite(r).toarray(), d[:, None] * a * d[None, :], rtol=1e-6)
+    a_loop = a + np.eye(16)
+    d2 = a_loop.sum(1) ** -0.5
+    np.testing.assert_allclose(
+        normalized_bipartite(r, self_loops=True).toarray(), d2[:, None] * a_loop * d2[None, :], rtol=1e-6
+    )
+    np.testing.assert_allclose(normalized_interactions(r).toarray(), normalized_bipartite(r).toarray()[:9, 9:], rtol=1e-6)
+
+
+def test_interaction_matrix_rejects_out_of_range_ids() -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        interaction_matrix(np.array([[0, 9], [0, 1]]), 9, 7)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sparse_graph_forward_and_gradient_match_dense(symmetric: bool) -> None:
+    r = interaction_matrix(_random_edges(seed=3), 9, 7)
+    m = normalized_bipartite(r) if symmetric else normalized_interactions(r)
+    g = SparseGraph(m, symmetric=symmetric)
+    dense = torch.tensor(m.toarray())
+    x = torch.randn(m.shape[1], 5, requires_grad=True)
+    xd = x.detach().clone().requires_grad_()
+    w = torch.randn(m.shape[0], 5)
+    (g(x) * w).sum().backward()
+    (dense @ xd * w).sum().backward()
+    torch.testing.assert_close(g(x), dense @ xd)
+    torch.testing.assert_close(x.grad, xd.grad)
+
+
+def test_sparse_graph_rejects_wrong_rows_and_backend() -> None:
+    g = SparseGraph(sp.identity(4, format="csr"))
+    with pytest.raises(ValueError, match="cannot multiply"):
+        g(torch.randn(5, 2))
+    with pytest.raises(ValueError, match="unknown graph backend"):
+        SparseGraph(sp.identity(4, format="csr"), backend="dense")  # type: ignore[arg-type]
+
+
+def test_sparse_graph_buffers_are_not_persistent() -> None:
+    g = SparseGraph(sp.identity(4, format="csr"))
+    assert g.state_dict() == {}
+
+
+def test_knn_graph_matches_naive_construction() -> None:
+    rng = np.random.default_rng(0)
+    f = rng.standard_normal((20, 6)).astype(np.float32)
+    k = 4
+    g = knn_graph(f, k, chunk=7).toarray()
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    sim = fn @ fn.T
+    s = np.zeros((20, 20))
+    for i in range(20):
+        s[i, np.argsort(-sim[i])[:k]] = 1.0
+    d = s.sum(1) ** -0.5
+    np.testing.assert_allclose(g, d[:, None] * s * d[None, :], rtol=1e-5)
+    with pytest.raises(ValueError, match="knn k"):
+        knn_graph(f, 0)
+
+
+@pytest.mark.ext
+@pytest.mark.skipif(importlib.util.find_spec("torch_sparse") is None, reason="torch-sparse not installed (make test-ext)")
+def test_torch_sparse_backend_matches_torch_backend() -> None:
+    r = interaction_matrix(_random_edges(60, 40, 300), 60, 40)
+    for m, sym in ((normalized_bipartite(r), True), (normalized_interactions(r), False)):
+        a, b = SparseGraph(m, "torch", sym), SparseGraph(m, "torch_sparse", sym)
+        x1 = torch.randn(m.shape[1], 8, requires_grad=True)
+        x2 = x1.detach().clone().requires_grad_()
+        w = torch.randn(m.shape[0], 8)
+        (a(x1) * w).sum().backward()
+        (b(x2) * w).sum().backward()
+        torch.testing.assert_close(a(x1), b(x2))
+        torch.testing.assert_close(x1.grad, x2.grad)
