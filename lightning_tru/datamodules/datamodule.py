@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_tru.datamodules.forget import ForgetSet
 from lightning_tru.datamodules.interactions import TRAIN, InteractionData
 from lightning_tru.datamodules.mmrec import load_mmrec
 from lightning_tru.datamodules.synthetic import make_synthetic
@@ -41,8 +42,9 @@ class BPRDataset(Dataset):
     def __len__(self) -> int:
         return len(self.users)
 
-    def sample_negatives(self, users: Tensor) -> Tensor:
-        neg = torch.randint(self.num_items, users.shape)
+    def sample_negatives(self, users: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """One uniform item per user outside that user's training set."""
+        neg = torch.randint(self.num_items, users.shape, generator=generator)
         todo = torch.arange(len(users))
         for _ in range(100):
             key = users[todo] * self.num_items + neg[todo]
@@ -50,7 +52,7 @@ class BPRDataset(Dataset):
             todo = todo[self.keys[pos] == key]
             if len(todo) == 0:
                 break
-            neg[todo] = torch.randint(self.num_items, (len(todo),))
+            neg[todo] = torch.randint(self.num_items, (len(todo),), generator=generator)
         return neg
 
     def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -163,6 +165,25 @@ class RecDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._ranking_loader(self.data.csr("train", "valid"), self.data.csr("test"))
+
+    def without(self, forget: ForgetSet) -> "RecDataModule":
+        """The same data with the forget pairs removed from the train split (graph surgery).
+
+        Valid and test rows are kept, so retain utility is measured on the same held-out data.
+        """
+        d = self.data
+        key = d.pairs[:, 0] * d.num_items + d.pairs[:, 1]
+        drop = (d.split == TRAIN) & np.isin(key, forget.forget_pairs[:, 0] * d.num_items + forget.forget_pairs[:, 1])
+        retained = InteractionData(
+            num_users=d.num_users,
+            num_items=d.num_items,
+            pairs=d.pairs[~drop],
+            split=d.split[~drop],
+            features=d.features,
+            item_graphs=d.item_graphs,
+            name=f"{d.name}-retained",
+        )
+        return RecDataModule(retained, self.batch_size, self.eval_batch_size, self.num_workers)
 
 
 class SyntheticDataModule(RecDataModule):

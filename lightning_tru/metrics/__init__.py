@@ -7,6 +7,7 @@ from lightning_tru.metrics.functional import (
     ranking_hits,
     recall_at_k,
 )
+from lightning_tru.metrics.exposure import ExposureAtK
 from lightning_tru.metrics.ranking import (
     HitRateAtK,
     NDCGAtK,
@@ -16,6 +17,7 @@ from lightning_tru.metrics.ranking import (
 )
 
 __all__ = [
+    "ExposureAtK",
     "HitRateAtK",
     "NDCGAtK",
     "PrecisionAtK",

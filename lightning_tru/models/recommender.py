@@ -156,3 +156,20 @@ class RecommenderModule(LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.model_signature()
+
+    # ------------------------------------------------- the unlearning protocol (models/protocol.py)
+    def score(self, users: Tensor, items: Tensor) -> Tensor:
+        """``(B,)`` scores of (user, item) pairs."""
+        return self.backbone.score(users, items)
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.backbone.embeddings()
+
+    def branch_scores(self, users: Tensor, items: Tensor) -> dict[str, Tensor]:
+        return self.backbone.branch_scores(users, items)
+
+    def branch_parameters(self) -> dict[str, list[str]]:
+        return {b: [f"backbone.{n}" for n in ns] for b, ns in self.backbone.branch_parameters().items()}
+
+    def layer_parameters(self) -> dict[str, list[str]]:
+        return {b: [f"backbone.{n}" for n in ns] for b, ns in self.backbone.layer_parameters().items()}

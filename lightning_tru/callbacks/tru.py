@@ -1,0 +1,240 @@
+r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see METHOD.md)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import all_scores, branch_groups, layer_groups, pair_scores
+from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
+
+
+class TRU(UnlearningCallback):
+    r"""Targeted Reverse Update: profiled, masked and scaled reverse-BPR steps plus a ranking gate.
+
+    **Influence profiling** (once per request): gradients :math:`g_f` of reverse BPR on the forget
+    pairs and :math:`g_r` of BPR on an equally sized retain sample, summed over ranks.
+
+    **Branch-wise modality scaling**: :math:`c_b = \sigma_r^b / \sigma_f^b` with
+    :math:`\sigma^b = \lVert g^b \rVert_2` over branch :math:`b`'s parameters, normalised to
+    geometric mean 1 and clipped to ``scale_clip``; branch gradients are multiplied by :math:`c_b`.
+
+    **Capacity-aware layer isolation**: :math:`S_l = \lVert g_f^l \rVert / (\lVert g_r^l \rVert + \epsilon)`;
+    layers are taken in decreasing :math:`S_l` while their parameters fit in ``capacity`` of the
+    model's writable entries (the most sensitive layer always), at most ``top_k_layers``; other
+    gradients are zeroed. A layer's size counts the entries with a non-zero forget gradient, so an
+    embedding table costs only the rows the forget set touches.
+
+    **Ranking fusion gate**: for a forget pair with threshold :math:`t_u` (the user's K-th best
+    score among items that are neither retained-train nor forgotten), persistence
+    :math:`p_{ui} = \sigma((s_{ui} - t_u)/\tau)`, item gate :math:`a_i` = mean :math:`p_{ui}` over the
+    batch, fused score :math:`\tilde s = (1 - a_i) s^{id} + a_i (s - s^{id})` (just :math:`s` without
+    an ``id`` branch score), penalty :math:`\frac1F\sum p_{ui}\,\mathrm{softplus}((\tilde s_{ui} - t_u)/\tau)`.
+
+    **Update**: :math:`\mathcal L = \mathrm{revBPR}(F) + \lambda_r \mathrm{BPR}(R) + \lambda_g \mathcal L_{gate}`.
+
+    Args:
+        lr, k, target_recall, eval_every, retain_weight: see :class:`UnlearningCallback`.
+        gate_weight: :math:`\lambda_g`.
+        gate_temperature: :math:`\tau`.
+        scale_clip: clipping range of the branch scales.
+        top_k_layers: most layers to update.
+        capacity: share of the parameters the selected layers may hold.
+        modality_scaling, layer_isolation, ranking_gate: switch each intervention (ablations).
+        profile_size: forget pairs used for profiling (all when fewer).
+        eps: :math:`\epsilon`.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        k: int = 20,
+        target_recall: Optional[float] = None,
+        eval_every: int = 5,
+        retain_weight: float = 1.0,
+        gate_weight: float = 1.0,
+        gate_temperature: float = 0.1,
+        scale_clip: tuple[float, float] = (0.25, 4.0),
+        top_k_layers: int = 4,
+        capacity: float = 0.6,
+        modality_scaling: bool = True,
+        layer_isolation: bool = True,
+        ranking_gate: bool = True,
+        profile_size: int = 8192,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=retain_weight)
+        if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
+            raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
+        if not 0 < capacity <= 1 or top_k_layers < 1:
+            raise ValueError(f"capacity={capacity} must be in (0, 1] and top_k_layers={top_k_layers} >= 1")
+        if gate_temperature <= 0 or gate_weight < 0 or profile_size < 1:
+            raise ValueError(
+                f"gate_temperature={gate_temperature} must be > 0, gate_weight={gate_weight} >= 0, "
+                f"profile_size={profile_size} >= 1"
+            )
+        self.gate_weight, self.gate_temperature = gate_weight, gate_temperature
+        self.scale_clip = (float(scale_clip[0]), float(scale_clip[1]))
+        self.top_k_layers, self.capacity = top_k_layers, capacity
+        self.modality_scaling, self.layer_isolation, self.ranking_gate = modality_scaling, layer_isolation, ranking_gate
+        self.profile_size, self.eps = profile_size, eps
+        self.branch_scales: dict[str, float] = {}
+        self.layer_sensitivity: dict[str, float] = {}
+        self.selected_layers: list[str] = []
+        self._param_scale: dict[str, float] = {}
+        self._param_masked: set[str] = set()
+
+    # ------------------------------------------------------------------------ profiling
+    @staticmethod
+    def _gradients(model: nn.Module, loss: Tensor, trainer: Trainer) -> dict[str, Tensor]:
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        out = {}
+        for (n, p), g in zip(params.items(), grads):
+            g = torch.zeros_like(p) if g is None else g.detach()
+            out[n] = trainer.strategy.reduce(g, reduce_op="sum")
+        return out
+
+    @override
+    def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
+        rank, world = trainer.global_rank, trainer.world_size
+        g = torch.Generator().manual_seed(dm.seed)
+        batch = dm.make_batch(epoch=-1, index=0)  # the profiling draw, shared by all ranks
+        fu, fi, fj = batch.forget_users, batch.forget_items, batch.forget_neg
+        if len(dm.forget.forget_pairs) > len(fu):  # forget_batch_size < F: profile on up to profile_size pairs
+            n = min(self.profile_size, len(dm.forget.forget_pairs))
+            idx = torch.randperm(len(dm.forget.forget_pairs), generator=g)[:n]
+            fu = torch.from_numpy(dm.forget.forget_pairs[idx.numpy(), 0])
+            fi = torch.from_numpy(dm.forget.forget_pairs[idx.numpy(), 1])
+            fj = dm._forget_sampler.sample_negatives(fu, generator=g)
+        n = len(fu)
+        ridx = torch.randint(len(dm.forget.retain_pairs), (n,), generator=g)
+        ru = torch.from_numpy(dm.forget.retain_pairs[ridx.numpy(), 0])
+        ri = torch.from_numpy(dm.forget.retain_pairs[ridx.numpy(), 1])
+        rj = dm._retain_sampler.sample_negatives(ru, generator=g)
+        dev = next(model.parameters()).device
+        shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
+        fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
+        s_f, _ = pair_scores(model, torch.cat([fu, fu]), torch.cat([fi, fj]))
+        g_f = self._gradients(model, reverse_bpr_loss(*s_f.split(len(fu))) * len(fu), trainer)
+        s_r, _ = pair_scores(model, torch.cat([ru, ru]), torch.cat([ri, rj]))
+        g_r = self._gradients(model, bpr_loss(*s_r.split(len(ru))) * len(ru), trainer)
+        self._derive(model, g_f, g_r)
+
+    def _derive(self, model: nn.Module, g_f: dict[str, Tensor], g_r: dict[str, Tensor]) -> None:
+        """Branch scales and the layer selection from the two gradient profiles."""
+        sq_f = {n: float(g.pow(2).sum()) for n, g in g_f.items()}
+        sq_r = {n: float(g.pow(2).sum()) for n, g in g_r.items()}
+        # capacity = entries the reverse step would write (non-zero forget gradient): an embedding
+        # table costs only the rows the forget set touches
+        sizes = {n: int((g != 0).sum()) for n, g in g_f.items()}
+
+        def norm(sq: dict[str, float], names: list[str]) -> float:
+            return math.sqrt(sum(sq.get(n, 0.0) for n in names))
+
+        raw: dict[str, float] = {}
+        for b, names in branch_groups(model).items():
+            sf, sr = norm(sq_f, names), norm(sq_r, names)
+            if sf > self.eps and sr > self.eps:
+                raw[b] = sr / sf
+        logmean = sum(math.log(v) for v in raw.values()) / max(len(raw), 1)
+        lo, hi = self.scale_clip
+        self.branch_scales = {b: min(hi, max(lo, v / math.exp(logmean))) for b, v in raw.items()}
+        self.layer_sensitivity = {
+            l: norm(sq_f, names) / (norm(sq_r, names) + self.eps) for l, names in layer_groups(model).items()
+        }
+        layers = layer_groups(model)
+        total = sum(sizes.values())
+        chosen: list[str] = []
+        used = 0
+        for l in sorted(self.layer_sensitivity, key=lambda x: -self.layer_sensitivity[x]):
+            size = sum(sizes.get(n, 0) for n in layers[l])
+            if self.layer_sensitivity[l] <= 0:
+                continue
+            if chosen and used + size > self.capacity * total:
+                continue
+            chosen.append(l)
+            used += size
+            if len(chosen) >= self.top_k_layers:
+                break
+        self.selected_layers = chosen
+        self._index(model)
+
+    def _index(self, model: nn.Module) -> None:
+        """Per-parameter scale and mask derived from the branch scales and selected layers."""
+        self._param_scale = {}
+        for b, names in branch_groups(model).items():
+            for n in names:
+                self._param_scale[n] = self.branch_scales.get(b, 1.0)
+        selected = {n for l, names in layer_groups(model).items() if l in self.selected_layers for n in names}
+        self._param_masked = {n for n, p in model.named_parameters() if n not in selected}
+
+    # ---------------------------------------------------------------------- gradients
+    @override
+    def edit_gradients(self, model: nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if p.grad is None:
+                continue
+            if self.layer_isolation and n in self._param_masked:
+                p.grad.zero_()
+            elif self.modality_scaling:
+                p.grad.mul_(self._param_scale.get(n, 1.0))
+
+    # --------------------------------------------------------------------------- update
+    def _thresholds(self, model: nn.Module, users: Tensor, dm: UnlearningDataModule) -> Tensor:
+        """``t_u``: each forget pair's user's K-th best score among candidate items (no gradient)."""
+        uniq, inv = torch.unique(users, return_inverse=True)
+        scores = all_scores(model, uniq, dm.num_items)  # (Uf, I)
+        ub = uniq.cpu().numpy()
+        block = (dm.retained_train_csr()[ub] + dm.forget_csr()[ub]).tocoo()
+        scores[torch.from_numpy(block.row).long(), torch.from_numpy(block.col).long()] = float("-inf")
+        kth = torch.topk(scores, min(self.k, scores.shape[1]), dim=1).values[:, -1]
+        return kth[inv]
+
+    @override
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+        fu, fi, fj, ru, ri, rj = batch
+        nf, nr = len(fu), len(ru)
+        s, parts = pair_scores(model, torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))
+        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
+        if self.ranking_gate and self.gate_weight > 0:
+            dm = self._datamodule
+            t = self._thresholds(model, fu, dm)
+            tau = self.gate_temperature
+            p = torch.sigmoid((s_fi.detach() - t) / tau)  # persistence (F,)
+            if parts is not None and "id" in parts:
+                s_id = parts["id"][:nf]
+                a = torch.zeros(dm.num_items, device=p.device).index_add_(0, fi, p)
+                a = (a / torch.zeros(dm.num_items, device=p.device).index_add_(0, fi, torch.ones_like(p)).clamp_min(1))[fi]
+                fused = (1 - a) * s_id + a * (s_fi - s_id)
+            else:
+                fused = s_fi
+            losses["gate"] = self.gate_weight * (p * F.softplus((fused - t) / tau)).mean()
+        return losses
+
+    @override
+    def restore_profile(self, model: nn.Module) -> None:
+        self._index(model)
+
+    # ---------------------------------------------------------------------------- state
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "branch_scales": dict(self.branch_scales),
+            "layer_sensitivity": dict(self.layer_sensitivity),
+            "selected_layers": list(self.selected_layers),
+        }
+
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.branch_scales = dict(state.get("branch_scales", {}))
+        self.layer_sensitivity = dict(state.get("layer_sensitivity", {}))
+        self.selected_layers = list(state.get("selected_layers", []))

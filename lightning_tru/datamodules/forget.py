@@ -1,0 +1,230 @@
+r"""Deletion requests: which interactions to forget, resolved against the training data."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import numpy as np
+
+from lightning_tru.datamodules.interactions import TRAIN, DataFormatError, InteractionData
+
+Regime = Literal["user", "item", "interaction"]
+Selection = Literal["random", "core", "edge"]
+REGIMES: tuple[str, ...] = ("user", "item", "interaction")
+SELECTIONS: tuple[str, ...] = ("random", "core", "edge")
+
+
+class ForgetRequestError(ValueError):
+    """A deletion request that cannot be honoured as given; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ForgetSet:
+    """A resolved deletion request.
+
+    Attributes:
+        forget_pairs: ``(F, 2)`` sorted unique (user, item) train interactions to forget.
+        retain_pairs: ``(R, 2)`` the remaining train interactions.
+        users: forgetting users (unique, sorted).
+        items: forgotten items (unique, sorted).
+        fingerprint: SHA-256 of the sorted forget pairs: a stable id of the request.
+        regime: the regime; an explicit file counts as ``user`` (user ids), ``item`` (item ids) or
+            ``interaction`` (pairs).
+        skipped: requested pairs that were not train interactions and were skipped.
+    """
+
+    forget_pairs: np.ndarray
+    retain_pairs: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    fingerprint: str
+    regime: str
+    skipped: int = 0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "fingerprint": self.fingerprint,
+            "regime": self.regime,
+            "forget_pairs": int(len(self.forget_pairs)),
+            "retain_pairs": int(len(self.retain_pairs)),
+            "users": int(len(self.users)),
+            "items": int(len(self.items)),
+            "skipped": self.skipped,
+        }
+
+
+def fingerprint(pairs: np.ndarray) -> str:
+    """SHA-256 hex digest of the lexicographically sorted ``(F, 2)`` int64 pairs."""
+    p = np.unique(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=0)
+    return hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest()
+
+
+class ForgetRequest:
+    r"""A deletion request: a regime with a share and a selection, or an explicit file.
+
+    Regimes (CURE4Rec's): ``user`` forgets all train interactions of ``share`` of the users
+    that have train interactions; ``item`` all interactions with ``share`` of the trained items
+    (the items stay in the catalogue); ``interaction`` a random ``share`` of train pairs.
+    Selection: ``random``, ``core`` (most active users / most popular items) or ``edge``
+    (least active / least popular). ``interaction`` supports ``random`` only.
+
+    A file (``.csv`` with a header naming ``userID`` and/or ``itemID``, or ``.json`` holding
+    ``{"users": [...]}``, ``{"items": [...]}`` or ``{"pairs": [[u, i], ...]}``) overrides the regime.
+
+    Args:
+        regime: ``"user"``, ``"item"`` or ``"interaction"``.
+        share: fraction in (0, 1) of users / items / interactions.
+        selection: ``"random"``, ``"core"`` or ``"edge"``.
+        file: explicit request file.
+        on_missing: for explicit pairs that are not train interactions: ``"error"`` or ``"skip"``.
+        seed: seed of the random selection.
+    """
+
+    def __init__(
+        self,
+        regime: Regime = "user",
+        share: float = 0.05,
+        selection: Selection = "random",
+        file: Optional[Union[str, Path]] = None,
+        on_missing: Literal["error", "skip"] = "error",
+        seed: int = 0,
+    ) -> None:
+        if regime not in REGIMES:
+            raise ForgetRequestError(f"unknown regime {regime!r}; choose one of {REGIMES}")
+        if selection not in SELECTIONS:
+            raise ForgetRequestError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
+        if regime == "interaction" and selection != "random":
+            raise ForgetRequestError("the interaction regime supports selection='random' only")
+        if not 0.0 < share < 1.0:
+            raise ForgetRequestError(f"share={share} must be in (0, 1), e.g. 0.05 for 5%")
+        if on_missing not in ("error", "skip"):
+            raise ForgetRequestError(f"on_missing={on_missing!r} must be 'error' or 'skip'")
+        self.regime, self.share, self.selection = regime, share, selection
+        self.file = Path(file) if file is not None else None
+        self.on_missing, self.seed = on_missing, seed
+
+    # --------------------------------------------------------------------------- resolve
+    def resolve(self, data: InteractionData) -> ForgetSet:
+        """Turn the request into forget / retain pairs of ``data``'s train split."""
+        train = data.split_pairs(TRAIN)
+        if self.file is not None:
+            mask, skipped, regime = self._from_file(data, train)
+        else:
+            mask, skipped, regime = self._from_regime(data, train), 0, self.regime
+        if not mask.any():
+            raise ForgetRequestError(
+                "the request selects no train interaction; raise the share or name ids that have train rows"
+            )
+        if mask.all():
+            raise ForgetRequestError(
+                f"the request would delete all {len(train)} train interactions of {data.name}; "
+                "nothing would be left to learn from: lower the share"
+            )
+        forget = np.unique(train[mask], axis=0)
+        return ForgetSet(
+            forget_pairs=forget,
+            retain_pairs=train[~mask],
+            users=np.unique(forget[:, 0]),
+            items=np.unique(forget[:, 1]),
+            fingerprint=fingerprint(forget),
+            regime=regime,
+            skipped=skipped,
+        )
+
+    def _pick(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        n = max(1, int(round(self.share * len(ids))))
+        rng = np.random.default_rng(self.seed)
+        if self.selection == "random":
+            return rng.choice(ids, size=n, replace=False)
+        tie = rng.random(len(ids))  # random tie-break among equal counts
+        order = np.lexsort((tie, -counts if self.selection == "core" else counts))
+        return ids[order[:n]]
+
+    def _from_regime(self, data: InteractionData, train: np.ndarray) -> np.ndarray:
+        if self.regime == "interaction":
+            rng = np.random.default_rng(self.seed)
+            n = max(1, int(round(self.share * len(train))))
+            mask = np.zeros(len(train), dtype=bool)
+            mask[rng.choice(len(train), size=n, replace=False)] = True
+            return mask
+        col = 0 if self.regime == "user" else 1
+        ids, counts = np.unique(train[:, col], return_counts=True)
+        return np.isin(train[:, col], self._pick(ids, counts))
+
+    def _from_file(self, data: InteractionData, train: np.ndarray) -> tuple[np.ndarray, int, str]:
+        users, items, pairs = _read_request_file(self.file)  # type: ignore[arg-type]
+        f = self.file
+        for name, ids, n in (("user", users, data.num_users), ("item", items, data.num_items)):
+            if ids is not None and len(ids) and (ids.min() < 0 or ids.max() >= n):
+                bad = ids[(ids < 0) | (ids >= n)]
+                raise ForgetRequestError(
+                    f"{f}: unknown {name} ids {bad[:5].tolist()} ({len(bad)} in all); valid ids are 0..{n - 1}"
+                )
+        if pairs is not None:
+            if len(pairs) and (pairs.min() < 0 or pairs[:, 0].max() >= data.num_users or pairs[:, 1].max() >= data.num_items):
+                raise ForgetRequestError(
+                    f"{f}: pairs name unknown ids; valid users 0..{data.num_users - 1}, items 0..{data.num_items - 1}"
+                )
+            key = train[:, 0] * data.num_items + train[:, 1]
+            want = np.unique(pairs[:, 0] * data.num_items + pairs[:, 1])
+            present = np.isin(want, key)
+            missing = int((~present).sum())
+            if missing and self.on_missing == "error":
+                raise ForgetRequestError(
+                    f"{f}: {missing} of {len(want)} pairs are not train interactions; "
+                    "fix the file or pass on_missing='skip' to ignore them"
+                )
+            return np.isin(key, want), missing, "interaction"
+        if users is not None:
+            return np.isin(train[:, 0], users), 0, "user"
+        return np.isin(train[:, 1], items), 0, "item"  # type: ignore[arg-type]
+
+
+def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    """``(users, items, pairs)`` of a request file; exactly one of the forms is filled in."""
+    if not path.is_file():
+        raise ForgetRequestError(f"request file {path} does not exist")
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        if not isinstance(obj, dict) or not set(obj) & {"users", "items", "pairs"}:
+            raise ForgetRequestError(f'{path}: expected an object with "users", "items" or "pairs"')
+        try:
+            pairs = np.asarray(obj["pairs"], dtype=np.int64).reshape(-1, 2) if "pairs" in obj else None
+            users = np.asarray(obj["users"], dtype=np.int64).reshape(-1) if "users" in obj else None
+            items = np.asarray(obj["items"], dtype=np.int64).reshape(-1) if "items" in obj else None
+        except (TypeError, ValueError) as e:
+            raise ForgetRequestError(f"{path}: ids must be integers ({e})") from e
+        return users, items, pairs
+    if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+        raise ForgetRequestError(f"{path}: unsupported request file type; use .csv or .json")
+    with path.open(newline="") as fh:
+        sample = fh.read(2048)
+        fh.seek(0)
+        delim = "\t" if "\t" in sample.splitlines()[0] else ","
+        rows = list(csv.reader(fh, delimiter=delim))
+    if not rows:
+        raise ForgetRequestError(f"{path}: empty request file")
+    header = [h.strip() for h in rows[0]]
+    cols = {h: k for k, h in enumerate(header)}
+    if "userID" not in cols and "itemID" not in cols:
+        raise ForgetRequestError(f"{path}: line 1: header {header} names neither userID nor itemID")
+    out: dict[str, list[int]] = {"userID": [], "itemID": []}
+    for line, row in enumerate(rows[1:], start=2):
+        for name in ("userID", "itemID"):
+            if name in cols:
+                try:
+                    out[name].append(int(row[cols[name]]))
+                except (ValueError, IndexError) as e:
+                    raise ForgetRequestError(f"{path}: line {line}, column {name}: not an integer id") from e
+    u = np.asarray(out["userID"], dtype=np.int64) if "userID" in cols else None
+    i = np.asarray(out["itemID"], dtype=np.int64) if "itemID" in cols else None
+    if u is not None and i is not None:
+        return None, None, np.stack([u, i], axis=1)
+    return u, i, None

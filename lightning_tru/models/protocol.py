@@ -1,0 +1,81 @@
+r"""The small protocol a recommender must offer for the unlearning callbacks.
+
+Required: ``score(users, items) -> (B,)`` differentiable scores of (user, item) pairs.
+
+Optional, each with a fallback:
+
+* ``embeddings() -> (user (U, d), item (I, d))`` with :math:`s = e_u^\top e_i`: fast full
+  ranking. Fallback: ``score`` over all pairs in chunks.
+* ``branch_scores(users, items) -> {branch: (B,)}`` adding up to ``score``: the ranking gate
+  fuses graph (``"id"``) and content branches. Fallback: the gate acts on ``score``.
+* ``branch_parameters() -> {branch: [param names]}``: modality scaling. Fallback: one branch
+  per top-level child module.
+* ``layer_parameters() -> {layer: [param names]}``: layer isolation. Fallback: one layer per
+  module owning parameters.
+* ``attach(datamodule)`` or ``set_graph(edge_index)``: graph surgery (the retained graph is
+  installed before any update). Fallback: none needed (no graph).
+* ``num_items`` attribute (or ``backbone.num_items``); otherwise the datamodule's is used.
+
+Parameter names are those of ``model.named_parameters()``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+def all_scores(model: Any, users: Tensor, num_items: int, chunk: int = 1 << 20) -> Tensor:
+    """``(B, I)`` scores of ``users`` against every item, without gradients."""
+    with torch.no_grad():
+        if hasattr(model, "embeddings"):
+            u, i = model.embeddings()
+            return u[users] @ i.T
+        items = torch.arange(num_items, device=users.device)
+        out = torch.empty(len(users), num_items, device=users.device)
+        rows = max(1, chunk // num_items)
+        for s in range(0, len(users), rows):
+            ub = users[s : s + rows]
+            out[s : s + len(ub)] = model.score(ub.repeat_interleave(num_items), items.repeat(len(ub))).view(
+                len(ub), num_items
+            )
+        return out
+
+
+def pair_scores(model: Any, users: Tensor, items: Tensor) -> tuple[Tensor, Optional[dict[str, Tensor]]]:
+    """Scores of ``(B,)`` pairs and, when the model offers them, their branch contributions."""
+    if hasattr(model, "branch_scores"):
+        parts = model.branch_scores(users, items)
+        return torch.stack(list(parts.values())).sum(0), parts
+    return model.score(users, items), None
+
+
+def branch_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Branch -> parameter names (the model's own grouping, else one per top-level child)."""
+    if hasattr(model, "branch_parameters"):
+        return dict(model.branch_parameters())
+    groups: dict[str, list[str]] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(n.split(".", 1)[0], []).append(n)
+    return groups
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Layer -> parameter names (the model's own grouping, else the owning module's path)."""
+    if hasattr(model, "layer_parameters"):
+        return dict(model.layer_parameters())
+    groups: dict[str, list[str]] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
+    return groups
+
+
+def attach_graph(model: Any, datamodule: Any) -> None:
+    """Graph surgery: install the datamodule's (retained) train graph in the model."""
+    if hasattr(model, "attach"):
+        model.attach(datamodule)
+    elif hasattr(model, "set_graph"):
+        model.set_graph(datamodule.train_edge_index())
