@@ -3,12 +3,14 @@ from lightning_tru.nn.base import Backbone, BackboneFactory, Propagation
 from lightning_tru.nn.graph import SparseGraph, knn_graph, normalized_bipartite, normalized_interactions
 from lightning_tru.nn.lightgcn import LightGCN
 from lightning_tru.nn.mgcn import MGCN
+from lightning_tru.nn.miggt import MIGGT
 
 __all__ = [
     "Backbone",
     "BackboneFactory",
     "LightGCN",
     "MGCN",
+    "MIGGT",
     "Propagation",
     "SparseGraph",
     "knn_graph",
