@@ -47,6 +47,7 @@ def forget_metrics(
 
 
 
+
 def random_recall(retained_train: sp.csr_matrix, forget: sp.csr_matrix, k: int = 20) -> float:
     r"""Expected forget Recall@K of a uniformly random ranking: :math:`rac{1}{|U_f|}\sum_u \min(K, n_u)/n_u`.
 

@@ -158,9 +158,11 @@ class UnlearningCallback(Callback, abc.ABC):
     def reference_recall(self, model: nn.Module, dm: UnlearningDataModule) -> float:
         """The default target: what Retrain is expected to leave of the forget pairs.
 
-        User- and item-wise: a random ranking's expected forget recall (Retrain never trains the
-        embedding of a user or item left without interactions); interaction-wise: Recall@K of
-        held-out test pairs (a forgotten pair looks like any unobserved one).
+        User- and item-wise: the expected recall of a uniformly random ranking (Retrain has no
+        interaction left for the forgotten side; chance level is the conservative bound: the
+        forgotten items end up no more exposed than by chance); interaction-wise: Recall@K of
+        held-out test pairs (a forgotten pair looks like any unobserved one), measured on the
+        model before the first step.
         """
         if dm.forget.regime in ("user", "item"):
             return random_recall(dm.retained_train_csr(), dm.forget_csr(), self.k)

@@ -26,11 +26,13 @@ class TRU(UnlearningCallback):
     :math:`\sigma^b = \lVert g^b \rVert_2` over branch :math:`b`'s parameters, normalised to
     geometric mean 1 and clipped to ``scale_clip``; branch gradients are multiplied by :math:`c_b`.
 
-    **Capacity-aware layer isolation**: :math:`S_l = \lVert g_f^l \rVert / (\lVert g_r^l \rVert + \epsilon)`;
-    layers are taken in decreasing :math:`S_l` while their parameters fit in ``capacity`` of the
-    model's writable entries (the most sensitive layer always), at most ``top_k_layers``; other
-    gradients are zeroed. A layer's size counts the entries with a non-zero forget gradient, so an
-    embedding table costs only the rows the forget set touches.
+    **Capacity-aware layer isolation**: :math:`S_l = \bar g_f^l / (\bar g_r^l + \epsilon)` with
+    :math:`\bar g^l = \lVert g^l \rVert / \sqrt{\mathrm{nnz}(g^l)}` (root mean square over the entries the
+    gradient touches, so a sparse embedding gradient is not diluted by untouched rows);
+    layers are taken in decreasing :math:`S_l` (the most sensitive always; a layer whose
+    parameters would exceed ``capacity`` of the model is skipped) until the taken layers carry
+    ``coverage`` of the forget-gradient energy :math:`\lVert g_f \rVert^2` (so the masked step can still
+    move along the deletion direction) or ``top_k_layers`` are taken; other gradients are zeroed.
 
     **Ranking fusion gate**: for a forget pair with threshold :math:`t_u` (the user's K-th best
     score among items that are neither retained-train nor forgotten), persistence
@@ -45,8 +47,9 @@ class TRU(UnlearningCallback):
         gate_weight: :math:`\lambda_g`.
         gate_temperature: :math:`\tau`.
         scale_clip: clipping range of the branch scales.
-        top_k_layers: most layers to update.
+        top_k_layers: most layers to update (``None``: no cap).
         capacity: share of the parameters the selected layers may hold.
+        coverage: share of the forget-gradient energy the selected layers must carry.
         modality_scaling, layer_isolation, ranking_gate: switch each intervention (ablations).
         profile_size: forget pairs used for profiling (all when fewer).
         eps: :math:`\epsilon`.
@@ -54,7 +57,7 @@ class TRU(UnlearningCallback):
 
     def __init__(
         self,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         k: int = 20,
         target_recall: Optional[float] = None,
         eval_every: int = 5,
@@ -62,8 +65,9 @@ class TRU(UnlearningCallback):
         gate_weight: float = 1.0,
         gate_temperature: float = 0.1,
         scale_clip: tuple[float, float] = (0.25, 4.0),
-        top_k_layers: int = 4,
-        capacity: float = 0.6,
+        top_k_layers: Optional[int] = None,
+        capacity: float = 0.8,
+        coverage: float = 0.8,
         modality_scaling: bool = True,
         layer_isolation: bool = True,
         ranking_gate: bool = True,
@@ -73,8 +77,10 @@ class TRU(UnlearningCallback):
         super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=retain_weight)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
             raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
-        if not 0 < capacity <= 1 or top_k_layers < 1:
-            raise ValueError(f"capacity={capacity} must be in (0, 1] and top_k_layers={top_k_layers} >= 1")
+        if not 0 < capacity <= 1 or not 0 < coverage <= 1 or (top_k_layers is not None and top_k_layers < 1):
+            raise ValueError(
+                f"capacity={capacity} and coverage={coverage} must be in (0, 1], top_k_layers={top_k_layers} >= 1 or None"
+            )
         if gate_temperature <= 0 or gate_weight < 0 or profile_size < 1:
             raise ValueError(
                 f"gate_temperature={gate_temperature} must be > 0, gate_weight={gate_weight} >= 0, "
@@ -82,7 +88,7 @@ class TRU(UnlearningCallback):
             )
         self.gate_weight, self.gate_temperature = gate_weight, gate_temperature
         self.scale_clip = (float(scale_clip[0]), float(scale_clip[1]))
-        self.top_k_layers, self.capacity = top_k_layers, capacity
+        self.top_k_layers, self.capacity, self.coverage = top_k_layers, capacity, coverage
         self.modality_scaling, self.layer_isolation, self.ranking_gate = modality_scaling, layer_isolation, ranking_gate
         self.profile_size, self.eps = profile_size, eps
         self.branch_scales: dict[str, float] = {}
@@ -132,9 +138,6 @@ class TRU(UnlearningCallback):
         """Branch scales and the layer selection from the two gradient profiles."""
         sq_f = {n: float(g.pow(2).sum()) for n, g in g_f.items()}
         sq_r = {n: float(g.pow(2).sum()) for n, g in g_r.items()}
-        # capacity = entries the reverse step would write (non-zero forget gradient): an embedding
-        # table costs only the rows the forget set touches
-        sizes = {n: int((g != 0).sum()) for n, g in g_f.items()}
 
         def norm(sq: dict[str, float], names: list[str]) -> float:
             return math.sqrt(sum(sq.get(n, 0.0) for n in names))
@@ -147,22 +150,32 @@ class TRU(UnlearningCallback):
         logmean = sum(math.log(v) for v in raw.values()) / max(len(raw), 1)
         lo, hi = self.scale_clip
         self.branch_scales = {b: min(hi, max(lo, v / math.exp(logmean))) for b, v in raw.items()}
+        nnz_f = {n: int((g != 0).sum()) for n, g in g_f.items()}
+        nnz_r = {n: int((g != 0).sum()) for n, g in g_r.items()}
+
+        def rms(sq: dict[str, float], nnz: dict[str, int], names: list[str]) -> float:
+            return norm(sq, names) / math.sqrt(max(1, sum(nnz.get(n, 0) for n in names)))
+
         self.layer_sensitivity = {
-            l: norm(sq_f, names) / (norm(sq_r, names) + self.eps) for l, names in layer_groups(model).items()
+            l: rms(sq_f, nnz_f, names) / (rms(sq_r, nnz_r, names) + self.eps) for l, names in layer_groups(model).items()
         }
         layers = layer_groups(model)
+        sizes = {n: p.numel() for n, p in model.named_parameters() if n in g_f}
         total = sum(sizes.values())
+        energy = {l: sum(sq_f.get(n, 0.0) for n in names) for l, names in layers.items()}
+        total_energy = sum(energy.values()) or 1.0
         chosen: list[str] = []
-        used = 0
+        used, covered = 0, 0.0
         for l in sorted(self.layer_sensitivity, key=lambda x: -self.layer_sensitivity[x]):
-            size = sum(sizes.get(n, 0) for n in layers[l])
-            if self.layer_sensitivity[l] <= 0:
+            if energy[l] <= 0:
                 continue
+            size = sum(sizes.get(n, 0) for n in layers[l])
             if chosen and used + size > self.capacity * total:
                 continue
             chosen.append(l)
             used += size
-            if len(chosen) >= self.top_k_layers:
+            covered += energy[l] / total_energy
+            if covered >= self.coverage or (self.top_k_layers is not None and len(chosen) >= self.top_k_layers):
                 break
         self.selected_layers = chosen
         self._index(model)

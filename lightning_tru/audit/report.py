@@ -1,0 +1,109 @@
+"""Before/after evaluation of an unlearning run, atomic report writing, the deletion ledger."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Trainer
+
+from lightning_tru.audit.forgetting import forget_metrics
+from lightning_tru.datamodules.unlearning import UnlearningDataModule
+
+REPORT_KEYS = ("val/recall@20", "val/ndcg@20", "test/recall@20", "test/ndcg@20", "forget_recall@20", "exposure@20")
+
+
+def _quiet_trainer(accelerator: str = "auto") -> Trainer:
+    return Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def evaluate(model: Any, udm: UnlearningDataModule, original_graph: bool = False, k: int = 20) -> dict[str, float]:
+    """Retain valid/test ranking metrics and forget-pair metrics of a :class:`RecommenderModule`.
+
+    ``original_graph=True`` evaluates the model as deployed before the deletion (its training
+    graph, its training items masked); otherwise on the retained data (graph surgery done).
+    """
+    dm = udm.source if original_graph else udm.retained
+    trainer = _quiet_trainer()
+    out: dict[str, float] = {}
+    for res in (trainer.validate(model, datamodule=dm, verbose=False), trainer.test(model, datamodule=dm, verbose=False)):
+        out.update({key: float(v) for key, v in res[0].items()})
+    model.attach(dm)  # the graph the metrics above used
+    model.eval()
+    out.update(forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), k))
+    return out
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """``torch.save`` through a temporary file and a rename (never a half-written checkpoint)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def append_ledger(path: Path, entry: dict[str, Any]) -> None:
+    """Append one JSON line (one deletion request) to the ledger, flushed to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(entry, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def new_run_dir(root: Path, method: str, fingerprint: str) -> Path:
+    """A fresh directory ``<root>/<method>-<fp12>-<UTC time>``; never an existing one."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    base = root / f"{method}-{fingerprint[:12]}-{stamp}"
+    path, n = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+
+
+def format_table(columns: dict[str, dict[str, float]], seconds: Optional[dict[str, float]] = None) -> str:
+    """A fixed-width table: one row per metric, one column per model state."""
+    names = list(columns)
+    keys = [k for k in REPORT_KEYS if any(k in c for c in columns.values())]
+    width = max(len(k) for k in keys + ["seconds"]) + 2
+    lines = ["metric".ljust(width) + "".join(n.rjust(14) for n in names)]
+    lines.append("-" * len(lines[0]))
+    for k in keys:
+        lines.append(k.ljust(width) + "".join(
+            (f"{columns[n][k]:.4f}" if k in columns[n] else "-").rjust(14) for n in names))
+    if seconds:
+        lines.append("seconds".ljust(width) + "".join(
+            (f"{seconds[n]:.2f}" if n in seconds else "-").rjust(14) for n in names))
+    return "\n".join(lines)
