@@ -1,0 +1,93 @@
+"""unlearn.py end to end: weights-only loading, outputs in a new run dir, the ledger, bad input."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+from lightning_tru.cli import train_cli, unlearn_cli
+
+SMALL = ["--data.init_args.num_users", "300", "--data.init_args.num_items", "150"]
+QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def _train(tmp: Path, config: str = "configs/train/mgcn_synthetic.yaml") -> Path:
+    cli = train_cli(["fit", "--config", config, *SMALL, *QUIET, "--trainer.max_epochs", "3",
+                     "--trainer.default_root_dir", str(tmp), "--checkpoint.dirpath", str(tmp / "ckpt"),
+                     "--test_after_fit", "false"])
+    return Path(cli.trainer.checkpoint_callback.best_model_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("train")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        return _train(tmp)
+
+
+def _unlearn(ckpt: Path, tmp: Path, *extra: str, method_config: str = "configs/unlearn/tru.yaml") -> dict:
+    return unlearn_cli(["--config", "configs/train/mgcn_synthetic.yaml", "--config", method_config, *SMALL, *QUIET,
+                        "--ckpt_path", str(ckpt), "--output_root", str(tmp / "out"),
+                        "--ledger", str(tmp / "ledger.jsonl"), *extra])
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unlearn_writes_run_dir_report_and_ledger(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(REPO)
+    digest = _digest(trained)
+    report = _unlearn(trained, tmp_path, "--trainer.max_epochs", "20")
+    assert _digest(trained) == digest  # the trained checkpoint is never touched
+    run = Path(report["run_dir"])
+    assert run.parent == tmp_path / "out" and (run / "model.ckpt").is_file()
+    on_disk = json.loads((run / "report.json").read_text())
+    assert on_disk["method"] == "TRU" and on_disk["request"]["fingerprint"] == report["request"]["fingerprint"]
+    m = on_disk["metrics"]
+    assert m["TRU"]["forget_recall@20"] < m["before"]["forget_recall@20"]
+    ckpt = torch.load(run / "model.ckpt", weights_only=True)
+    assert ckpt["unlearning"]["fingerprint"] == report["request"]["fingerprint"]
+    assert not list(run.glob(".*tmp"))  # no temporary leftovers
+    out = capsys.readouterr().out
+    assert "forget_recall@20" in out and "before" in out and "TRU" in out
+    second = _unlearn(trained, tmp_path, "--trainer.max_epochs", "2", "--request.seed", "5")
+    assert second["run_dir"] != report["run_dir"]
+    lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [x["fingerprint"] for x in lines] == [report["request"]["fingerprint"], second["request"]["fingerprint"]]
+    assert all({"time", "fingerprint", "method", "metrics"} <= set(x) for x in lines)
+
+
+def test_retrain_method(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    report = _unlearn(trained, tmp_path, "--retrain_max_epochs", "3", method_config="configs/unlearn/retrain.yaml")
+    assert report["method"] == "Retrain" and set(report["metrics"]) == {"before", "Retrain"}
+    assert report["details"]["Retrain"]["epochs"] <= 3
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    other = _train(tmp_path, "configs/train/lightgcn_synthetic.yaml")
+    with pytest.raises(ValueError, match="another model"):
+        _unlearn(other, tmp_path)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.jsonl").exists()
+
+
+def test_missing_checkpoint_and_missing_callback(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _unlearn(tmp_path / "nope.ckpt", tmp_path)
+    with pytest.raises(ValueError, match="exactly one UnlearningCallback"):
+        _unlearn(trained, tmp_path, "--trainer.callbacks", "[]")
+
+
+def test_whole_dataset_request_is_refused(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ValueError, match="share"):
+        _unlearn(trained, tmp_path, "--request.share", "1.0")
