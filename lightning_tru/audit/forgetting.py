@@ -49,7 +49,7 @@ def forget_metrics(
 
 
 def random_recall(retained_train: sp.csr_matrix, forget: sp.csr_matrix, k: int = 20) -> float:
-    r"""Expected forget Recall@K of a uniformly random ranking: :math:`rac{1}{|U_f|}\sum_u \min(K, n_u)/n_u`.
+    r"""Expected forget Recall@K of a uniformly random ranking: :math:`\frac{1}{|U_f|}\sum_u \min(K, n_u)/n_u`.
 
     :math:`n_u` = items left after masking the user's retained train items. The reference for
     user- and item-wise deletion with embedding backbones: Retrain never updates the embedding

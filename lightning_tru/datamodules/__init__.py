@@ -6,18 +6,25 @@ from lightning_tru.datamodules.datamodule import (
     RecDataModule,
     SyntheticDataModule,
 )
+from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError, ForgetSet
 from lightning_tru.datamodules.interactions import DataFormatError, InteractionData
 from lightning_tru.datamodules.mmrec import load_mmrec
 from lightning_tru.datamodules.synthetic import make_synthetic
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 
 __all__ = [
     "BPRDataset",
     "DataFormatError",
+    "ForgetRequest",
+    "ForgetRequestError",
+    "ForgetSet",
     "InteractionData",
     "MMRecDataModule",
     "RankingDataset",
     "RecDataModule",
     "SyntheticDataModule",
+    "UnlearnBatch",
+    "UnlearningDataModule",
     "load_mmrec",
     "make_synthetic",
 ]

@@ -60,7 +60,7 @@ class ForgetSet:
 def fingerprint(pairs: np.ndarray) -> str:
     """SHA-256 hex digest of the lexicographically sorted ``(F, 2)`` int64 pairs."""
     p = np.unique(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=0)
-    return hashlib.sha256(np.ascontiguousarray(p).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(p, dtype="<i8").tobytes()).hexdigest()
 
 
 class ForgetRequest:
@@ -165,9 +165,11 @@ class ForgetRequest:
                     f"{f}: unknown {name} ids {bad[:5].tolist()} ({len(bad)} in all); valid ids are 0..{n - 1}"
                 )
         if pairs is not None:
-            if len(pairs) and (pairs.min() < 0 or pairs[:, 0].max() >= data.num_users or pairs[:, 1].max() >= data.num_items):
+            bad = pairs[(pairs < 0).any(axis=1) | (pairs[:, 0] >= data.num_users) | (pairs[:, 1] >= data.num_items)]
+            if len(bad):
                 raise ForgetRequestError(
-                    f"{f}: pairs name unknown ids; valid users 0..{data.num_users - 1}, items 0..{data.num_items - 1}"
+                    f"{f}: pairs with unknown ids {bad[:5].tolist()} ({len(bad)} in all); "
+                    f"valid users 0..{data.num_users - 1}, items 0..{data.num_items - 1}"
                 )
             key = train[:, 0] * data.num_items + train[:, 1]
             want = np.unique(pairs[:, 0] * data.num_items + pairs[:, 1])
@@ -193,19 +195,28 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
             obj = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-        if not isinstance(obj, dict) or not set(obj) & {"users", "items", "pairs"}:
+        keys = sorted(set(obj) & {"users", "items", "pairs"}) if isinstance(obj, dict) else []
+        if not keys:
             raise ForgetRequestError(f'{path}: expected an object with "users", "items" or "pairs"')
-        try:
-            pairs = np.asarray(obj["pairs"], dtype=np.int64).reshape(-1, 2) if "pairs" in obj else None
-            users = np.asarray(obj["users"], dtype=np.int64).reshape(-1) if "users" in obj else None
-            items = np.asarray(obj["items"], dtype=np.int64).reshape(-1) if "items" in obj else None
-        except (TypeError, ValueError) as e:
-            raise ForgetRequestError(f"{path}: ids must be integers ({e})") from e
-        return users, items, pairs
+        if len(keys) > 1:
+            raise ForgetRequestError(f'{path}: give exactly one of "users", "items" or "pairs", got {keys}')
+        key, value = keys[0], obj[keys[0]]
+        if key == "pairs":
+            if not isinstance(value, list) or not all(isinstance(r, list) and len(r) == 2 for r in value):
+                raise ForgetRequestError(f'{path}: "pairs" must be a list of [user, item] pairs')
+            value = [x for r in value for x in r]
+        if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+            raise ForgetRequestError(f'{path}: "{key}" ids must be integers')
+        ids = np.asarray(value, dtype=np.int64)
+        if key == "pairs":
+            return None, None, ids.reshape(-1, 2)
+        return (ids, None, None) if key == "users" else (None, ids, None)
     if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
         raise ForgetRequestError(f"{path}: unsupported request file type; use .csv or .json")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         sample = fh.read(2048)
+        if not sample.strip():
+            raise ForgetRequestError(f"{path}: empty request file; write a header naming userID and/or itemID")
         fh.seek(0)
         delim = "\t" if "\t" in sample.splitlines()[0] else ","
         rows = list(csv.reader(fh, delimiter=delim))
@@ -217,6 +228,8 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
         raise ForgetRequestError(f"{path}: line 1: header {header} names neither userID nor itemID")
     out: dict[str, list[int]] = {"userID": [], "itemID": []}
     for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):  # blank line
+            continue
         for name in ("userID", "itemID"):
             if name in cols:
                 try:

@@ -14,7 +14,6 @@ Optional, each with a fallback:
   module owning parameters.
 * ``attach(datamodule)`` or ``set_graph(edge_index)``: graph surgery (the retained graph is
   installed before any update). Fallback: none needed (no graph).
-* ``num_items`` attribute (or ``backbone.num_items``); otherwise the datamodule's is used.
 
 Parameter names are those of ``model.named_parameters()``.
 """

@@ -1,0 +1,315 @@
+r"""ScaleGUN (Yi & Wei, ICLR 2025), adapted: a one-shot damped Newton (influence) step on the retained objective."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import attach_graph, branch_groups, pair_scores
+from lightning_tru.nn.losses import bpr_loss
+
+
+class CGResult(NamedTuple):
+    """Output of :func:`conjugate_gradient`: the solution, iterations run, relative residual
+    :math:`\\lVert b - (H + \\lambda I)x\\rVert / \\lVert b\\rVert` and whether non-positive curvature stopped it."""
+
+    x: Tensor
+    iterations: int
+    residual: float
+    negative_curvature: bool
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, damping: float = 0.0, max_iter: int = 100, tol: float = 1e-6
+) -> CGResult:
+    r"""Solve :math:`(H + \lambda I)\,x = b` by conjugate gradients, with :math:`H` given as ``matvec``.
+
+    Stops when :math:`\lVert r\rVert \le \mathrm{tol}\,\lVert b\rVert`, after ``max_iter`` iterations,
+    or at a direction :math:`p` with :math:`p^\top (H + \lambda I) p \le 0` (the damped matrix is not
+    positive definite there: the iterate so far is returned and ``negative_curvature`` is set;
+    raise the damping).
+
+    Shapes: ``b``: ``(n,)``; ``matvec``: ``(n,) -> (n,)``.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rs = float(r @ r)
+    b_norm = math.sqrt(rs) or 1.0
+    it, negative = 0, False
+    while it < max_iter and math.sqrt(rs) > tol * b_norm:
+        ap = matvec(p) + damping * p
+        curv = float(p @ ap)
+        if curv <= 0.0:
+            negative = True
+            break
+        step = rs / curv
+        x.add_(p, alpha=step)
+        r.sub_(ap, alpha=step)
+        rs_new = float(r @ r)
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+        it += 1
+    return CGResult(x, it, math.sqrt(rs) / b_norm, negative)
+
+
+class _Objective(NamedTuple):
+    """Fixed BPR triples of the influence objectives (drawn once, seeded)."""
+
+    retain: tuple[Tensor, Tensor, Tensor]
+    forget: tuple[Tensor, Tensor, Tensor]
+    retain_share: float  # N_R / (N_R + N_F) of the full sets
+
+
+class ScaleGUN(UnlearningCallback):
+    r"""ScaleGUN, adapted to recommenders (Yi & Wei, ICLR 2025, https://arxiv.org/abs/2408.09212,
+    code: github.com/luyi256/ScaleGUN).
+
+    ScaleGUN unlearns edges from a propagation + linear model with one Newton step on the
+    retained objective, computed from the gradient change the deletion causes (the embeddings'
+    change through propagation included), and masks the approximation error with noise for an
+    :math:`(\epsilon, \delta)` certificate. Here, with :math:`A` the original and :math:`A'` the
+    retained (surgically cut) graph, :math:`D = R \cup F` the original train pairs and one fixed
+    sampled negative :math:`j` per pair:
+
+    .. math::
+        \mathcal L_{old}(\theta) &= \tfrac{1}{|D|}\textstyle\sum_{(u,i,j) \in D} -\log\sigma(s^{A}_{ui} - s^{A}_{uj}),
+        \qquad
+        \mathcal L_{new}(\theta) = \tfrac{1}{|R|}\textstyle\sum_{(u,i,j) \in R} -\log\sigma(s^{A'}_{ui} - s^{A'}_{uj}) \\
+        (H + \lambda I)\,\Delta &= \nabla \mathcal L_{old}(\theta^*) - \nabla \mathcal L_{new}(\theta^*),
+        \qquad H = \nabla^2 \mathcal L_{new}(\theta^*), \qquad
+        \theta \leftarrow \theta^* + \Delta + \sigma \xi,\ \xi \sim \mathcal N(0, I)
+
+    over the selected parameters :math:`\theta` (the others stay fixed). :math:`\Delta` is solved by
+    :func:`conjugate_gradient` with Hessian-vector products (double backward through the
+    propagation); at a stationary point of :math:`\mathcal L_{old}` it is the Newton step towards the
+    minimiser of :math:`\mathcal L_{new}` (the influence-function removal of Koh & Liang / Guo et al.),
+    and the gradient difference keeps the early-stopped model's residual training signal out.
+    The edit is applied once in :meth:`profile`, under ``torch.no_grad()``; with
+    ``finetune_steps = 0`` (default) the run stops right after it (no optimiser step; ``steps``
+    stays 0), otherwise ``finetune_steps`` steps of :math:`\lambda_r\,\mathrm{BPR}(R)` follow (the
+    base's recall target can stop them earlier). Every rank computes the same step on the full
+    objective (deterministic, no communication). ``newton`` (in the report's details) holds the
+    CG iterations and residual, :math:`\lVert\Delta\rVert`, and the gradient residual
+    :math:`\lVert\nabla\mathcal L_{new}\rVert` before and after the step.
+
+    What of the guarantee holds. Exact: graph surgery (no forgotten edge propagates) and the
+    step itself (up to the CG tolerance) for the local quadratic model of :math:`\mathcal L_{new}`.
+    Not: ScaleGUN's certificate needs a linear head on fixed propagated features with a strongly
+    convex, smooth L2-regularised loss, and noise :math:`b^\top w` injected *at training time*;
+    a graph recommender's scores are bilinear in the embeddings and non-linear in the fusion
+    layers, so :math:`H` may be indefinite (the damping :math:`\lambda` stands in for the L2 term and
+    keeps CG well posed), the worst-case gradient-residual bound does not apply, and the optional
+    Gaussian output noise (``noise_std``) gives no formal :math:`(\epsilon, \delta)`: it is the
+    mechanism, without its calibration. Report the measured gradient residual instead.
+
+    Args:
+        lr, k, target_recall, eval_every, retain_weight: see :class:`~lightning_tru.callbacks.UnlearningCallback`
+            (used by the optional fine-tuning steps only).
+        damping: :math:`\lambda > 0`.
+        cg_iters: most CG iterations.
+        cg_tol: relative residual at which CG stops.
+        branches: branch names (the model's ``branch_parameters``) whose parameters are updated;
+            the default ``("id",)`` is the ID embedding tables, the closest analogue of
+            ScaleGUN's linear head on propagated features.
+        parameters: ``fnmatch`` patterns of parameter names updated in addition; with
+            ``branches=None`` and ``parameters=None`` every trainable parameter is.
+        sample_size: pairs of each set (retain, forget) in the objectives; ``None`` = all. With
+            a sample the old objective weights the two parts by their full-set shares.
+        noise_std: :math:`\sigma` of the Gaussian noise added to the updated parameters.
+        noise_seed: seed of that noise.
+        finetune_steps: retain-BPR steps after the Newton step.
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        k: int = 20,
+        target_recall: Optional[float] = None,
+        eval_every: int = 5,
+        retain_weight: float = 1.0,
+        damping: float = 1e-3,
+        cg_iters: int = 50,
+        cg_tol: float = 1e-4,
+        branches: Optional[Sequence[str]] = ("id",),
+        parameters: Optional[Sequence[str]] = None,
+        sample_size: Optional[int] = None,
+        noise_std: float = 0.0,
+        noise_seed: int = 0,
+        finetune_steps: int = 0,
+    ) -> None:
+        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=retain_weight)
+        if damping <= 0 or cg_iters < 1 or not 0 < cg_tol < 1:
+            raise ValueError(f"damping={damping} must be > 0, cg_iters={cg_iters} >= 1 and cg_tol={cg_tol} in (0, 1)")
+        if (sample_size is not None and sample_size < 1) or noise_std < 0 or finetune_steps < 0:
+            raise ValueError(
+                f"sample_size={sample_size} must be >= 1 or None, noise_std={noise_std} >= 0, "
+                f"finetune_steps={finetune_steps} >= 0"
+            )
+        self.damping, self.cg_iters, self.cg_tol = damping, cg_iters, cg_tol
+        self.branches = tuple(branches) if branches is not None else None
+        self.parameters = tuple(parameters) if parameters is not None else None
+        self.sample_size, self.noise_std, self.noise_seed = sample_size, noise_std, noise_seed
+        self.finetune_steps = finetune_steps
+        self.newton: dict[str, Any] = {}
+        self.selected: list[str] = []
+
+    # ----------------------------------------------------------------------- selection
+    def select_parameters(self, model: nn.Module) -> list[str]:
+        """Names of the parameters the Newton step updates (validated against the model)."""
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        if self.branches is None and self.parameters is None:
+            return trainable
+        chosen: set[str] = set()
+        if self.branches is not None:
+            groups = branch_groups(model)
+            missing = [b for b in self.branches if b not in groups]
+            if missing:
+                raise ValueError(f"ScaleGUN branches {missing} are not branches of the model; choose from {sorted(groups)}")
+            chosen.update(n for b in self.branches for n in groups[b])
+        for pattern in self.parameters or ():
+            hits = fnmatch.filter(trainable, pattern)
+            if not hits:
+                raise ValueError(f"ScaleGUN parameter pattern {pattern!r} matches no trainable parameter, e.g. {trainable[:4]}")
+            chosen.update(hits)
+        return [n for n in trainable if n in chosen]
+
+    # ----------------------------------------------------------------------- objectives
+    def _draw(self, dm: UnlearningDataModule, device: torch.device) -> _Objective:
+        g = torch.Generator().manual_seed(int(dm.seed) * 7_919 + 17)
+
+        def part(pairs: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+            idx = np.arange(len(pairs))
+            if self.sample_size is not None and self.sample_size < len(pairs):
+                idx = np.sort(torch.randperm(len(pairs), generator=g)[: self.sample_size].numpy())
+            u = torch.from_numpy(pairs[idx, 0]).long()
+            i = torch.from_numpy(pairs[idx, 1]).long()
+            j = dm._forget_sampler.sample_negatives(u, generator=g)  # avoids every original train item
+            return u.to(device), i.to(device), j.to(device)
+
+        nr, nf = len(dm.forget.retain_pairs), len(dm.forget.forget_pairs)
+        return _Objective(part(dm.forget.retain_pairs), part(dm.forget.forget_pairs), nr / (nr + nf))
+
+    @staticmethod
+    def _bpr(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        u, i, j = triples
+        s, _ = pair_scores(model, torch.cat([u, u]), torch.cat([i, j]))
+        pos, neg = s.split(len(u))
+        return bpr_loss(pos, neg)
+
+    def old_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
+        """:math:`\\mathcal L_{old}` on the graph currently installed (call with the original one)."""
+        w = obj.retain_share
+        return w * self._bpr(model, obj.retain) + (1 - w) * self._bpr(model, obj.forget)
+
+    def new_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
+        """:math:`\\mathcal L_{new}` on the graph currently installed (call with the retained one)."""
+        return self._bpr(model, obj.retain)
+
+    # --------------------------------------------------------------------------- solve
+    def solve(self, loss_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor) -> CGResult:
+        r"""Solve :math:`(\nabla^2 \mathcal L + \lambda I)\,x = b` over ``params`` (flattened) by CG with
+        Hessian-vector products of ``loss_fn`` (one forward, then one double backward per product)."""
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+            sizes = [p.numel() for p in params]
+
+            def hvp(v: Tensor) -> Tensor:
+                vs = [c.view_as(p) for c, p in zip(v.split(sizes), params)]
+                hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True, allow_unused=True)
+                return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)])
+
+            return conjugate_gradient(hvp, b, self.damping, self.cg_iters, self.cg_tol)
+
+    @staticmethod
+    def _flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, params)])
+
+    @override
+    def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
+        self.selected = self.select_parameters(model)
+        named = dict(model.named_parameters())
+        params = [named[n] for n in self.selected]
+        device = params[0].device
+        obj = self._draw(dm, device)
+        recall_before = self.verify(model, dm)[f"forget_recall@{self.k}"]
+        with torch.enable_grad():
+            attach_graph(model, dm.source)  # the original graph, for the old objective
+            try:
+                g_old = self._flat_grad(self.old_objective(model, obj), params)
+            finally:
+                attach_graph(model, dm)  # back to the retained graph
+            g_new = self._flat_grad(self.new_objective(model, obj), params)
+        res = self.solve(lambda: self.new_objective(model, obj), params, g_old - g_new)
+        if res.negative_curvature:
+            rank_zero_warn(
+                f"ScaleGUN: H + {self.damping} I is not positive definite along a CG direction after "
+                f"{res.iterations} iterations; the partial solution is used: raise `damping`"
+            )
+        with torch.no_grad():
+            delta = res.x
+            if self.noise_std > 0:
+                gen = torch.Generator().manual_seed(self.noise_seed)
+                noise = torch.randn(delta.shape, generator=gen, dtype=delta.dtype).to(device) * self.noise_std
+            else:
+                noise = torch.zeros_like(delta)
+            for p, d, e in zip(params, delta.split([p.numel() for p in params]), noise.split([p.numel() for p in params])):
+                p.add_((d + e).view_as(p))
+        with torch.enable_grad():
+            g_after = self._flat_grad(self.new_objective(model, obj), params)
+        self.newton = {
+            "parameters": int(sum(p.numel() for p in params)),
+            "cg_iterations": res.iterations,
+            "cg_residual": res.residual,
+            "negative_curvature": res.negative_curvature,
+            "step_norm": float(delta.norm()),
+            "noise_std": self.noise_std,
+            "grad_residual_before": float(g_new.norm()),
+            "grad_residual_after": float(g_after.norm()),
+            "forget_recall_before_step": recall_before,
+        }
+        rank_zero_info(
+            f"ScaleGUN: Newton step over {self.newton['parameters']} parameters, {res.iterations} CG iterations "
+            f"(residual {res.residual:.2e}), |delta| {self.newton['step_norm']:.3e}"
+        )
+
+    # ------------------------------------------------------------------------- stopping
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if self.steps >= self.finetune_steps:  # the one-shot edit is done: skip the training loop
+            self.stopping_reason = f"one-shot Newton step applied ({self.steps} fine-tuning steps)"
+            trainer.should_stop = True
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if not trainer.should_stop and self.steps >= self.finetune_steps:
+            self.stopping_reason = f"Newton step and {self.steps} fine-tuning steps done"
+            trainer.should_stop = True
+
+    @override
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+        ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
+        return {"retain_bpr": self.retain_weight * self._bpr(model, (ru, ri, rj))}
+
+    # ---------------------------------------------------------------------------- state
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {"newton": dict(self.newton), "selected": list(self.selected)}
+
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.newton = dict(state.get("newton", {}))
+        self.selected = list(state.get("selected", []))
