@@ -38,7 +38,7 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.2) -> Tensor:
 
     Shapes: ``a``, ``b``: ``(B, d)``.
     """
-    a = F.normalize(a, dim=1)
+    a = F.normalize(a, dim=1) / temperature  # scaling the (B, d) side is cheaper than the (B, B) logits
     b = F.normalize(b, dim=1)
-    logits = a @ b.T / temperature  # (B, B)
+    logits = a @ b.T  # (B, B)
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))

@@ -1,0 +1,105 @@
+"""Unlearning benchmark: every method on the same deletion request, beside Retrain.
+
+    python benchmarks/unlearn_bench.py --data tiktok baby --model mgcn --regime user --share 0.05
+
+Per data set: train the model once with its training config (or reuse ``--ckpt``), then run each
+``configs/unlearn/<method>.yaml`` fragment through ``unlearn.py``'s CLI on one request (same
+fingerprint for all), Retrain included (``--compare_retrain`` on the first method). The table
+(retain valid/test Recall/NDCG@20, forget Recall@20, exposure@20, seconds, speed-up over Retrain)
+goes to stdout and to the "Unlearning" section of benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, REPO, machine_header, write_section  # noqa: E402
+
+QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", default=["tiktok", "baby"])
+    ap.add_argument("--model", default="mgcn")
+    ap.add_argument("--methods", nargs="+", default=["tru", "finetune", "neggrad", "mmrecun", "multidelete", "scalegun"])
+    ap.add_argument("--regime", default="user")
+    ap.add_argument("--share", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--patience", type=int, default=20, help="early stopping of the original training and Retrain")
+    ap.add_argument("--max-epochs", type=int, default=1000)
+    ap.add_argument("--ckpt", default=None, help="reuse a trained checkpoint (one data set only)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    a = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from lightning_tru.cli import train_cli, unlearn_cli
+
+    work = Path(tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
+    sections = []
+    for data in a.data:
+        if data != "synthetic" and not (DATA / data).is_dir():
+            print(f"skip {data}: {DATA / data} not found")
+            continue
+        cfg = str(REPO / f"configs/train/{a.model}_{data}.yaml")
+        root = [] if data == "synthetic" else ["--data.init_args.root", str(DATA / data)]
+        common = ["--seed_everything", str(a.seed), "--early_stopping.patience", str(a.patience), *root]
+        ckpt = a.ckpt
+        if ckpt is None:
+            cli = train_cli(["fit", "--config", cfg, *common, *QUIET, "--trainer.max_epochs", str(a.max_epochs),
+                             "--trainer.default_root_dir", str(work / data), "--test_after_fit", "false"])
+            ckpt = cli.trainer.checkpoint_callback.best_model_path
+        rows, retrain_s, fp = {}, None, None
+        for i, method in enumerate(a.methods):
+            report = unlearn_cli(["--config", cfg, "--config", str(REPO / f"configs/unlearn/{method}.yaml"), *common,
+                                  *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
+                                  "--request.share", str(a.share), "--request.seed", str(a.seed),
+                                  "--compare_retrain", str(i == 0).lower(), "--retrain_max_epochs", str(a.max_epochs),
+                                  "--output_root", str(work / data / "unlearn"), "--ledger", str(work / "ledger.jsonl")])
+            name = report["method"]
+            if fp is not None and report["request"]["fingerprint"] != fp:
+                raise RuntimeError("methods saw different requests")
+            fp = report["request"]["fingerprint"]
+            if i == 0:
+                rows["before"] = (report["metrics"]["before"], None)
+                rows["Retrain"] = (report["metrics"]["Retrain"], report["seconds"]["Retrain"])
+                retrain_s = report["seconds"]["Retrain"]
+            rows[name] = (report["metrics"][name], report["seconds"][name])
+            print(data, name, json.dumps({k: round(v, 4) for k, v in report["metrics"][name].items() if "@20" in k}),
+                  report["seconds"].get(name), flush=True)
+        ref = rows["Retrain"][0]
+        lines = []
+        for name, (m, s) in rows.items():
+            speed = f"{retrain_s / s:.0f}x" if s and retrain_s else "-"
+            lines.append(
+                f"| {name} | {m['val/recall@20']:.4f} | {m['test/recall@20']:.4f} | {m['test/ndcg@20']:.4f} | "
+                f"{m['test/ndcg@20'] / ref['test/ndcg@20']:.1%} | {m['forget_recall@20']:.4f} | "
+                f"{m['forget_recall@20'] / max(ref['forget_recall@20'], 1e-12):.2f} | {m['exposure@20']:.4f} | "
+                f"{'-' if s is None else f'{s:.2f}'} | {speed} |"
+            )
+        sections.append(
+            f"### {a.model} on {data}, {a.regime}-wise {a.share:.0%} (request {fp[:12]})\n\n"
+            "| method | val R@20 | test R@20 | test N@20 | N@20 vs Retrain | forget R@20 | forget vs Retrain | exposure@20 | seconds | speed-up vs Retrain |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+        )
+    body = (
+        f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --regime {a.regime} "
+        f"--share {a.share} --seed {a.seed} --patience {a.patience} --threads {a.threads}`\n\n{machine_header()}\n"
+        "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
+        "scratch on the retained data with the training config (early stopping on valid Recall@20) and its seconds "
+        "are to convergence; seconds of a method = its unlearning `Trainer.fit` (profiling included)\n\n"
+        + "\n".join(sections)
+    )
+    print(body)
+    write_section(Path(a.out), "Unlearning", body)
+
+
+if __name__ == "__main__":
+    main()

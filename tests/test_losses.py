@@ -1,0 +1,35 @@
+import math
+
+import torch
+
+from lightning_tru.nn.losses import bpr_loss, info_nce, l2_penalty, reverse_bpr_loss
+
+
+def test_bpr_and_reverse_bpr_match_formulas() -> None:
+    pos, neg = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.5])
+    ref = -sum(math.log(1 / (1 + math.exp(-(p - n)))) for p, n in zip(pos.tolist(), neg.tolist())) / 3
+    rev = -sum(math.log(1 / (1 + math.exp(-(n - p)))) for p, n in zip(pos.tolist(), neg.tolist())) / 3
+    assert bpr_loss(pos, neg).item() == torch.tensor(ref).float().item()
+    assert abs(reverse_bpr_loss(pos, neg).item() - rev) < 1e-6
+    # reverse BPR is bounded below by 0, unlike ascent on BPR
+    big = torch.tensor([100.0]), torch.tensor([-100.0])
+    assert reverse_bpr_loss(big[1], big[0]).item() >= 0.0
+    assert -bpr_loss(*big).item() <= 0.0
+
+
+def test_info_nce_matches_naive_loop() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 3), torch.randn(5, 3)
+    an, bn = a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True)
+    tau = 0.2
+    ref = 0.0
+    for k in range(5):
+        num = math.exp(float(an[k] @ bn[k]) / tau)
+        den = sum(math.exp(float(an[k] @ bn[j]) / tau) for j in range(5))
+        ref -= math.log(num / den)
+    assert abs(info_nce(a, b, tau).item() - ref / 5) < 1e-5
+
+
+def test_l2_penalty() -> None:
+    x, y = torch.ones(4, 2), 2 * torch.ones(4, 2)
+    assert l2_penalty(x, y).item() == (8 + 32) / 8
