@@ -162,6 +162,9 @@ class UnlearnCLI(LightningCLI):
             start = time.perf_counter()
             self.trainer.fit(UnlearningTask(model), datamodule=udm)
             seconds[name] = time.perf_counter() - start
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # the DDP run is over: rank 0 evaluates and writes alone, without collectives
+                torch.distributed.destroy_process_group()
             cb = callbacks[0]
             details[name] = {"steps": cb.steps, "stopping_reason": cb.stopping_reason, "target_recall": cb.target_recall,
                              **cb.extra_state()}

@@ -91,3 +91,21 @@ def test_whole_dataset_request_is_refused(trained: Path, tmp_path: Path, monkeyp
     monkeypatch.chdir(REPO)
     with pytest.raises(ValueError, match="share"):
         _unlearn(trained, tmp_path, "--request.share", "1.0")
+
+
+@pytest.mark.slow
+def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
+    """`ddp` re-launches the command in child processes, so run the script in a subprocess."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "unlearn.py", "--config", "configs/train/mgcn_synthetic.yaml", "--config",
+           "configs/unlearn/tru.yaml", "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
+           "--trainer.max_epochs", "6", "--ckpt_path", str(trained), "--output_root", str(tmp_path / "out"),
+           "--ledger", str(tmp_path / "ledger.jsonl")]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # written once, by rank 0
+    run = Path(json.loads(lines[0])["run_dir"])
+    assert json.loads((run / "report.json").read_text())["details"]["TRU"]["steps"] >= 1

@@ -33,7 +33,9 @@ def forget_metrics(
     forget = forget.tocsr()
     users = np.flatnonzero(np.diff(forget.indptr) > 0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    recall, exposure = RecallAtK(k).to(device), ExposureAtK(k).to(device)
+    # every rank ranks all forgetting users: no cross-rank sync (identical on every rank)
+    recall = RecallAtK(k, sync_on_compute=False).to(device)
+    exposure = ExposureAtK(k, sync_on_compute=False).to(device)
     num_items = forget.shape[1]
     for s in range(0, len(users), batch_users):
         ub = users[s : s + batch_users]

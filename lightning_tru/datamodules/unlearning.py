@@ -100,7 +100,7 @@ class UnlearningDataModule(LightningDataModule):
 
     # batches
     def _world_size(self) -> int:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        trainer = self.trainer
         return int(trainer.world_size) if trainer is not None else 1
 
     def train_dataloader(self) -> DataLoader:
