@@ -14,11 +14,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_tru.audit.report import (
     append_ledger,
-    atomic_save_checkpoint,
-    atomic_write_bytes,
+    checkpoint_bytes,
     evaluate,
     format_table,
-    new_run_dir,
+    publish_run_dir,
 )
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules import RecDataModule
@@ -192,15 +191,16 @@ class UnlearnCLI(LightningCLI):
             "seconds": seconds,
             "details": details,
         }
-        run_dir = new_run_dir(Path(cfg.output_root), name.lower(), fs.fingerprint)
         ckpt = {
             "state_dict": model.state_dict(),
             "hyper_parameters": dict(model.hparams),
             CHECKPOINT_KEY: model.model_signature(),
             "unlearning": {"fingerprint": fs.fingerprint, "method": name, "source": report["checkpoint"]},
         }
-        atomic_save_checkpoint(run_dir / "model.ckpt", ckpt)
-        atomic_write_bytes(run_dir / "report.json", json.dumps(report, indent=2, default=str).encode())
+        run_dir = publish_run_dir(Path(cfg.output_root), name.lower(), fs.fingerprint, {
+            "model.ckpt": checkpoint_bytes(ckpt),
+            "report.json": json.dumps(report, indent=2, default=str).encode(),
+        })
         report["run_dir"] = str(run_dir)
         append_ledger(Path(cfg.ledger), {"time": report["time"], "fingerprint": fs.fingerprint, "method": name,
                                          "run_dir": str(run_dir), "metrics": columns[name], "seconds": seconds.get(name)})

@@ -109,3 +109,19 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     assert len(lines) == 1  # written once, by rank 0
     run = Path(json.loads(lines[0])["run_dir"])
     assert json.loads((run / "report.json").read_text())["details"]["TRU"]["steps"] >= 1
+
+
+def test_publish_run_dir_is_atomic_and_never_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_tru.audit import report as rep
+
+    a = rep.publish_run_dir(tmp_path, "tru", "ab" * 32, {"x.json": b"1"})
+    b = rep.publish_run_dir(tmp_path, "tru", "ab" * 32, {"x.json": b"2"})
+    assert a != b and (a / "x.json").read_bytes() == b"1" and (b / "x.json").read_bytes() == b"2"
+
+    def boom(path: Path, data: bytes) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rep, "atomic_write_bytes", boom)
+    with pytest.raises(OSError, match="disk full"):
+        rep.publish_run_dir(tmp_path, "tru", "cd" * 32, {"x.json": b"3"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])  # nothing half-written left

@@ -60,13 +60,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file and a rename (never a half-written checkpoint)."""
+def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
+    """A checkpoint serialised with ``torch.save`` (loadable with ``weights_only=True``)."""
     import io
 
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def append_ledger(path: Path, entry: dict[str, Any]) -> None:
@@ -79,18 +79,34 @@ def append_ledger(path: Path, entry: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def new_run_dir(root: Path, method: str, fingerprint: str) -> Path:
-    """A fresh directory ``<root>/<method>-<fp12>-<UTC time>``; never an existing one."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    base = root / f"{method}-{fingerprint[:12]}-{stamp}"
-    path, n = base, 1
-    while True:
-        try:
-            path.mkdir(parents=True, exist_ok=False)
-            return path
-        except FileExistsError:
+def publish_run_dir(root: Path, method: str, fingerprint: str, files: dict[str, bytes]) -> Path:
+    """Write ``files`` into a fresh ``<root>/<method>-<fp12>-<UTC time>`` directory, atomically.
+
+    The files go to a hidden temporary sibling first; one ``rename`` publishes the directory,
+    so a crash leaves either nothing or the complete run. An existing directory is never reused.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".incomplete-"))
+    try:
+        for name, data in files.items():
+            atomic_write_bytes(tmp / name, data)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = root / f"{method}-{fingerprint[:12]}-{stamp}"
+        path, n = base, 1
+        while True:
+            if not path.exists():
+                try:
+                    os.rename(tmp, path)  # atomic publish; fails if another run took the name meanwhile
+                    return path
+                except OSError:
+                    pass
             n += 1
             path = base.with_name(f"{base.name}-{n}")
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def format_table(columns: dict[str, dict[str, float]], seconds: Optional[dict[str, float]] = None) -> str:

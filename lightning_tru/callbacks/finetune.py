@@ -9,7 +9,6 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch
-from lightning_tru.models.protocol import pair_scores
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -43,6 +42,6 @@ class FineTune(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
-        s, _ = pair_scores(model, torch.cat([ru, ru]), torch.cat([ri, rj]))
+        s = model.score(torch.cat([ru, ru]), torch.cat([ri, rj]))  # type: ignore[operator]
         pos, neg = s.split(len(ru))
         return {"retain_bpr": bpr_loss(pos, neg)}

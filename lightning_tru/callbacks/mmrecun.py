@@ -63,6 +63,8 @@ class MMRecUn(UnlearningCallback):
         reg_weight: float = 1e-4,
         regularization: Regularization = "embedding",
     ) -> None:
+        if alpha < 0:
+            raise ValueError(f"alpha={alpha} must be >= 0 (the weight of forward BPR on retained pairs)")
         super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=alpha)
         if regularization not in REGULARIZATIONS:
             raise ValueError(f"regularization={regularization!r}; choose one of {REGULARIZATIONS}")

@@ -28,7 +28,7 @@ class MultiDelete(UnlearningCallback):
 
     .. math::
         \mathcal L = \lambda_{md}\,\underbrace{\frac{1}{|B_F|}\sum_{(u,i,j) \in B_F}
-                \big(s_{ui} - s^0_{uj}\big)^2}_{\text{modality decoupling}}
+                \big[(s_{ui} - s^0_{uj})^2 + a\,(s_{uj} - s^0_{uj})^2\big]}_{\text{modality decoupling}}
             + \lambda_{mm}\,\underbrace{\big[\mathrm{MSE}(E_{U_R}, E^0_{U_R}) + \mathrm{MSE}(E_{I_R}, E^0_{I_R})\big]}_{\text{multimodal retention}}
             + \lambda_{um}\,\underbrace{\frac{1}{|\mathcal B|}\sum_{b \in \mathcal B}
                 \big[\mathrm{MSE}(E^b_{U_R}, E^{b,0}_{U_R}) + \mathrm{MSE}(E^b_{I_R}, E^{b,0}_{I_R})\big]}_{\text{unimodal retention}}
@@ -39,6 +39,14 @@ class MultiDelete(UnlearningCallback):
     embeddings and :math:`E^b` the per-branch embeddings of
     :attr:`~lightning_tru.nn.Propagation.branches` (ID, each modality, fusion; they sum to
     :math:`E`). MSE is the mean over entries.
+
+    The anchor :math:`a` (``anchor_unconnected``, on by default; our addition) keeps the random
+    unconnected pair's own score at the original's. A score is a scalar, unlike the joint
+    image-text embedding MultiDelete matches, and without the anchor the decoupling term is
+    met by shrinking the forgetting user's whole score profile, which leaves the ranking as it
+    was: measured on ``mgcn_synthetic`` (5% of the users), forget Recall@20 *rose* from 0.46 to
+    0.56 in 60 steps. With the anchor a forgotten item is pushed to the level of a random item
+    while the random items stay where they were.
 
     The frozen reference is the model at profile time (the trained weights) *after* graph
     surgery, in eval mode: no forgotten edge flows into the retention targets, and the
@@ -57,6 +65,7 @@ class MultiDelete(UnlearningCallback):
         multimodal_weight: :math:`\lambda_{mm}`.
         unimodal_weight: :math:`\lambda_{um}`.
         reference_device: ``"model"`` (the model's device) or ``"cpu"`` for the frozen reference.
+        anchor_unconnected: add :math:`(s_{uj} - s^0_{uj})^2` to the decoupling term (:math:`a = 1`).
     """
 
     def __init__(
@@ -69,8 +78,9 @@ class MultiDelete(UnlearningCallback):
         multimodal_weight: float = 1.0,
         unimodal_weight: float = 1.0,
         reference_device: ReferenceDevice = "model",
+        anchor_unconnected: bool = True,
     ) -> None:
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=multimodal_weight)
+        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every)
         if decouple_weight <= 0 or multimodal_weight < 0 or unimodal_weight < 0:
             raise ValueError(
                 f"decouple_weight={decouple_weight} must be > 0, multimodal_weight={multimodal_weight} and "
@@ -82,6 +92,7 @@ class MultiDelete(UnlearningCallback):
             decouple_weight, multimodal_weight, unimodal_weight,
         )
         self.reference_device = reference_device
+        self.anchor_unconnected = anchor_unconnected
         self.unimodal_active: Optional[bool] = None
         self._ref_user: Optional[Tensor] = None  # (U, d)
         self._ref_item: Optional[Tensor] = None  # (I, d)
@@ -149,13 +160,17 @@ class MultiDelete(UnlearningCallback):
         fu, fi, fj, ru, ri, rj = batch
         nf, nr = len(fu), len(ru)
         prop = self._propagate(model)
-        users, items = torch.cat([fu, ru]), torch.cat([fi, ri])
+        users, items = torch.cat([fu, fu, ru]), torch.cat([fi, fj, ri])
         if prop is not None:
             s = model.backbone.score(users, items, prop)  # type: ignore[union-attr,operator]
         else:
             s = model.score(users, items)  # type: ignore[operator]
-        s_f, s_r = s.split([nf, nr])
-        losses = {"decouple": self.decouple_weight * F.mse_loss(s_f, self._reference_scores(fu, fj))}
+        s_fi, s_fj, s_r = s.split([nf, nf, nr])
+        target = self._reference_scores(fu, fj)  # (F,) s^0(u, j)
+        decouple = F.mse_loss(s_fi, target)
+        if self.anchor_unconnected:
+            decouple = decouple + F.mse_loss(s_fj, target)
+        losses = {"decouple": self.decouple_weight * decouple}
         if self.multimodal_weight > 0:
             uu, ii = torch.unique(ru), torch.unique(ri)
             if self._ref_user is not None and self._ref_item is not None:

@@ -10,7 +10,6 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch
-from lightning_tru.models.protocol import pair_scores
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -53,7 +52,7 @@ class NegGrad(UnlearningCallback):
     def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
         nf, nr = len(fu), len(ru)
-        s, _ = pair_scores(model, torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))
+        s = model.score(torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))  # type: ignore[operator]
         s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
         return {
             "forget_ascent": self.forget_weight * F.logsigmoid(s_fi - s_fj).mean(),  # = -gamma_f * BPR(F)

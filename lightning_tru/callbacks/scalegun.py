@@ -4,10 +4,11 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -15,8 +16,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import attach_graph, branch_groups, pair_scores
-from lightning_tru.nn.losses import bpr_loss
+from lightning_tru.models.protocol import attach_graph, branch_groups
 
 
 class CGResult(NamedTuple):
@@ -63,6 +63,14 @@ def conjugate_gradient(
     return CGResult(x, it, math.sqrt(rs) / b_norm, negative)
 
 
+Curvature = Literal["gauss_newton", "hessian"]
+CURVATURES: tuple[str, ...] = ("gauss_newton", "hessian")
+
+
+def _bpr(margins: Tensor) -> Tensor:
+    return -F.logsigmoid(margins).mean()
+
+
 class _Objective(NamedTuple):
     """Fixed BPR triples of the influence objectives (drawn once, seeded)."""
 
@@ -87,12 +95,18 @@ class ScaleGUN(UnlearningCallback):
         \qquad
         \mathcal L_{new}(\theta) = \tfrac{1}{|R|}\textstyle\sum_{(u,i,j) \in R} -\log\sigma(s^{A'}_{ui} - s^{A'}_{uj}) \\
         (H + \lambda I)\,\Delta &= \nabla \mathcal L_{old}(\theta^*) - \nabla \mathcal L_{new}(\theta^*),
-        \qquad H = \nabla^2 \mathcal L_{new}(\theta^*), \qquad
+        \qquad H \approx \nabla^2 \mathcal L_{new}(\theta^*), \qquad
         \theta \leftarrow \theta^* + \Delta + \sigma \xi,\ \xi \sim \mathcal N(0, I)
 
     over the selected parameters :math:`\theta` (the others stay fixed). :math:`\Delta` is solved by
-    :func:`conjugate_gradient` with Hessian-vector products (double backward through the
-    propagation); at a stationary point of :math:`\mathcal L_{old}` it is the Newton step towards the
+    :func:`conjugate_gradient` with curvature-vector products through the propagation (no
+    matrix is formed). ``curvature="hessian"`` uses the exact Hessian (double backward);
+    ``"gauss_newton"`` (default) its Gauss-Newton part
+    :math:`\frac{1}{|R|} J^\top \mathrm{diag}(\sigma(x)\sigma(-x)) J` of the margins :math:`x = s_{ui} - s_{uj}`,
+    which is positive semi-definite: a BPR objective over bilinear scores is not convex, its
+    Hessian has negative eigenvalues larger than any useful damping (CG then stops early on
+    negative curvature), while the Gauss-Newton system is always well posed. It is the
+    convex-loss Hessian ScaleGUN's linear head has, taken at the current embeddings. At a stationary point of :math:`\mathcal L_{old}` it is the Newton step towards the
     minimiser of :math:`\mathcal L_{new}` (the influence-function removal of Koh & Liang / Guo et al.),
     and the gradient difference keeps the early-stopped model's residual training signal out.
     The edit is applied once in :meth:`profile`, under ``torch.no_grad()``; with
@@ -116,7 +130,10 @@ class ScaleGUN(UnlearningCallback):
     Args:
         lr, k, target_recall, eval_every, retain_weight: see :class:`~lightning_tru.callbacks.UnlearningCallback`
             (used by the optional fine-tuning steps only).
-        damping: :math:`\lambda > 0`.
+        damping: :math:`\lambda > 0`. On the retained objective's null directions (e.g. the
+            embedding of a user whose every interaction is forgotten) the step is
+            :math:`\nabla\mathcal L_{old} / \lambda`, so :math:`\lambda` sets how far forgotten nodes move.
+        curvature: ``"gauss_newton"`` or ``"hessian"``.
         cg_iters: most CG iterations.
         cg_tol: relative residual at which CG stops.
         branches: branch names (the model's ``branch_parameters``) whose parameters are updated;
@@ -138,7 +155,8 @@ class ScaleGUN(UnlearningCallback):
         target_recall: Optional[float] = None,
         eval_every: int = 5,
         retain_weight: float = 1.0,
-        damping: float = 1e-3,
+        damping: float = 1e-5,
+        curvature: Curvature = "gauss_newton",
         cg_iters: int = 50,
         cg_tol: float = 1e-4,
         branches: Optional[Sequence[str]] = ("id",),
@@ -156,7 +174,9 @@ class ScaleGUN(UnlearningCallback):
                 f"sample_size={sample_size} must be >= 1 or None, noise_std={noise_std} >= 0, "
                 f"finetune_steps={finetune_steps} >= 0"
             )
-        self.damping, self.cg_iters, self.cg_tol = damping, cg_iters, cg_tol
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature={curvature!r}; choose one of {CURVATURES}")
+        self.damping, self.cg_iters, self.cg_tol, self.curvature = damping, cg_iters, cg_tol, curvature
         self.branches = tuple(branches) if branches is not None else None
         self.parameters = tuple(parameters) if parameters is not None else None
         self.sample_size, self.noise_std, self.noise_seed = sample_size, noise_std, noise_seed
@@ -201,35 +221,55 @@ class ScaleGUN(UnlearningCallback):
         return _Objective(part(dm.forget.retain_pairs), part(dm.forget.forget_pairs), nr / (nr + nf))
 
     @staticmethod
-    def _bpr(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def margins(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``(B,)`` BPR margins :math:`s_{ui} - s_{uj}` of fixed triples on the installed graph."""
         u, i, j = triples
-        s, _ = pair_scores(model, torch.cat([u, u]), torch.cat([i, j]))
+        s = model.score(torch.cat([u, u]), torch.cat([i, j]))  # type: ignore[operator]
         pos, neg = s.split(len(u))
-        return bpr_loss(pos, neg)
+        return pos - neg
 
     def old_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
         """:math:`\\mathcal L_{old}` on the graph currently installed (call with the original one)."""
         w = obj.retain_share
-        return w * self._bpr(model, obj.retain) + (1 - w) * self._bpr(model, obj.forget)
+        return w * _bpr(self.margins(model, obj.retain)) + (1 - w) * _bpr(self.margins(model, obj.forget))
 
     def new_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
         """:math:`\\mathcal L_{new}` on the graph currently installed (call with the retained one)."""
-        return self._bpr(model, obj.retain)
+        return _bpr(self.margins(model, obj.retain))
 
     # --------------------------------------------------------------------------- solve
-    def solve(self, loss_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor) -> CGResult:
-        r"""Solve :math:`(\nabla^2 \mathcal L + \lambda I)\,x = b` over ``params`` (flattened) by CG with
-        Hessian-vector products of ``loss_fn`` (one forward, then one double backward per product)."""
+    def solve(self, margins_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor) -> CGResult:
+        r"""Solve :math:`(C + \lambda I)\,x = b` over ``params`` (flattened) by CG, with :math:`C` the
+        curvature of :math:`\mathcal L = \frac1M\sum_m -\log\sigma(x_m)` and :math:`x` = ``margins_fn()``:
+        the Hessian (``curvature="hessian"``; products by double backward) or the Gauss-Newton
+        matrix :math:`\frac1M J^\top \mathrm{diag}(\sigma(x)\sigma(-x))\,J`, :math:`J = \partial x / \partial\theta`
+        (``"gauss_newton"``; :math:`Jv` by the double-vjp trick, then a vjp)."""
+        sizes = [p.numel() for p in params]
+
+        def flat(gs: Sequence[Optional[Tensor]]) -> Tensor:
+            return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, params)])
+
+        def split(v: Tensor) -> list[Tensor]:
+            return [c.view_as(p) for c, p in zip(v.split(sizes), params)]
+
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
-            sizes = [p.numel() for p in params]
+            x = margins_fn()
+            if self.curvature == "hessian":
+                grads = torch.autograd.grad(_bpr(x), params, create_graph=True)
 
-            def hvp(v: Tensor) -> Tensor:
-                vs = [c.view_as(p) for c, p in zip(v.split(sizes), params)]
-                hv = torch.autograd.grad(grads, params, grad_outputs=vs, retain_graph=True, allow_unused=True)
-                return torch.cat([(h if h is not None else torch.zeros_like(p)).reshape(-1) for h, p in zip(hv, params)])
+                def matvec(v: Tensor) -> Tensor:
+                    return flat(torch.autograd.grad(grads, params, grad_outputs=split(v), retain_graph=True, allow_unused=True))
 
-            return conjugate_gradient(hvp, b, self.damping, self.cg_iters, self.cg_tol)
+            else:
+                weight = (torch.sigmoid(x) * torch.sigmoid(-x)).detach() / len(x)  # (M,) loss curvature in x
+                dummy = torch.zeros_like(x, requires_grad=True)
+                jt = torch.autograd.grad(x, params, grad_outputs=dummy, create_graph=True)  # J^T dummy, linear in dummy
+
+                def matvec(v: Tensor) -> Tensor:
+                    jv = torch.autograd.grad(jt, dummy, grad_outputs=split(v), retain_graph=True)[0]  # (M,) J v
+                    return flat(torch.autograd.grad(x, params, grad_outputs=weight * jv, retain_graph=True, allow_unused=True))
+
+            return conjugate_gradient(matvec, b, self.damping, self.cg_iters, self.cg_tol)
 
     @staticmethod
     def _flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:
@@ -251,7 +291,7 @@ class ScaleGUN(UnlearningCallback):
             finally:
                 attach_graph(model, dm)  # back to the retained graph
             g_new = self._flat_grad(self.new_objective(model, obj), params)
-        res = self.solve(lambda: self.new_objective(model, obj), params, g_old - g_new)
+        res = self.solve(lambda: self.margins(model, obj.retain), params, g_old - g_new)
         if res.negative_curvature:
             rank_zero_warn(
                 f"ScaleGUN: H + {self.damping} I is not positive definite along a CG direction after "
@@ -302,7 +342,7 @@ class ScaleGUN(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
-        return {"retain_bpr": self.retain_weight * self._bpr(model, (ru, ri, rj))}
+        return {"retain_bpr": self.retain_weight * _bpr(self.margins(model, (ru, ri, rj)))}
 
     # ---------------------------------------------------------------------------- state
     @override
