@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_tru.metrics.functional import ranking_hits
+from lightning_tru.metrics.functional import count_relevant, ranking_hits
 
 
 class ExposureAtK(Metric):
@@ -36,7 +36,7 @@ class ExposureAtK(Metric):
     def update(self, topk: Tensor, target: Tensor) -> None:
         hits = ranking_hits(topk[:, : self.k], target)
         self.shown = self.shown + hits.sum()
-        self.total = self.total + (target != 0).sum()
+        self.total = self.total + count_relevant(target).sum()
 
     def compute(self) -> Tensor:
         return self.shown.float() / self.total.clamp_min(1).float()

@@ -54,6 +54,16 @@ def _check_hits(hits: Tensor, num_relevant: Tensor, k: int) -> None:
         )
 
 
+def count_relevant(target: Tensor) -> Tensor:
+    """``(B,)`` number of relevant items per row of a ``(B, num_items)`` relevance tensor.
+
+    Bool tensors are summed as bytes (an order of magnitude faster than ``bool.sum`` on CPU).
+    """
+    if target.dtype == torch.bool:
+        return target.view(torch.uint8).sum(dim=1, dtype=torch.long)
+    return (target != 0).sum(dim=1)
+
+
 def ranking_hits(topk: Tensor, target: Tensor) -> Tensor:
     """Mark which ranked items are relevant.
 

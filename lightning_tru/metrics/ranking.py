@@ -16,13 +16,14 @@ split and across any number of processes and the result is the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from lightning_tru.metrics.functional import (
+    count_relevant,
     _hit_rate_compute,
     _hit_rate_update,
     _ndcg_compute,
@@ -62,10 +63,14 @@ class _RankingMetric(Metric):
         self.add_state("accum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, topk: Tensor, target: Tensor) -> None:
-        """Update the sums with one batch of rankings ``topk`` (B, K_max) and relevance ``target`` (B, num_items)."""
+    def update(self, topk: Tensor, target: Tensor, num_relevant: Optional[Tensor] = None) -> None:
+        """Update the sums with one batch of rankings ``topk`` (B, K_max) and relevance ``target`` (B, num_items).
+
+        ``num_relevant`` (B,) may be passed when already known (shared by a collection).
+        """
         hits = ranking_hits(topk, target)
-        num_relevant = (target != 0).sum(dim=1)
+        if num_relevant is None:
+            num_relevant = count_relevant(target)
         accum, total = self._update_fn(hits, num_relevant, self.k)
         # out of place: states reset under inference mode must still update under no_grad
         self.accum = self.accum + accum.to(self.accum.device)

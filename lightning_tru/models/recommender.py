@@ -11,6 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_tru.metrics import ranking_metrics
+from lightning_tru.metrics.functional import count_relevant
 from lightning_tru.nn.losses import bpr_loss
 from lightning_tru.nn.base import Backbone, BackboneFactory
 
@@ -99,7 +100,7 @@ class RecommenderModule(LightningModule):
         u, i = self._eval_embeddings
         scores = (u[users] @ i.T).masked_fill(exclude, float("-inf"))  # (B, I)
         topk = torch.topk(scores, min(max(self.eval_ks), scores.shape[1]), dim=1).indices
-        metrics.update(topk, target)
+        metrics.update(topk, target, num_relevant=count_relevant(target))
 
     def _start_eval(self) -> None:
         with torch.no_grad():
