@@ -89,7 +89,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     print(body)
-    write_section(Path(a.out), "Training", body)
+    write_section(Path(a.out), f"Training ({', '.join(a.data)})", body)
 
 
 if __name__ == "__main__":

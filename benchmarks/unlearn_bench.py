@@ -22,6 +22,15 @@ from common import DATA, REPO, machine_header, write_section  # noqa: E402
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
+def _run_method(unlearn_cli, cfg: str, method: str, common: list[str], ckpt: str, a: argparse.Namespace, i: int,
+                work: Path, data: str) -> dict:
+    return unlearn_cli(["--config", cfg, "--config", str(REPO / f"configs/unlearn/{method}.yaml"), *common,
+                        *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
+                        "--request.share", str(a.share), "--request.seed", str(a.seed),
+                        "--compare_retrain", str(i == 0).lower(), "--retrain_max_epochs", str(a.max_epochs),
+                        "--output_root", str(work / data / "unlearn"), "--ledger", str(work / "ledger.jsonl")])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=["tiktok", "baby"])
@@ -57,12 +66,16 @@ def main() -> None:
                              "--trainer.default_root_dir", str(work / data), "--test_after_fit", "false"])
             ckpt = cli.trainer.checkpoint_callback.best_model_path
         rows, retrain_s, fp = {}, None, None
+        failed = []
         for i, method in enumerate(a.methods):
-            report = unlearn_cli(["--config", cfg, "--config", str(REPO / f"configs/unlearn/{method}.yaml"), *common,
-                                  *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
-                                  "--request.share", str(a.share), "--request.seed", str(a.seed),
-                                  "--compare_retrain", str(i == 0).lower(), "--retrain_max_epochs", str(a.max_epochs),
-                                  "--output_root", str(work / data / "unlearn"), "--ledger", str(work / "ledger.jsonl")])
+            try:
+                report = _run_method(unlearn_cli, cfg, method, common, ckpt, a, i, work, data)
+            except Exception as e:  # a broken baseline must not lose the others' measurements
+                if i == 0:
+                    raise
+                failed.append(f"{method}: {type(e).__name__}: {e}"[:300])
+                print("FAILED", data, method, e, flush=True)
+                continue
             name = report["method"]
             if fp is not None and report["request"]["fingerprint"] != fp:
                 raise RuntimeError("methods saw different requests")
@@ -84,14 +97,15 @@ def main() -> None:
                 f"{m['forget_recall@20'] / max(ref['forget_recall@20'], 1e-12):.2f} | {m['exposure@20']:.4f} | "
                 f"{'-' if s is None else f'{s:.2f}'} | {speed} |"
             )
+        notes = "".join(f"\n- failed: {x}" for x in failed)
         sections.append(
             f"### {a.model} on {data}, {a.regime}-wise {a.share:.0%} (request {fp[:12]})\n\n"
             "| method | val R@20 | test R@20 | test N@20 | N@20 vs Retrain | forget R@20 | forget vs Retrain | exposure@20 | seconds | speed-up vs Retrain |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n" + notes + "\n"
         )
     body = (
         f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --regime {a.regime} "
-        f"--share {a.share} --seed {a.seed} --patience {a.patience} --threads {a.threads}`\n\n{machine_header()}\n"
+        f"--share {a.share} --seed {a.seed} --patience {a.patience} --max-epochs {a.max_epochs} --threads {a.threads}`\n\n{machine_header()}\n"
         "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
         "scratch on the retained data with the training config (early stopping on valid Recall@20) and its seconds "
         "are to convergence; seconds of a method = its unlearning `Trainer.fit` (profiling included)\n\n"
