@@ -25,6 +25,11 @@ class FineTune(UnlearningCallback):
     CURE4Rec, NeurIPS 2024). The run stops on the base's forget-recall target or at the step
     budget (``trainer.max_epochs``).
 
+    Expect it to forget item-wise (items that lost their interactions sink as training goes on)
+    but not user-wise: no retained pair involves a forgotten user, so their own embedding never
+    changes (on ``mgcn_synthetic``, 5% of the users, forget Recall@20 went 0.43 before, 0.46
+    after graph surgery, 0.48 after 200 steps).
+
     Args:
         lr: Adam learning rate (the training run's own rate is the natural choice).
         k, target_recall, eval_every: see :class:`~lightning_tru.callbacks.UnlearningCallback`.

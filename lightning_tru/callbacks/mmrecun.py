@@ -33,9 +33,9 @@ class MMRecUn(UnlearningCallback):
       side and content views), that term computed on the forget batch's users and items.
       Backbones without it (LightGCN, MIG-GT) and score-only models skip the term
       (``contrastive_active`` tells which case ran). :math:`-\mathcal L_{cl}` is bounded below
-      (InfoNCE :math:`\le 2/\tau + \log B`), so the objective stays bounded.
-    * :math:`\Omega`: ``"embedding"`` (default) is MMRec's regulariser, the one the backbones train
-      with: :math:`\frac{1}{2B}(\lVert E_U^B\rVert^2 + \lVert E_I^B\rVert^2 + \lVert E_J^B\rVert^2)` over the
+      (each InfoNCE is at most :math:`2/\tau + \log B`), so the objective stays bounded.
+    * :math:`\Omega`: ``"embedding"`` (default) is MMRec's batch regulariser (MGCN trains with it):
+      :math:`\frac{1}{2B}(\lVert E_U^B\rVert^2 + \lVert E_I^B\rVert^2 + \lVert E_J^B\rVert^2)` over the
       final embeddings of the step's users, items and negatives (forget and retain parts);
       ``"parameter_change"`` is :math:`\frac12\lVert\theta - \theta_0\rVert^2` (an anchor to the trained
       weights :math:`\theta_0`, snapshotted at profile time and not checkpointed: a resumed run
@@ -54,10 +54,10 @@ class MMRecUn(UnlearningCallback):
 
     def __init__(
         self,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         k: int = 20,
         target_recall: Optional[float] = None,
-        eval_every: int = 5,
+        eval_every: int = 2,
         alpha: float = 1.0,
         cl_weight: float = 1.0,
         reg_weight: float = 1e-4,
@@ -101,7 +101,10 @@ class MMRecUn(UnlearningCallback):
         users, items = torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj])
         backbone = getattr(model, "backbone", None)
         prop = backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
-        s = backbone.score(users, items, prop) if prop is not None else model.score(users, items)  # type: ignore[union-attr,operator]
+        if prop is not None:
+            s = backbone.score(users, items, prop)  # type: ignore[union-attr]
+        else:
+            s = model.score(users, items)  # type: ignore[operator]
         s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.alpha * bpr_loss(s_ri, s_rj)}
         if self.cl_weight > 0:

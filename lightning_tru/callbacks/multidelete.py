@@ -21,17 +21,19 @@ REFERENCE_DEVICES: tuple[str, ...] = ("model", "cpu")
 class MultiDelete(UnlearningCallback):
     r"""MultiDelete: modality decoupling plus multimodal and unimodal knowledge retention.
 
-    MultiDelete (https://arxiv.org/abs/2311.12047, code: github.com/CLU-UML/MultiDelete) unlearns image-text pairs by making a deleted
-    pair look like an unpaired one while the multimodal and unimodal embeddings of retained data
-    stay those of the original model. For a recommender, with :math:`s^0, e^0` the frozen
-    original model:
+    MultiDelete (https://arxiv.org/abs/2311.12047, code: github.com/CLU-UML/MultiDelete) unlearns
+    image-text pairs by making a deleted pair look like an unpaired one while the multimodal and
+    unimodal embeddings of retained data stay those of the original model. For a recommender,
+    with :math:`s^0, E^0` the frozen original model:
 
     .. math::
         \mathcal L = \lambda_{md}\,\underbrace{\frac{1}{|B_F|}\sum_{(u,i,j) \in B_F}
                 \big[(s_{ui} - s^0_{uj})^2 + a\,(s_{uj} - s^0_{uj})^2\big]}_{\text{modality decoupling}}
-            + \lambda_{mm}\,\underbrace{\big[\mathrm{MSE}(E_{U_R}, E^0_{U_R}) + \mathrm{MSE}(E_{I_R}, E^0_{I_R})\big]}_{\text{multimodal retention}}
+            + \lambda_{mm}\,\underbrace{\big[\mathrm{MSE}(E_{U_R}, E^0_{U_R})
+                + \mathrm{MSE}(E_{I_R}, E^0_{I_R})\big]}_{\text{multimodal retention}}
             + \lambda_{um}\,\underbrace{\frac{1}{|\mathcal B|}\sum_{b \in \mathcal B}
-                \big[\mathrm{MSE}(E^b_{U_R}, E^{b,0}_{U_R}) + \mathrm{MSE}(E^b_{I_R}, E^{b,0}_{I_R})\big]}_{\text{unimodal retention}}
+                \big[\mathrm{MSE}(E^b_{U_R}, E^{b,0}_{U_R})
+                + \mathrm{MSE}(E^b_{I_R}, E^{b,0}_{I_R})\big]}_{\text{unimodal retention}}
 
     where :math:`j` is the batch's sampled negative of the forget pair, an item the user never
     interacted with in the original training data (a random *unconnected* pair),
@@ -70,10 +72,10 @@ class MultiDelete(UnlearningCallback):
 
     def __init__(
         self,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         k: int = 20,
         target_recall: Optional[float] = None,
-        eval_every: int = 5,
+        eval_every: int = 2,
         decouple_weight: float = 1.0,
         multimodal_weight: float = 1.0,
         unimodal_weight: float = 1.0,
@@ -115,7 +117,9 @@ class MultiDelete(UnlearningCallback):
                 prop = self._propagate(model)
                 if prop is not None:
                     self._ref_user, self._ref_item = prop.user.detach().to(dev), prop.item.detach().to(dev)
-                    self._ref_branches = {b: (u.detach().to(dev), i.detach().to(dev)) for b, (u, i) in prop.branches.items()}
+                    self._ref_branches = {
+                        b: (u.detach().to(dev), i.detach().to(dev)) for b, (u, i) in prop.branches.items()
+                    }
                 elif hasattr(model, "embeddings"):
                     u, i = model.embeddings()  # type: ignore[operator]
                     self._ref_user, self._ref_item = u.detach().to(dev), i.detach().to(dev)
@@ -125,7 +129,9 @@ class MultiDelete(UnlearningCallback):
             model.train(was_training)
         self.unimodal_active = bool(self._ref_branches)
         if not self.unimodal_active and self.unimodal_weight > 0:
-            rank_zero_warn(f"MultiDelete: {type(model).__name__} exposes no branch embeddings; unimodal retention is skipped")
+            rank_zero_warn(
+                f"MultiDelete: {type(model).__name__} exposes no branch embeddings; unimodal retention is skipped"
+            )
 
     @override
     def restore_profile(self, model: nn.Module) -> None:

@@ -36,7 +36,7 @@ class NegGrad(UnlearningCallback):
 
     def __init__(
         self,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         k: int = 20,
         target_recall: Optional[float] = None,
         eval_every: int = 1,

@@ -76,63 +76,69 @@ class _Objective(NamedTuple):
 
     retain: tuple[Tensor, Tensor, Tensor]
     forget: tuple[Tensor, Tensor, Tensor]
-    retain_share: float  # N_R / (N_R + N_F) of the full sets
+    num_retain: int  # N_R, pairs of the full retain set
+    forget_ratio: float  # N_F / N_R of the full sets
 
 
 class ScaleGUN(UnlearningCallback):
     r"""ScaleGUN, adapted to recommenders (Yi & Wei, ICLR 2025, https://arxiv.org/abs/2408.09212,
     code: github.com/luyi256/ScaleGUN).
 
-    ScaleGUN unlearns edges from a propagation + linear model with one Newton step on the
-    retained objective, computed from the gradient change the deletion causes (the embeddings'
+    ScaleGUN removes edges from a propagation + linear model with one Newton step on the
+    retained objective, driven by the gradient change the deletion causes (the embeddings'
     change through propagation included), and masks the approximation error with noise for an
     :math:`(\epsilon, \delta)` certificate. Here, with :math:`A` the original and :math:`A'` the
-    retained (surgically cut) graph, :math:`D = R \cup F` the original train pairs and one fixed
-    sampled negative :math:`j` per pair:
+    retained (surgically cut) graph, :math:`D = R \cup F` the original train pairs, one fixed
+    sampled negative :math:`j` per pair and :math:`\ell^{A}_{uij} = -\log\sigma(s^{A}_{ui} - s^{A}_{uj})`:
 
     .. math::
-        \mathcal L_{old}(\theta) &= \tfrac{1}{|D|}\textstyle\sum_{(u,i,j) \in D} -\log\sigma(s^{A}_{ui} - s^{A}_{uj}),
-        \qquad
-        \mathcal L_{new}(\theta) = \tfrac{1}{|R|}\textstyle\sum_{(u,i,j) \in R} -\log\sigma(s^{A'}_{ui} - s^{A'}_{uj}) \\
-        (H + \lambda I)\,\Delta &= \nabla \mathcal L_{old}(\theta^*) - \nabla \mathcal L_{new}(\theta^*),
+        \mathcal L_{old}(\theta) = \textstyle\sum_{D} \ell^{A}_{uij}, \qquad
+        \mathcal L_{new}(\theta) = \textstyle\sum_{R} \ell^{A'}_{uij} \\
+        (H + \lambda I)\,\Delta = \nabla \mathcal L_{old}(\theta^*) - \nabla \mathcal L_{new}(\theta^*),
         \qquad H \approx \nabla^2 \mathcal L_{new}(\theta^*), \qquad
         \theta \leftarrow \theta^* + \Delta + \sigma \xi,\ \xi \sim \mathcal N(0, I)
 
-    over the selected parameters :math:`\theta` (the others stay fixed). :math:`\Delta` is solved by
-    :func:`conjugate_gradient` with curvature-vector products through the propagation (no
-    matrix is formed). ``curvature="hessian"`` uses the exact Hessian (double backward);
-    ``"gauss_newton"`` (default) its Gauss-Newton part
-    :math:`\frac{1}{|R|} J^\top \mathrm{diag}(\sigma(x)\sigma(-x)) J` of the margins :math:`x = s_{ui} - s_{uj}`,
-    which is positive semi-definite: a BPR objective over bilinear scores is not convex, its
-    Hessian has negative eigenvalues larger than any useful damping (CG then stops early on
-    negative curvature), while the Gauss-Newton system is always well posed. It is the
-    convex-loss Hessian ScaleGUN's linear head has, taken at the current embeddings. At a stationary point of :math:`\mathcal L_{old}` it is the Newton step towards the
-    minimiser of :math:`\mathcal L_{new}` (the influence-function removal of Koh & Liang / Guo et al.),
-    and the gradient difference keeps the early-stopped model's residual training signal out.
+    over the selected parameters :math:`\theta` (the others stay fixed), computed as means over
+    :math:`R` (the system divided by :math:`|R|`). At a minimiser of :math:`\mathcal L_{old}` this is the
+    Newton step to the minimiser of :math:`\mathcal L_{new}` (the influence-function removal of
+    Koh & Liang 2017 / Guo et al. 2020 that ScaleGUN builds on); the gradient *difference*
+    keeps an early-stopped model's leftover training signal out of the edit. :math:`\lambda` is the
+    L2 weight of the summed objective, as in ScaleGUN: along the retained objective's null
+    directions (the embedding of a user all of whose interactions are forgotten) the step is
+    :math:`\nabla\mathcal L_{old}/\lambda`, i.e. :math:`\lambda` sets how far such nodes move,
+    independently of the data size.
+
+    :math:`\Delta` is solved by :func:`conjugate_gradient` with curvature-vector products through
+    the propagation (no matrix is formed). ``curvature="hessian"`` uses the exact Hessian (double
+    backward); ``"gauss_newton"`` (default) its Gauss-Newton part
+    :math:`J^\top \mathrm{diag}(\sigma(x)\sigma(-x)) J` of the margins :math:`x = s_{ui} - s_{uj}`, which is
+    positive semi-definite. BPR over bilinear scores is not convex: on ``mgcn_synthetic`` the
+    exact system met negative curvature within a few CG iterations at every damping that
+    leaves the step useful, while the Gauss-Newton system is always well posed; it is the
+    convex-loss Hessian ScaleGUN's linear head has, taken at the current embeddings.
+
     The edit is applied once in :meth:`profile`, under ``torch.no_grad()``; with
     ``finetune_steps = 0`` (default) the run stops right after it (no optimiser step; ``steps``
     stays 0), otherwise ``finetune_steps`` steps of :math:`\lambda_r\,\mathrm{BPR}(R)` follow (the
     base's recall target can stop them earlier). Every rank computes the same step on the full
     objective (deterministic, no communication). ``newton`` (in the report's details) holds the
     CG iterations and residual, :math:`\lVert\Delta\rVert`, and the gradient residual
-    :math:`\lVert\nabla\mathcal L_{new}\rVert` before and after the step.
+    :math:`\lVert\nabla\mathcal L_{new}\rVert / |R|` before and after the step.
 
     What of the guarantee holds. Exact: graph surgery (no forgotten edge propagates) and the
     step itself (up to the CG tolerance) for the local quadratic model of :math:`\mathcal L_{new}`.
     Not: ScaleGUN's certificate needs a linear head on fixed propagated features with a strongly
-    convex, smooth L2-regularised loss, and noise :math:`b^\top w` injected *at training time*;
-    a graph recommender's scores are bilinear in the embeddings and non-linear in the fusion
-    layers, so :math:`H` may be indefinite (the damping :math:`\lambda` stands in for the L2 term and
-    keeps CG well posed), the worst-case gradient-residual bound does not apply, and the optional
-    Gaussian output noise (``noise_std``) gives no formal :math:`(\epsilon, \delta)`: it is the
-    mechanism, without its calibration. Report the measured gradient residual instead.
+    convex, smooth L2-regularised loss and noise :math:`b^\top w` injected *at training time*. A graph
+    recommender's scores are bilinear in the embeddings and non-linear in the fusion layers,
+    the model was trained without that noise and early-stopped (not at a minimiser), so the
+    worst-case gradient-residual bound does not apply, and the optional Gaussian output noise
+    (``noise_std``) gives no formal :math:`(\epsilon, \delta)`: it is the mechanism without its
+    calibration. Report the measured gradient residual instead.
 
     Args:
         lr, k, target_recall, eval_every, retain_weight: see :class:`~lightning_tru.callbacks.UnlearningCallback`
             (used by the optional fine-tuning steps only).
-        damping: :math:`\lambda > 0`. On the retained objective's null directions (e.g. the
-            embedding of a user whose every interaction is forgotten) the step is
-            :math:`\nabla\mathcal L_{old} / \lambda`, so :math:`\lambda` sets how far forgotten nodes move.
+        damping: :math:`\lambda > 0`, L2 weight of the summed retained objective.
         curvature: ``"gauss_newton"`` or ``"hessian"``.
         cg_iters: most CG iterations.
         cg_tol: relative residual at which CG stops.
@@ -155,7 +161,7 @@ class ScaleGUN(UnlearningCallback):
         target_recall: Optional[float] = None,
         eval_every: int = 5,
         retain_weight: float = 1.0,
-        damping: float = 1e-5,
+        damping: float = 0.3,
         curvature: Curvature = "gauss_newton",
         cg_iters: int = 50,
         cg_tol: float = 1e-4,
@@ -195,12 +201,16 @@ class ScaleGUN(UnlearningCallback):
             groups = branch_groups(model)
             missing = [b for b in self.branches if b not in groups]
             if missing:
-                raise ValueError(f"ScaleGUN branches {missing} are not branches of the model; choose from {sorted(groups)}")
+                raise ValueError(
+                    f"ScaleGUN branches {missing} are not branches of the model; choose from {sorted(groups)}"
+                )
             chosen.update(n for b in self.branches for n in groups[b])
         for pattern in self.parameters or ():
             hits = fnmatch.filter(trainable, pattern)
             if not hits:
-                raise ValueError(f"ScaleGUN parameter pattern {pattern!r} matches no trainable parameter, e.g. {trainable[:4]}")
+                raise ValueError(
+                    f"ScaleGUN parameter pattern {pattern!r} matches no trainable parameter, e.g. {trainable[:4]}"
+                )
             chosen.update(hits)
         return [n for n in trainable if n in chosen]
 
@@ -218,7 +228,7 @@ class ScaleGUN(UnlearningCallback):
             return u.to(device), i.to(device), j.to(device)
 
         nr, nf = len(dm.forget.retain_pairs), len(dm.forget.forget_pairs)
-        return _Objective(part(dm.forget.retain_pairs), part(dm.forget.forget_pairs), nr / (nr + nf))
+        return _Objective(part(dm.forget.retain_pairs), part(dm.forget.forget_pairs), nr, nf / nr)
 
     @staticmethod
     def margins(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
@@ -229,21 +239,22 @@ class ScaleGUN(UnlearningCallback):
         return pos - neg
 
     def old_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
-        """:math:`\\mathcal L_{old}` on the graph currently installed (call with the original one)."""
-        w = obj.retain_share
-        return w * _bpr(self.margins(model, obj.retain)) + (1 - w) * _bpr(self.margins(model, obj.forget))
+        """:math:`\\mathcal L_{old} / |R|` on the graph currently installed (call with the original one)."""
+        return _bpr(self.margins(model, obj.retain)) + obj.forget_ratio * _bpr(self.margins(model, obj.forget))
 
     def new_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
-        """:math:`\\mathcal L_{new}` on the graph currently installed (call with the retained one)."""
+        """:math:`\\mathcal L_{new} / |R|` on the graph currently installed (call with the retained one)."""
         return _bpr(self.margins(model, obj.retain))
 
     # --------------------------------------------------------------------------- solve
-    def solve(self, margins_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor) -> CGResult:
-        r"""Solve :math:`(C + \lambda I)\,x = b` over ``params`` (flattened) by CG, with :math:`C` the
-        curvature of :math:`\mathcal L = \frac1M\sum_m -\log\sigma(x_m)` and :math:`x` = ``margins_fn()``:
-        the Hessian (``curvature="hessian"``; products by double backward) or the Gauss-Newton
+    def solve(self, margins_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor, damping: float) -> CGResult:
+        r"""Solve :math:`(C + \lambda I)\,x = b` (:math:`\lambda` = ``damping``) over ``params`` (flattened) by CG.
+
+        :math:`C` is the curvature of :math:`\mathcal L = \frac1M\sum_m -\log\sigma(x_m)`, :math:`x` = ``margins_fn()``:
+        its Hessian (``curvature="hessian"``; products by double backward) or its Gauss-Newton
         matrix :math:`\frac1M J^\top \mathrm{diag}(\sigma(x)\sigma(-x))\,J`, :math:`J = \partial x / \partial\theta`
-        (``"gauss_newton"``; :math:`Jv` by the double-vjp trick, then a vjp)."""
+        (``"gauss_newton"``; :math:`Jv` by the double-vjp trick, then a vjp).
+        """
         sizes = [p.numel() for p in params]
 
         def flat(gs: Sequence[Optional[Tensor]]) -> Tensor:
@@ -258,7 +269,8 @@ class ScaleGUN(UnlearningCallback):
                 grads = torch.autograd.grad(_bpr(x), params, create_graph=True)
 
                 def matvec(v: Tensor) -> Tensor:
-                    return flat(torch.autograd.grad(grads, params, grad_outputs=split(v), retain_graph=True, allow_unused=True))
+                    hv = torch.autograd.grad(grads, params, grad_outputs=split(v), retain_graph=True, allow_unused=True)
+                    return flat(hv)
 
             else:
                 weight = (torch.sigmoid(x) * torch.sigmoid(-x)).detach() / len(x)  # (M,) loss curvature in x
@@ -267,9 +279,9 @@ class ScaleGUN(UnlearningCallback):
 
                 def matvec(v: Tensor) -> Tensor:
                     jv = torch.autograd.grad(jt, dummy, grad_outputs=split(v), retain_graph=True)[0]  # (M,) J v
-                    return flat(torch.autograd.grad(x, params, grad_outputs=weight * jv, retain_graph=True, allow_unused=True))
+                    return flat(torch.autograd.grad(x, params, weight * jv, retain_graph=True, allow_unused=True))
 
-            return conjugate_gradient(matvec, b, self.damping, self.cg_iters, self.cg_tol)
+            return conjugate_gradient(matvec, b, damping, self.cg_iters, self.cg_tol)
 
     @staticmethod
     def _flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:
@@ -291,7 +303,7 @@ class ScaleGUN(UnlearningCallback):
             finally:
                 attach_graph(model, dm)  # back to the retained graph
             g_new = self._flat_grad(self.new_objective(model, obj), params)
-        res = self.solve(lambda: self.margins(model, obj.retain), params, g_old - g_new)
+        res = self.solve(lambda: self.margins(model, obj.retain), params, g_old - g_new, self.damping / obj.num_retain)
         if res.negative_curvature:
             rank_zero_warn(
                 f"ScaleGUN: H + {self.damping} I is not positive definite along a CG direction after "
@@ -304,8 +316,9 @@ class ScaleGUN(UnlearningCallback):
                 noise = torch.randn(delta.shape, generator=gen, dtype=delta.dtype).to(device) * self.noise_std
             else:
                 noise = torch.zeros_like(delta)
-            for p, d, e in zip(params, delta.split([p.numel() for p in params]), noise.split([p.numel() for p in params])):
-                p.add_((d + e).view_as(p))
+            step = delta + noise
+            for p, d in zip(params, step.split([p.numel() for p in params])):
+                p.add_(d.view_as(p))
         with torch.enable_grad():
             g_after = self._flat_grad(self.new_objective(model, obj), params)
         self.newton = {
