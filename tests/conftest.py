@@ -9,6 +9,9 @@ import torch
 
 from lightning_tru.datamodules import InteractionData, SyntheticDataModule
 
+# tiny tensors: one thread avoids OpenMP overhead (measured up to 10x faster on 2 shared cores)
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
