@@ -7,17 +7,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from lightning_tru.datamodules.datamodule import RankingDataset
 from lightning_tru.metrics import RecallAtK
 from lightning_tru.metrics.exposure import ExposureAtK
 from lightning_tru.models.protocol import all_scores
 
 
 def _dense_rows(m: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    sub = m[rows]
-    out = torch.zeros(sub.shape, dtype=torch.bool)
-    r = np.repeat(np.arange(sub.shape[0]), np.diff(sub.indptr))
-    out[torch.from_numpy(r), torch.from_numpy(sub.indices.astype(np.int64))] = True
-    return out.to(device)
+    return RankingDataset.dense(m[rows]).to(device)
 
 
 def forget_metrics(

@@ -206,7 +206,7 @@ class TRU(UnlearningCallback):
         uniq, inv = torch.unique(users, return_inverse=True)
         scores = all_scores(model, uniq, dm.num_items)  # (Uf, I)
         ub = uniq.cpu().numpy()
-        block = (dm.retained_train_csr()[ub] + dm.forget_csr()[ub]).tocoo()
+        block = dm.seen_matrix[ub].tocoo()
         scores[torch.from_numpy(block.row).long(), torch.from_numpy(block.col).long()] = float("-inf")
         kth = torch.topk(scores, min(self.k, scores.shape[1]), dim=1).values[:, -1]
         return kth[inv]

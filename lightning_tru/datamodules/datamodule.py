@@ -77,7 +77,8 @@ class RankingDataset(Dataset):
         return len(self.users)
 
     @staticmethod
-    def _dense(m: sp.csr_matrix) -> Tensor:
+    def dense(m: sp.csr_matrix) -> Tensor:
+        """``(rows, I)`` bool tensor of a binary CSR matrix."""
         out = np.zeros(m.shape, dtype=bool)
         rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
         out[rows, m.indices] = True
@@ -85,7 +86,7 @@ class RankingDataset(Dataset):
 
     def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         users = self.users[np.asarray(idx, dtype=np.int64)]
-        return torch.from_numpy(users), self._dense(self.exclude[users]), self._dense(self.target[users])
+        return torch.from_numpy(users), self.dense(self.exclude[users]), self.dense(self.target[users])
 
     def __getitem__(self, idx: int) -> tuple[Tensor, Tensor, Tensor]:
         u, e, t = self.__getitems__([idx])

@@ -67,6 +67,8 @@ class UnlearningDataModule(LightningDataModule):
             (np.ones(len(p), np.float32), (p[:, 0], p[:, 1])), shape=(source.num_users, source.num_items)
         )
         self.retained_train_matrix = self.retained.data.csr("train")
+        # items a forgetting user must not be ranked against: retained train + forgotten (the gate's candidates exclude both)
+        self.seen_matrix = (self.retained_train_matrix + self.forget_matrix).tocsr()
 
     # sizes and graph, as RecDataModule offers them
     @property
