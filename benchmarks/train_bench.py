@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--title", default="Training", help="section title in RESULTS.md (the data names are appended)")
     ap.add_argument("--single", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.single:
@@ -80,8 +81,8 @@ def main() -> None:
                 f"{mean_std([r['recall'] for r in runs])} | {mean_std([r['ndcg'] for r in runs])} |"
             )
     body = (
-        f"`python benchmarks/train_bench.py --seeds {' '.join(map(str, a.seeds))} --max-epochs {a.max_epochs} "
-        f"--patience {a.patience} --threads {a.threads}`\n\n{machine_header()}\n"
+        f"`python benchmarks/train_bench.py --models {' '.join(a.models)} --data {' '.join(a.data)} "
+        f"--seeds {' '.join(map(str, a.seeds))} --max-epochs {a.max_epochs} --patience {a.patience} --threads {a.threads}`\n\n{machine_header()}\n"
         f"- early stopping on valid Recall@20 (patience {a.patience}, at most {a.max_epochs} epochs; `*` = hit the cap "
         f"before early stopping); test metrics at the best valid epoch; timings are medians over epochs and seeds; "
         f"peak memory = the process's max RSS\n\n"
@@ -89,7 +90,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     print(body)
-    write_section(Path(a.out), f"Training ({', '.join(a.data)})", body)
+    write_section(Path(a.out), f"{a.title} ({', '.join(a.data)})", body)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,12 @@ class MatrixFactorization(LightningModule):
     # def layer_parameters(self) -> dict[str, list[str]]:
     #     return {"user": ["user.weight"], "item": ["item.weight"]}
     #
+    # Row isolation updates only the rows of the users/items a request names; the fallback
+    # finds nn.Embedding tables with exactly num_users / num_items rows (here both).
+    #
+    # def entity_parameters(self) -> dict[str, list[str]]:
+    #     return {"user": ["user.weight"], "item": ["item.weight"]}
+    #
     # Graph surgery for graph models: UnlearningTask.setup calls set_graph(edge_index) with
     # the retained (2, E) train edges before the first update (or attach(datamodule)), so the
     # model never propagates over a forgotten edge. With lightning_tru.nn.graph's helpers:

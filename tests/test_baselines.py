@@ -65,7 +65,7 @@ def _recall(model: RecommenderModule, udm: UnlearningDataModule, original: bool 
 
 def _ndcg(model: RecommenderModule, udm: UnlearningDataModule, original: bool = False) -> float:
     """Test NDCG@K (train and valid masked), on the retained data or the original one."""
-    dm = udm.source if original else udm.retained
+    dm = udm.deployed if original else udm.retained
     return float(_trainer().test(copy.deepcopy(model), datamodule=dm, verbose=False)[0][f"test/ndcg@{K}"])
 
 

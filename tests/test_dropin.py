@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.models.protocol import all_scores, branch_groups, layer_groups
+from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, layer_groups
 from lightning_tru.models.unlearning import UnlearningTask
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_recommender.py"
-OPTIONAL = ("embeddings", "branch_scores", "branch_parameters", "layer_parameters", "attach", "set_graph")
+OPTIONAL = ("embeddings", "branch_scores", "branch_parameters", "layer_parameters", "entity_parameters", "attach",
+            "set_graph")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,8 @@ def test_fallback_groups_and_chunked_scores(example: ModuleType) -> None:
     top_level = [name for name, _ in model.named_children()]
     assert sorted(branch_groups(model)) == sorted(top_level) == ["item", "user"]
     assert layer_groups(model) == {"user": ["user.weight"], "item": ["item.weight"]}
+    assert entity_groups(model, 6, 9) == {"user": ["user.weight"], "item": ["item.weight"]}  # tables by row count
+    assert entity_groups(example.MatrixFactorization(6, 6, dim=4), 6, 6) == {}  # ambiguous: no row isolation
     users = torch.tensor([5, 0, 3])
     for chunk in (1, 9, 20, 1 << 20):  # one row per chunk, exact fit, ragged, everything at once
         scores = all_scores(model, users, 9, chunk=chunk)

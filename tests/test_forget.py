@@ -414,8 +414,16 @@ def test_without_removes_exactly_the_forget_pairs(data: InteractionData, regime:
     assert not _set(retained.train_pairs()) & _set(fs.forget_pairs)
     assert _set(retained.train_pairs()) == _set(fs.retain_pairs)
     assert (retained.num_users, retained.num_items) == (dm.num_users, dm.num_items)
-    for split in ("valid", "test"):  # held-out rows untouched, in order
-        assert np.array_equal(retained.data.split_pairs(split), data.split_pairs(split))
+    deployed = dm.without(fs, graph_surgery=False)
+    assert _set(deployed.train_pairs()) == _set(dm.train_pairs())  # the deployed view keeps its graph
+    for split in ("valid", "test"):
+        # held-out rows, in order: the deleted subjects' rows go (user/item-wise), the rest stay
+        held = data.split_pairs(split)
+        deleted = {"user": np.isin(held[:, 0], fs.users), "item": np.isin(held[:, 1], fs.items)}.get(
+            regime, np.zeros(len(held), bool))
+        assert (regime == "interaction") or deleted.any()
+        assert np.array_equal(retained.data.split_pairs(split), held[~deleted])
+        assert np.array_equal(deployed.data.split_pairs(split), held[~deleted])
     assert np.array_equal(data.split_pairs("train"), dm.train_pairs())  # the source is not modified
     # the retained loader only serves retained pairs
     users, pos, _ = next(iter(retained.train_dataloader()))

@@ -77,6 +77,10 @@ class _MaskProbe(TRU):
                 continue
             if n in selected:
                 want = raw[n] * self.branch_scales.get(branch_of[n], 1.0)
+                if n in self.isolated_rows:  # row isolation: only the request's rows keep their gradient
+                    keep = torch.zeros(len(want), dtype=torch.bool)
+                    keep[self.isolated_rows[n]] = True
+                    want[~keep] = 0
                 torch.testing.assert_close(p.grad, want)
             else:
                 assert torch.count_nonzero(p.grad) == 0, n
@@ -94,6 +98,10 @@ def test_masks_zero_unselected_layers_and_scale_branches(setup: tuple) -> None:
     selected = {n for l, ns in model.layer_parameters().items() if l in cb.selected_layers for n in ns}
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) == (n not in selected), n
+    users = "backbone.user_embedding.weight"
+    assert users in selected and sorted(cb.isolated_rows[users]) == sorted(udm.forget.users.tolist())
+    moved = (dict(model.named_parameters())[users] != before[users]).any(1).nonzero().flatten()
+    assert set(moved.tolist()) <= set(udm.forget.users.tolist())  # retained users' rows never move
     lo, hi = cb.scale_clip
     assert all(lo <= s <= hi for s in cb.branch_scales.values())
 
@@ -250,3 +258,36 @@ def test_ddp_ranks_derive_identical_profiles(setup: tuple, tmp_path: Path) -> No
     assert r0["layers"] == ref["layers"]  # sharded + all-reduced profile = single-process profile
     for b, s in ref["scales"].items():
         assert r0["scales"][b] == pytest.approx(s, rel=1e-4)
+
+
+def test_row_isolation_keeps_request_rows_where_the_deletion_dominates(setup: tuple) -> None:
+    dm, _, trained = setup
+    model = copy.deepcopy(trained)
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0))
+    users, items = udm.forget.users, udm.forget.items
+    heavy = users[::2]  # footprint users whose retained gradient dominates: not free to move
+    g_f = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    g_r = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    g_r["backbone.user_embedding.weight"][torch.from_numpy(heavy)] = 2.0
+    cb = TRU()
+    cb._derive_rows(model, g_f, g_r, udm)
+    assert sorted(cb.isolated_rows["backbone.user_embedding.weight"]) == sorted(set(users) - set(heavy))
+    assert sorted(cb.isolated_rows["backbone.item_id_embedding.weight"]) == sorted(items.tolist())
+    cb = TRU(row_threshold=0.0)  # every row of the request, none outside it
+    cb._derive_rows(model, g_f, g_r, udm)
+    assert sorted(cb.isolated_rows["backbone.user_embedding.weight"]) == sorted(users.tolist())
+    with pytest.raises(ValueError, match="row_threshold"):
+        TRU(row_threshold=-1.0)
+
+
+def test_isolated_rows_survive_the_checkpoint(setup: tuple) -> None:
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=2))
+    cb = TRU(eval_every=100, target_recall=0.0)
+    model = _unlearn(trained, udm, cb, steps=1)
+    state = cb.state_dict()
+    cb2 = TRU()
+    cb2.load_state_dict(state)
+    cb2.restore_profile(model)
+    assert cb2.isolated_rows == cb.isolated_rows and cb2.isolated_rows
+    assert all(torch.equal(cb2._row_keep[n], cb._row_keep[n]) for n in cb._row_keep)

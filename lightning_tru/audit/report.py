@@ -33,8 +33,9 @@ def evaluate(model: Any, udm: UnlearningDataModule, original_graph: bool = False
 
     ``original_graph=True`` evaluates the model as deployed before the deletion (its training
     graph, its training items masked); otherwise on the retained data (graph surgery done).
+    Both use the retained held-out rows (see :meth:`RecDataModule.without`).
     """
-    dm = udm.source if original_graph else udm.retained
+    dm = udm.deployed if original_graph else udm.retained
     trainer = _quiet_trainer()
     out: dict[str, float] = {}
     for res in (trainer.validate(model, datamodule=dm, verbose=False), trainer.test(model, datamodule=dm, verbose=False)):

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import all_scores, branch_groups, layer_groups, pair_scores
+from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, layer_groups, pair_scores
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
 
 
@@ -34,6 +34,12 @@ class TRU(UnlearningCallback):
     ``coverage`` of the forget-gradient energy :math:`\lVert g_f \rVert^2` (so the masked step can still
     move along the deletion direction) or ``top_k_layers`` are taken; other gradients are zeroed.
 
+    **Row isolation** (the same rule one level down, for user/item embedding tables): a table's
+    row :math:`r` is updated only if its entity is named by the request (a forgetting user, a
+    forgotten item) and :math:`\lVert g_f^r \rVert \ge \theta \lVert g_r^r \rVert` (``row_threshold``
+    :math:`\theta`). In a graph recommender every row receives some forget gradient through
+    propagation; without this rule a step on the user table moves every retained user.
+
     **Ranking fusion gate**: for a forget pair with threshold :math:`t_u` (the user's K-th best
     score among items that are neither retained-train nor forgotten), persistence
     :math:`p_{ui} = \sigma((s_{ui} - t_u)/\tau)`, item gate :math:`a_i` = mean :math:`p_{ui}` over the
@@ -50,17 +56,18 @@ class TRU(UnlearningCallback):
         top_k_layers: most layers to update (``None``: no cap).
         capacity: share of the parameters the selected layers may hold.
         coverage: share of the forget-gradient energy the selected layers must carry.
-        modality_scaling, layer_isolation, ranking_gate: switch each intervention (ablations).
+        row_threshold: :math:`\theta` of row isolation.
+        modality_scaling, layer_isolation, row_isolation, ranking_gate: switch each intervention (ablations).
         profile_size: forget pairs used for profiling (all when fewer).
         eps: :math:`\epsilon`.
     """
 
     def __init__(
         self,
-        lr: float = 1e-2,
+        lr: float = 5e-2,
         k: int = 20,
         target_recall: Optional[float] = None,
-        eval_every: int = 5,
+        eval_every: int = 2,
         retain_weight: float = 1.0,
         gate_weight: float = 1.0,
         gate_temperature: float = 0.1,
@@ -68,8 +75,10 @@ class TRU(UnlearningCallback):
         top_k_layers: Optional[int] = None,
         capacity: float = 0.8,
         coverage: float = 0.8,
+        row_threshold: float = 1.0,
         modality_scaling: bool = True,
         layer_isolation: bool = True,
+        row_isolation: bool = True,
         ranking_gate: bool = True,
         profile_size: int = 8192,
         eps: float = 1e-12,
@@ -81,21 +90,24 @@ class TRU(UnlearningCallback):
             raise ValueError(
                 f"capacity={capacity} and coverage={coverage} must be in (0, 1], top_k_layers={top_k_layers} >= 1 or None"
             )
-        if gate_temperature <= 0 or gate_weight < 0 or profile_size < 1:
+        if gate_temperature <= 0 or gate_weight < 0 or profile_size < 1 or row_threshold < 0:
             raise ValueError(
                 f"gate_temperature={gate_temperature} must be > 0, gate_weight={gate_weight} >= 0, "
-                f"profile_size={profile_size} >= 1"
+                f"profile_size={profile_size} >= 1, row_threshold={row_threshold} >= 0"
             )
         self.gate_weight, self.gate_temperature = gate_weight, gate_temperature
         self.scale_clip = (float(scale_clip[0]), float(scale_clip[1]))
         self.top_k_layers, self.capacity, self.coverage = top_k_layers, capacity, coverage
         self.modality_scaling, self.layer_isolation, self.ranking_gate = modality_scaling, layer_isolation, ranking_gate
+        self.row_isolation, self.row_threshold = row_isolation, row_threshold
         self.profile_size, self.eps = profile_size, eps
         self.branch_scales: dict[str, float] = {}
         self.layer_sensitivity: dict[str, float] = {}
         self.selected_layers: list[str] = []
+        self.isolated_rows: dict[str, list[int]] = {}
         self._param_scale: dict[str, float] = {}
         self._param_masked: set[str] = set()
+        self._row_keep: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------------ profiling
     @staticmethod
@@ -132,6 +144,7 @@ class TRU(UnlearningCallback):
         g_f = self._gradients(model, reverse_bpr_loss(*s_f.split(len(fu))) * len(fu), trainer)
         s_r, _ = pair_scores(model, torch.cat([ru, ru]), torch.cat([ri, rj]))
         g_r = self._gradients(model, bpr_loss(*s_r.split(len(ru))) * len(ru), trainer)
+        self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
 
     def _derive(self, model: nn.Module, g_f: dict[str, Tensor], g_r: dict[str, Tensor]) -> None:
@@ -180,6 +193,22 @@ class TRU(UnlearningCallback):
         self.selected_layers = chosen
         self._index(model)
 
+    def _derive_rows(
+        self, model: nn.Module, g_f: dict[str, Tensor], g_r: dict[str, Tensor], dm: UnlearningDataModule
+    ) -> None:
+        """Rows of the user/item tables that row isolation leaves free to move."""
+        named = {"user": dm.forget.users, "item": dm.forget.items}
+        self.isolated_rows = {}
+        for entity, names in entity_groups(model, dm.num_users, dm.num_items).items():
+            ids = torch.as_tensor(named[entity], dtype=torch.long)
+            for n in names:
+                if n not in g_f:
+                    continue
+                gf = g_f[n][ids.to(g_f[n].device)].flatten(1).norm(dim=1).cpu()
+                gr = g_r[n][ids.to(g_r[n].device)].flatten(1).norm(dim=1).cpu()
+                keep = (gf > self.eps) & (gf >= self.row_threshold * gr)
+                self.isolated_rows[n] = ids[keep].tolist()
+
     def _index(self, model: nn.Module) -> None:
         """Per-parameter scale and mask derived from the branch scales and selected layers."""
         self._param_scale = {}
@@ -188,6 +217,12 @@ class TRU(UnlearningCallback):
                 self._param_scale[n] = self.branch_scales.get(b, 1.0)
         selected = {n for l, names in layer_groups(model).items() if l in self.selected_layers for n in names}
         self._param_masked = {n for n, p in model.named_parameters() if n not in selected}
+        params = dict(model.named_parameters())
+        self._row_keep = {}
+        for n, rows in self.isolated_rows.items():
+            keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=params[n].device)
+            keep[torch.as_tensor(rows, dtype=torch.long, device=keep.device)] = True
+            self._row_keep[n] = keep
 
     # ---------------------------------------------------------------------- gradients
     @override
@@ -197,7 +232,10 @@ class TRU(UnlearningCallback):
                 continue
             if self.layer_isolation and n in self._param_masked:
                 p.grad.zero_()
-            elif self.modality_scaling:
+                continue
+            if self.row_isolation and n in self._row_keep:
+                p.grad[~self._row_keep[n]] = 0
+            if self.modality_scaling:
                 p.grad.mul_(self._param_scale.get(n, 1.0))
 
     # --------------------------------------------------------------------------- update
@@ -244,6 +282,7 @@ class TRU(UnlearningCallback):
             "branch_scales": dict(self.branch_scales),
             "layer_sensitivity": dict(self.layer_sensitivity),
             "selected_layers": list(self.selected_layers),
+            "isolated_rows": {n: list(r) for n, r in self.isolated_rows.items()},
         }
 
     @override
@@ -251,3 +290,4 @@ class TRU(UnlearningCallback):
         self.branch_scales = dict(state.get("branch_scales", {}))
         self.layer_sensitivity = dict(state.get("layer_sensitivity", {}))
         self.selected_layers = list(state.get("selected_layers", []))
+        self.isolated_rows = {n: list(r) for n, r in state.get("isolated_rows", {}).items()}

@@ -167,14 +167,23 @@ class RecDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._ranking_loader(self.data.csr("train", "valid"), self.data.csr("test"))
 
-    def without(self, forget: ForgetSet) -> "RecDataModule":
+    def without(self, forget: ForgetSet, graph_surgery: bool = True) -> "RecDataModule":
         """The same data with the forget pairs removed from the train split (graph surgery).
 
-        Valid and test rows are kept, so retain utility is measured on the same held-out data.
+        A user-wise request deletes the forgotten users' held-out (valid/test) rows too, an
+        item-wise one the forgotten items' held-out rows: they are the deleted subject's data, so
+        retain utility (and Retrain's early stopping) is measured on the retained users/items
+        only. An interaction-wise request keeps every held-out row. ``graph_surgery=False`` keeps
+        the train split whole (the deployed model's view, evaluated on the same held-out rows).
         """
         d = self.data
         key = d.pairs[:, 0] * d.num_items + d.pairs[:, 1]
         drop = (d.split == TRAIN) & np.isin(key, forget.forget_pairs[:, 0] * d.num_items + forget.forget_pairs[:, 1])
+        drop &= graph_surgery
+        if forget.regime == "user":
+            drop |= (d.split != TRAIN) & np.isin(d.pairs[:, 0], forget.users)
+        elif forget.regime == "item":
+            drop |= (d.split != TRAIN) & np.isin(d.pairs[:, 1], forget.items)
         retained = InteractionData(
             num_users=d.num_users,
             num_items=d.num_items,

@@ -53,6 +53,7 @@ class UnlearningDataModule(LightningDataModule):
         self.source = source
         self.forget = request if isinstance(request, ForgetSet) else request.resolve(source.data)
         self.retained = source.without(self.forget)
+        self.deployed = source.without(self.forget, graph_surgery=False)  # original graph, retained held-out rows
         self.forget_batch_size = forget_batch_size
         self.retain_batch_size = retain_batch_size
         self.seed = seed

@@ -12,6 +12,9 @@ Optional, each with a fallback:
   per top-level child module.
 * ``layer_parameters() -> {layer: [param names]}``: layer isolation. Fallback: one layer per
   module owning parameters.
+* ``entity_parameters() -> {"user": [names], "item": [names]}``: embedding tables whose rows
+  index users / items (row isolation). Fallback: ``nn.Embedding`` modules with exactly
+  ``num_users`` (or ``num_items``) rows, when the two counts differ.
 * ``attach(datamodule)`` or ``set_graph(edge_index)``: graph surgery (the retained graph is
   installed before any update). Fallback: none needed (no graph).
 
@@ -69,6 +72,21 @@ def layer_groups(model: nn.Module) -> dict[str, list[str]]:
     for n, p in model.named_parameters():
         if p.requires_grad:
             groups.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(n)
+    return groups
+
+
+def entity_groups(model: nn.Module, num_users: int, num_items: int) -> dict[str, list[str]]:
+    """``"user"`` / ``"item"`` -> names of parameters whose rows index users / items."""
+    if hasattr(model, "entity_parameters"):
+        return {e: list(ns) for e, ns in model.entity_parameters().items() if e in ("user", "item")}
+    groups: dict[str, list[str]] = {}
+    if num_users == num_items:  # a table's size does not tell users from items
+        return groups
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Embedding) and mod.weight.requires_grad:
+            entity = {num_users: "user", num_items: "item"}.get(mod.num_embeddings)
+            if entity is not None:
+                groups.setdefault(entity, []).append(f"{name}.weight" if name else "weight")
     return groups
 
 

@@ -174,3 +174,6 @@ class RecommenderModule(LightningModule):
 
     def layer_parameters(self) -> dict[str, list[str]]:
         return {b: [f"backbone.{n}" for n in ns] for b, ns in self.backbone.layer_parameters().items()}
+
+    def entity_parameters(self) -> dict[str, list[str]]:
+        return {e: [f"backbone.{n}" for n in ns] for e, ns in self.backbone.entity_parameters().items()}

@@ -143,6 +143,10 @@ class Backbone(nn.Module, abc.ABC):
         """Branch name -> parameter names (default: one ``"all"`` branch)."""
         return {"all": [n for n, _ in self.named_parameters()]}
 
+    def entity_parameters(self) -> dict[str, list[str]]:
+        """``{"user": [...], "item": [...]}``: parameters whose rows index users / items (default: none)."""
+        return {}
+
     def layer_parameters(self) -> dict[str, list[str]]:
         """Layer name -> parameter names (default: the owning module's path)."""
         groups: dict[str, list[str]] = {}

@@ -79,3 +79,6 @@ class LightGCN(Backbone):
 
     def branch_parameters(self) -> dict[str, list[str]]:
         return {"id": ["user_embedding.weight", "item_embedding.weight"]}
+
+    def entity_parameters(self) -> dict[str, list[str]]:
+        return {"user": ["user_embedding.weight"], "item": ["item_embedding.weight"]}

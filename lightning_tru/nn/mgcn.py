@@ -182,3 +182,6 @@ class MGCN(Backbone):
             ]
         groups["fusion"] = [n for n, _ in self.named_parameters() if n.startswith("query_common.")]
         return groups
+
+    def entity_parameters(self) -> dict[str, list[str]]:
+        return {"user": ["user_embedding.weight"], "item": ["item_id_embedding.weight"]}

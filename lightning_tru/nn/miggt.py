@@ -490,5 +490,13 @@ class MIGGT(Backbone):
             groups["transformer"] = [n for n in names if n.startswith(("query.", "key."))]
         return groups
 
+    def entity_parameters(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        if self.user_embedding is not None:
+            groups["user"] = ["user_embedding.weight"]
+        if self.item_embedding is not None:
+            groups["item"] = ["item_embedding.weight"]
+        return groups
+
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, num_samples={self.num_samples}, projected={self.projected}"
