@@ -35,7 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=["tiktok", "baby"])
     ap.add_argument("--model", default="mgcn")
-    ap.add_argument("--methods", nargs="+", default=["tru", "finetune", "neggrad", "mmrecun", "multidelete", "scalegun"])
+    ap.add_argument("--methods", nargs="+", default=["tru", "finetune", "neggrad", "mmrecun", "multidelete", "scalegun"],
+                    help="configs/unlearn/<name>.yaml fragments, e.g. ablations/tru_no_row")
     ap.add_argument("--regime", default="user")
     ap.add_argument("--share", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -76,7 +77,8 @@ def main() -> None:
                 failed.append(f"{method}: {type(e).__name__}: {e}"[:300])
                 print("FAILED", data, method, e, flush=True)
                 continue
-            name = report["method"]
+            key = report["method"]
+            name = key if key not in rows else Path(method).name  # ablations of a method: their config name
             if fp is not None and report["request"]["fingerprint"] != fp:
                 raise RuntimeError("methods saw different requests")
             fp = report["request"]["fingerprint"]
@@ -84,9 +86,9 @@ def main() -> None:
                 rows["before"] = (report["metrics"]["before"], None)
                 rows["Retrain"] = (report["metrics"]["Retrain"], report["seconds"]["Retrain"])
                 retrain_s = report["seconds"]["Retrain"]
-            rows[name] = (report["metrics"][name], report["seconds"][name])
-            print(data, name, json.dumps({k: round(v, 4) for k, v in report["metrics"][name].items() if "@20" in k}),
-                  report["seconds"].get(name), flush=True)
+            rows[name] = (report["metrics"][key], report["seconds"][key])
+            print(data, name, json.dumps({k: round(v, 4) for k, v in report["metrics"][key].items() if "@20" in k}),
+                  report["seconds"].get(key), flush=True)
         ref = rows["Retrain"][0]
         lines = []
         for name, (m, s) in rows.items():
@@ -104,7 +106,8 @@ def main() -> None:
             "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n" + notes + "\n"
         )
     body = (
-        f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --regime {a.regime} "
+        f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --methods {' '.join(a.methods)} "
+        f"--regime {a.regime} "
         f"--share {a.share} --seed {a.seed} --patience {a.patience} --max-epochs {a.max_epochs} --threads {a.threads}`\n\n{machine_header()}\n"
         "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
         "scratch on the retained data with the training config (early stopping on valid Recall@20) and its seconds "
@@ -112,7 +115,7 @@ def main() -> None:
         + "\n".join(sections)
     )
     print(body)
-    write_section(Path(a.out), "Unlearning", body)
+    write_section(Path(a.out), f"Unlearning ({', '.join(a.data)})", body)
 
 
 if __name__ == "__main__":

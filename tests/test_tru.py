@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from conftest import REPO
 from lightning_tru.audit.report import evaluate
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import SyntheticDataModule
@@ -291,3 +292,28 @@ def test_isolated_rows_survive_the_checkpoint(setup: tuple) -> None:
     cb2.restore_profile(model)
     assert cb2.isolated_rows == cb.isolated_rows and cb2.isolated_rows
     assert all(torch.equal(cb2._row_keep[n], cb._row_keep[n]) for n in cb._row_keep)
+
+
+ABLATIONS = sorted((REPO / "configs" / "unlearn" / "ablations").glob("tru_no_*.yaml"))
+
+
+@pytest.mark.parametrize("config", ABLATIONS, ids=[p.stem for p in ABLATIONS])
+def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from lightning_tru.cli import train_cli, unlearn_cli
+
+    (cb,) = yaml.safe_load(config.read_text())["trainer"]["callbacks"]
+    switches = ("modality_scaling", "layer_isolation", "row_isolation", "ranking_gate")
+    assert cb["class_path"] == "lightning_tru.callbacks.TRU" and cb["init_args"] in [{s: False} for s in switches]
+    monkeypatch.chdir(REPO)
+    size = ["--data.init_args.num_users", "200", "--data.init_args.num_items", "100"]
+    quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    cli = train_cli(["fit", "--config", "configs/train/lightgcn_synthetic.yaml", "--trainer.max_epochs", "1",
+                     "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false", *size, *quiet])
+    report = unlearn_cli(["--config", "configs/train/lightgcn_synthetic.yaml", "--config", str(config),
+                          "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path, "--output_root",
+                          str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.jsonl"), "--trainer.max_epochs", "2",
+                          *size, *quiet])
+    assert report["method"] == "TRU" and 1 <= report["details"]["TRU"]["steps"] <= 2
