@@ -108,7 +108,8 @@ def main() -> None:
     body = (
         f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --methods {' '.join(a.methods)} "
         f"--regime {a.regime} "
-        f"--share {a.share} --seed {a.seed} --patience {a.patience} --max-epochs {a.max_epochs} --threads {a.threads}`\n\n{machine_header()}\n"
+        f"--share {a.share} --seed {a.seed} --patience {a.patience} --max-epochs {a.max_epochs} --threads {a.threads}"
+        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}`\n\n{machine_header()}\n"
         "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
         "scratch on the retained data with the training config (early stopping on valid Recall@20) and its seconds "
         "are to convergence; seconds of a method = its unlearning `Trainer.fit` (profiling included)\n\n"
