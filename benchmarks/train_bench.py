@@ -36,11 +36,12 @@ def single(model: str, data: str, seed: int, max_epochs: int, patience: int, thr
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     best = cli.trainer.checkpoint_callback
+    stopped_early = cli.trainer.early_stopping_callback.stopped_epoch > 0  # read before test() restores callback state
     res = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best.best_model_path, verbose=False)[0]
     print(json.dumps({
         "s_epoch": med(timer.train), "s_eval": med(timer.valid), "epochs": cli.trainer.current_epoch,
         "best_epoch": int(torch.load(best.best_model_path, weights_only=True)["epoch"]),
-        "stopped_early": cli.trainer.early_stopping_callback.stopped_epoch > 0,
+        "stopped_early": stopped_early,
         "recall": res["test/recall@20"], "ndcg": res["test/ndcg@20"], "peak_mib": peak_rss_mib(),
         "batch": cli.datamodule.batch_size,
     }))
