@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--title", default="Training", help="section title in RESULTS.md (the data names are appended)")
     ap.add_argument("--single", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)  # what the header reports; each run sets its own in its process
     if a.single:
         single(a.single[0], a.single[1], int(a.single[2]), a.max_epochs, a.patience, a.threads, a.batch)
         return
