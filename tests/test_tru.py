@@ -238,7 +238,7 @@ class _ProfileDump(TRU):
     def on_fit_end(self, trainer: Trainer, pl_module: Any) -> None:
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(
             json.dumps({"scales": self.branch_scales, "layers": self.selected_layers,
-                        "sens": self.layer_sensitivity, "steps": self.steps}))
+                        "sens": self.layer_sensitivity, "steps": self.steps, "rows": self.isolated_rows}))
 
 
 @pytest.mark.slow
@@ -257,6 +257,8 @@ def test_ddp_ranks_derive_identical_profiles(setup: tuple, tmp_path: Path) -> No
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0 == r1  # every rank derives the same scales and masks
     assert r0["layers"] == ref["layers"]  # sharded + all-reduced profile = single-process profile
+    users = "backbone.user_embedding.weight"
+    assert sorted(r0["rows"][users]) == sorted(ref["rows"][users]) == sorted(udm.forget.users.tolist())
     for b, s in ref["scales"].items():
         assert r0["scales"][b] == pytest.approx(s, rel=1e-4)
 
