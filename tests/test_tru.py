@@ -346,3 +346,24 @@ def test_tru_on_every_backbone_costs_little_beyond_graph_surgery(name: str) -> N
     assert after["test/ndcg@20"] >= 0.95 * surgery["test/ndcg@20"]
     users = cb.isolated_rows.get("backbone.user_embedding.weight")
     assert users is not None and set(users) <= set(udm.forget.users.tolist())
+
+
+class _ModeProbe(TRU):
+    modes: list[bool]
+
+    def profile(self, trainer: Trainer, model: torch.nn.Module, dm: UnlearningDataModule) -> None:
+        self.modes = [model.training]
+        super().profile(trainer, model, dm)
+
+    def training_losses(self, model: torch.nn.Module, batch: Any) -> dict:
+        self.modes.append(model.training)
+        return super().training_losses(model, batch)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_update_runs_in_the_requested_mode(setup: tuple, train_mode: bool) -> None:
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0))
+    cb = _ModeProbe(eval_every=100, target_recall=0.0, train_mode=train_mode)
+    _unlearn(trained, udm, cb, steps=3)  # the helper hands over a model in training mode
+    assert cb.modes == [train_mode] * 4  # profiling and every step

@@ -38,6 +38,12 @@ class UnlearningCallback(Callback, abc.ABC):
         target_recall: stop once forget Recall@K is at most this; ``None`` = :meth:`reference_recall`.
         eval_every: steps between verifications.
         retain_weight: :math:`\lambda_r`, weight of retain BPR.
+        train_mode: run the update's forward passes (profiling included) in training mode (dropout,
+            edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
+            edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
+            user-wise 5%): ``False`` reached the target in 36 steps instead of 74 at the same utility,
+            but on the synthetic test set it lost 39% of test NDCG@20 where ``True`` lost none, so
+            the default stays ``True``.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class UnlearningCallback(Callback, abc.ABC):
         target_recall: Optional[float] = None,
         eval_every: int = 5,
         retain_weight: float = 1.0,
+        train_mode: bool = True,
     ) -> None:
         if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
             raise ValueError(
@@ -54,6 +61,7 @@ class UnlearningCallback(Callback, abc.ABC):
             )
         self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
         self.target_recall = target_recall
+        self.train_mode = train_mode
         self.steps = 0
         self.history: list[dict[str, float]] = []
         self.stopping_reason: Optional[str] = None
@@ -96,6 +104,7 @@ class UnlearningCallback(Callback, abc.ABC):
             if self.target_recall is None:
                 self.target_recall = self.reference_recall(model, dm)
             with isolate_rng():
+                model.train(self.train_mode)
                 self.profile(trainer, model, dm)
             self._profiled = True
             self.history.append({"step": 0.0, **self.verify(model, dm)})

@@ -32,7 +32,7 @@ class FineTune(UnlearningCallback):
 
     Args:
         lr: Adam learning rate (the training run's own rate is the natural choice).
-        k, target_recall, eval_every: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
+        k, target_recall, eval_every, train_mode: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
     """
 
     def __init__(
@@ -41,8 +41,11 @@ class FineTune(UnlearningCallback):
         k: int = 20,
         target_recall: Optional[float] = None,
         eval_every: int = 5,
+        train_mode: bool = True,
     ) -> None:
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=1.0)
+        super().__init__(
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=1.0, train_mode=train_mode
+        )
 
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:

@@ -45,7 +45,7 @@ class MMRecUn(UnlearningCallback):
       each configurable.
 
     Args:
-        lr, k, target_recall, eval_every: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
+        lr, k, target_recall, eval_every, train_mode: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
         alpha: :math:`\alpha`, weight of forward BPR on the retain batch.
         cl_weight: :math:`\beta`, multiplier of the (already weighted) backbone contrastive term.
         reg_weight: :math:`\lambda`.
@@ -62,10 +62,13 @@ class MMRecUn(UnlearningCallback):
         cl_weight: float = 1.0,
         reg_weight: float = 1e-4,
         regularization: Regularization = "embedding",
+        train_mode: bool = True,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha={alpha} must be >= 0 (the weight of forward BPR on retained pairs)")
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=alpha)
+        super().__init__(
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=alpha, train_mode=train_mode
+        )
         if regularization not in REGULARIZATIONS:
             raise ValueError(f"regularization={regularization!r}; choose one of {REGULARIZATIONS}")
         if cl_weight < 0 or reg_weight < 0:

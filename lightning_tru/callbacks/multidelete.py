@@ -62,7 +62,7 @@ class MultiDelete(UnlearningCallback):
     trained checkpoint.
 
     Args:
-        lr, k, target_recall, eval_every: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
+        lr, k, target_recall, eval_every, train_mode: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
         decouple_weight: :math:`\lambda_{md}`.
         multimodal_weight: :math:`\lambda_{mm}`.
         unimodal_weight: :math:`\lambda_{um}`.
@@ -81,8 +81,9 @@ class MultiDelete(UnlearningCallback):
         unimodal_weight: float = 1.0,
         reference_device: ReferenceDevice = "model",
         anchor_unconnected: bool = True,
+        train_mode: bool = True,
     ) -> None:
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every)
+        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode)
         if decouple_weight <= 0 or multimodal_weight < 0 or unimodal_weight < 0:
             raise ValueError(
                 f"decouple_weight={decouple_weight} must be > 0, multimodal_weight={multimodal_weight} and "

@@ -29,7 +29,7 @@ class NegGrad(UnlearningCallback):
     the step budget.
 
     Args:
-        lr, k, target_recall, eval_every: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
+        lr, k, target_recall, eval_every, train_mode: see :class:`~lightning_tru.callbacks.UnlearningCallback`.
         retain_weight: :math:`\lambda_r`, weight of retain descent (0 = pure gradient ascent).
         forget_weight: :math:`\gamma_f`, weight of the ascent term.
     """
@@ -42,8 +42,12 @@ class NegGrad(UnlearningCallback):
         eval_every: int = 1,
         retain_weight: float = 1.0,
         forget_weight: float = 1.0,
+        train_mode: bool = True,
     ) -> None:
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=retain_weight)
+        super().__init__(
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
+            retain_weight=retain_weight, train_mode=train_mode,
+        )
         if forget_weight <= 0:
             raise ValueError(f"forget_weight={forget_weight} must be > 0 (the ascent term is the method)")
         self.forget_weight = forget_weight

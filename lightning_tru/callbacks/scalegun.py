@@ -136,7 +136,8 @@ class ScaleGUN(UnlearningCallback):
     calibration. Report the measured gradient residual instead.
 
     Args:
-        lr, k, target_recall, eval_every, retain_weight: see :class:`~lightning_tru.callbacks.UnlearningCallback`
+        lr, k, target_recall, eval_every, retain_weight, train_mode: see
+            :class:`~lightning_tru.callbacks.UnlearningCallback`
             (used by the optional fine-tuning steps only).
         damping: :math:`\lambda > 0`, L2 weight of the summed retained objective.
         curvature: ``"gauss_newton"`` or ``"hessian"``.
@@ -171,8 +172,12 @@ class ScaleGUN(UnlearningCallback):
         noise_std: float = 0.0,
         noise_seed: int = 0,
         finetune_steps: int = 0,
+        train_mode: bool = True,
     ) -> None:
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=retain_weight)
+        super().__init__(
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
+            retain_weight=retain_weight, train_mode=train_mode,
+        )
         if damping <= 0 or cg_iters < 1 or not 0 < cg_tol < 1:
             raise ValueError(f"damping={damping} must be > 0, cg_iters={cg_iters} >= 1 and cg_tol={cg_tol} in (0, 1)")
         if (sample_size is not None and sample_size < 1) or noise_std < 0 or finetune_steps < 0:

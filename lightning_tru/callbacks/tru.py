@@ -49,7 +49,7 @@ class TRU(UnlearningCallback):
     **Update**: :math:`\mathcal L = \mathrm{revBPR}(F) + \lambda_r \mathrm{BPR}(R) + \lambda_g \mathcal L_{gate}`.
 
     Args:
-        lr, k, target_recall, eval_every, retain_weight: see :class:`UnlearningCallback`.
+        lr, k, target_recall, eval_every, retain_weight, train_mode: see :class:`UnlearningCallback`.
         gate_weight: :math:`\lambda_g`.
         gate_temperature: :math:`\tau`.
         scale_clip: clipping range of the branch scales.
@@ -82,8 +82,12 @@ class TRU(UnlearningCallback):
         ranking_gate: bool = True,
         profile_size: int = 8192,
         eps: float = 1e-12,
+        train_mode: bool = True,
     ) -> None:
-        super().__init__(lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=retain_weight)
+        super().__init__(
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
+            retain_weight=retain_weight, train_mode=train_mode,
+        )
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
             raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
         if not 0 < capacity <= 1 or not 0 < coverage <= 1 or (top_k_layers is not None and top_k_layers < 1):

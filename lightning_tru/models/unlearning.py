@@ -53,6 +53,7 @@ class UnlearningTask(LightningModule):
         dm = self.trainer.datamodule
         data = dm.make_batch(self.current_epoch, int(batch[0]))
         data = type(data)(*(t.to(self.device) for t in data))
+        self.model.train(self.callback.train_mode)  # Lightning switched it to train mode for the epoch
         losses = self.callback.training_losses(self.model, data)
         loss = torch.stack(list(losses.values())).sum()
         self.log("unlearn/loss", loss, prog_bar=True, batch_size=1)
