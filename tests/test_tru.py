@@ -60,7 +60,7 @@ def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:
     assert before["forget_recall@20"] > 2 * ref["forget_recall@20"]  # the planted signal is there to forget
     assert after["forget_recall@20"] <= 1.1 * ref["forget_recall@20"]
     assert after["exposure@20"] <= 1.1 * ref["exposure@20"]
-    assert after["test/ndcg@20"] >= 0.9 * ref["test/ndcg@20"]
+    assert after["test/ndcg@20"] >= 0.97 * ref["test/ndcg@20"]  # issue 4 aims at 98%; measured 99.3% here
 
 
 class _MaskProbe(TRU):
