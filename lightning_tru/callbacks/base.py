@@ -42,7 +42,8 @@ class UnlearningCallback(Callback, abc.ABC):
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
             edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
             user-wise 5%): ``False`` reached the target in 36 steps instead of 74 at the same utility,
-            but on the synthetic test set it lost 39% of test NDCG@20 where ``True`` lost none, so
+            but on the planted set of ``tests/test_tru.py``'s MIG-GT case it lost 39% of test NDCG@20
+            where ``True`` lost none, so
             the default stays ``True``.
     """
 
