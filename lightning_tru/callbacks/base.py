@@ -43,8 +43,7 @@ class UnlearningCallback(Callback, abc.ABC):
             edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
             user-wise 5%): ``False`` reached the target in 36 steps instead of 74 at the same utility,
             but on the planted set of ``tests/test_tru.py``'s MIG-GT case it lost 39% of test NDCG@20
-            where ``True`` lost none, so
-            the default stays ``True``.
+            where ``True`` lost none, so the default stays ``True``.
     """
 
     def __init__(
