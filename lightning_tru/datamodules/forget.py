@@ -221,7 +221,7 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
         try:
             obj = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+            raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         if not isinstance(obj, dict):
             raise ForgetRequestError(f'{path}: expected an object with one of the keys {list(JSON_KEYS)}')
         unknown = [k for k in obj if k not in JSON_KEYS]
@@ -274,8 +274,8 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
             if name in cols:
                 try:
                     out[name].append(int(row[cols[name]]))
-                except (ValueError, IndexError) as e:
-                    raise ForgetRequestError(f"{path}: line {line}, column {name}: not an integer id") from e
+                except (ValueError, IndexError):
+                    raise ForgetRequestError(f"{path}: line {line}, column {name}: not an integer id") from None
     u = np.asarray(out["userID"], dtype=np.int64) if "userID" in cols else None
     i = np.asarray(out["itemID"], dtype=np.int64) if "itemID" in cols else None
     if u is not None and i is not None:
