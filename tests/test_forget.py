@@ -476,6 +476,16 @@ def _unlearning_dm(small_dm: SyntheticDataModule, regime: str = "user") -> Unlea
     return UnlearningDataModule(small_dm, request, forget_batch_size=64, retain_batch_size=128, seed=3)
 
 
+@pytest.mark.parametrize(("kwargs", "name"), [({"forget_batch_size": 0}, "forget_batch_size=0"),
+                                             ({"forget_batch_size": -1}, "forget_batch_size=-1"),
+                                             ({"retain_batch_size": 0}, "retain_batch_size=0"),
+                                             ({"retain_batch_size": 2.5}, "retain_batch_size=2.5"),
+                                             ({"forget_batch_size": True}, "forget_batch_size=True")])
+def test_empty_or_bad_batch_sizes_are_refused(tiny_data: InteractionData, kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be an integer >= 1.*NaN"):
+        UnlearningDataModule(RecDataModule(tiny_data), ForgetRequest("user", 0.25), **kwargs)
+
+
 def test_make_batch_is_deterministic_and_varies(small_dm: SyntheticDataModule) -> None:
     udm = _unlearning_dm(small_dm)
     twin = _unlearning_dm(small_dm)
