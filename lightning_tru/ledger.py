@@ -166,13 +166,16 @@ def _scan(data: bytes) -> tuple[list[dict[str, Any]], Optional[int], str, int]:
 
 def verify(path: PathLike) -> VerifyResult:
     """Check every complete line of the ledger at ``path`` and its hash chain (a missing file is an error)."""
-    p = Path(path)
+    return _verify(Path(path))[0]
+
+
+def _verify(p: Path) -> tuple[VerifyResult, list[dict[str, Any]]]:
     if p.is_dir():
         raise LedgerError(f"ledger {p} is a directory; pass a file path such as {p / 'deletion_ledger.jsonl'}")
     if not p.is_file():
         raise FileNotFoundError(f"ledger {p} does not exist")
     entries, bad, why, torn = _scan(p.read_bytes())
-    return VerifyResult(str(p), bad is None, len(entries), bad, why, torn)
+    return VerifyResult(str(p), bad is None, len(entries), bad, why, torn), entries
 
 
 def read_entries(path: PathLike, missing_ok: bool = True) -> list[dict[str, Any]]:
@@ -184,10 +187,10 @@ def read_entries(path: PathLike, missing_ok: bool = True) -> list[dict[str, Any]
     p = Path(path)
     if not p.exists() and missing_ok:
         return []
-    res = verify(p)
+    res, entries = _verify(p)
     if not res.ok:
         raise LedgerError(f"{res}; restore the ledger from a backup, it cannot be trusted")
-    return _scan(p.read_bytes())[0]
+    return entries
 
 
 def check_ledger_path(path: PathLike, forbidden: Iterable[PathLike] = ()) -> Path:
