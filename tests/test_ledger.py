@@ -181,3 +181,14 @@ def test_read_entries_of_a_missing_ledger(tmp_path: Path) -> None:
     assert read_entries(tmp_path / "none.jsonl") == []
     with pytest.raises(FileNotFoundError):
         read_entries(tmp_path / "none.jsonl", missing_ok=False)
+
+
+def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "ledger.jsonl"
+    with ThreadPoolExecutor(4) as pool:  # each append opens its own descriptor: flock serialises them
+        list(pool.map(lambda i: append_entry(path, _entry(i)), range(40)))
+    res = verify(path)
+    assert res.ok and res.entries == 40
+    assert sorted(e["fingerprint"] for e in read_entries(path)) == sorted(f"fp{i}" for i in range(40))
