@@ -30,7 +30,7 @@ def score_batches(
     exclude: Optional[sp.csr_matrix] = None,
     batch_users: int = 1024,
 ) -> Iterator[tuple[np.ndarray, Tensor]]:
-    """Yield ``(user ids (B,), scores (B, I))`` in eval mode and without gradients.
+    r"""Yield ``(user ids (B,), scores (B, I))`` in eval mode and without gradients.
 
     Items where ``exclude`` is set get :math:`-\infty` (e.g. the user's retained train items, so
     that a top-K is what a deployed model would serve).
