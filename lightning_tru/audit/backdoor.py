@@ -24,7 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from lightning_tru.audit.scoring import top_k
-from lightning_tru.datamodules.forget import ForgetSet, fingerprint
+from lightning_tru.audit.requests import users_forget_set
+from lightning_tru.datamodules.forget import ForgetSet
 from lightning_tru.datamodules.interactions import TRAIN, InteractionData
 
 __all__ = ["Poisoned", "poison", "fake_user_request", "attack_success"]
@@ -101,17 +102,7 @@ def poison(
 
 def fake_user_request(poisoned: Poisoned) -> ForgetSet:
     """The user-wise deletion request of exactly the fake users."""
-    train = poisoned.data.split_pairs(TRAIN)
-    mask = np.isin(train[:, 0], poisoned.fake_users)
-    forget = np.unique(train[mask], axis=0)
-    return ForgetSet(
-        forget_pairs=forget,
-        retain_pairs=train[~mask],
-        users=np.unique(forget[:, 0]),
-        items=np.unique(forget[:, 1]),
-        fingerprint=fingerprint(forget),
-        regime="user",
-    )
+    return users_forget_set(poisoned.data, poisoned.fake_users)
 
 
 def attack_success(
