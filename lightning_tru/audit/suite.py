@@ -5,7 +5,7 @@ Returned schema (JSON-ready; one entry per model state, the "column" of ``report
     {"before": {...}, "<name>": {...}, "Retrain": {...}}      # columns present when the model is given
     column = {
       "membership":      {"auc", "auc_rank", "member_percentile", "nonmember_percentile", "pairs", "se",
-                          "reference", "delta", "flag", "delta_rank", "flag_rank"},
+                          "reference", "delta", "flag", "band", "delta_rank", "flag_rank"},
       "global_exposure": {"exposure@K", "reduction"?},        # reduction vs "before" when given
       "distance":        {"jaccard@K", "spearman", "floor_jaccard@K"?, "floor_spearman"?,
                           "ratio_jaccard@K"?, "ratio_spearman"?},  # vs Retrain; absent without it
@@ -16,11 +16,22 @@ Returned schema (JSON-ready; one entry per model state, the "column" of ``report
     }
 
 ``flag`` is ``"ok"``, ``"residual_memory"`` or ``"over_forgetting"`` against Retrain's value
-(0.5 for the pair AUC when no Retrain is given). Efficiency is measured by the caller around the
+(0.5 for the pair AUC when no Retrain is given); the pair-level band is
+:math:`\max(\text{tolerance}, 2\sqrt2\,\mathrm{SE})`, SE the Mann-Whitney null standard error of
+one AUC (small forget sets get a wider band instead of false flags). Efficiency is measured by the caller around the
 unlearning itself (:class:`~lightning_tru.audit.efficiency.Efficiency`).
+
+Wiring in ``unlearn.py`` (the deployed model must be copied before the unlearning fit)::
+
+    before = copy.deepcopy(model)                     # after load_trained_weights, before fit
+    ...                                               # unlearn (or Retrain) as today
+    report["audits"] = run_audits(model, udm, retrain=retrained, retrain_seed2=retrained2,
+                                  before=before, name=name, k=20,
+                                  user_level=audit_user_level, initial=initial)
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -72,7 +83,7 @@ def run_audits(
         k: cut-off of exposure, distance and fairness.
         num_bins: popularity bins of the pair-level MIA; ``seed`` seeds its non-member draw, the
             user sampling and the user-level attack.
-        tolerance: the band of the verdicts around the reference.
+        tolerance: the smallest band of the verdicts around the reference.
         active_share: CURE4Rec's active users (top 5% by train interactions).
         max_users: audit at most this many retained users (seeded sample) in exposure / distance.
         user_level: also run the user-level MIA (trains a shadow model from ``initial``; user-wise
@@ -126,9 +137,10 @@ def run_audits(
     ref = out.get("Retrain", {}).get("membership")
     for col, res in out.items():
         mem = res["membership"]
-        mem.update(membership_verdict(mem["auc"], ref["auc"] if ref and col != "Retrain" else None, tolerance))
-        rank = membership_verdict(mem["auc_rank"], ref["auc_rank"] if ref and col != "Retrain" else None, tolerance)
-        mem.update({"delta_rank": rank["delta"], "flag_rank": rank["flag"]})
+        band = max(tolerance, 2.0 * math.sqrt(2.0) * mem["se"])  # two SEs of a difference of two AUCs
+        mem.update(membership_verdict(mem["auc"], ref["auc"] if ref and col != "Retrain" else None, band))
+        rank = membership_verdict(mem["auc_rank"], ref["auc_rank"] if ref and col != "Retrain" else None, band)
+        mem.update({"band": band, "delta_rank": rank["delta"], "flag_rank": rank["flag"]})
         if "before" in out:
             ge = res["global_exposure"]
             ge["reduction"] = exposure_reduction(out["before"]["global_exposure"][f"exposure@{k}"], ge[f"exposure@{k}"])
