@@ -142,7 +142,7 @@ def render_markdown(groups: dict[str, dict[str, Any]], k: int = 20) -> str:
         ("user AUC", "user_mia.auc"), (f"global exp.@{k}", f"global_exposure.exposure@{k}"),
         ("exp. reduction", "global_exposure.reduction"), (f"Jaccard@{k}", f"distance.jaccard@{k}"),
         ("Jaccard ratio", f"distance.ratio_jaccard@{k}"), ("NDCG gap", f"fairness.ndcg@{k}_gap"),
-        ("seconds", None), ("steps", None), ("beats floors on", None),
+        ("seconds", None), ("speed-up vs Retrain", None), ("steps", None), ("beats floors on", None),
     ]
     for fp, g in groups.items():
         req = g["request"]
@@ -162,6 +162,10 @@ def render_markdown(groups: dict[str, dict[str, Any]], k: int = 20) -> str:
                     cells.append(_fmt(col["audits"].get("membership", {}).get("flag")))
                 elif label == "seconds":
                     cells.append(_fmt(col["seconds"], 2))
+                elif label == "speed-up vs Retrain":
+                    rs = cols["Retrain"]["seconds"] if "Retrain" in cols else None
+                    fast = rs / col["seconds"] if rs and col["seconds"] and name != "Retrain" else None
+                    cells.append("-" if fast is None else f"{fast:.1f}x")
                 elif label == "steps":
                     cells.append(_fmt(col["details"].get("steps")))
                 else:

@@ -25,7 +25,7 @@ def _write(root: Path, name: str, method: str, cols: dict, audits: dict, extra: 
     d = root / name
     d.mkdir()
     rep = {"method": method, "request": {"fingerprint": FP, "regime": "user", "share": 0.05, "forget_pairs": 10},
-           "metrics": cols, "seconds": {method: 1.5}, "details": {method: {"steps": 0 if method in ("Surgery", "Reset") else 7,
+           "metrics": cols, "seconds": {method: 1.5, "Retrain": 30.0}, "details": {method: {"steps": 0 if method in ("Surgery", "Reset") else 7,
                                                                           "stopping_reason": f"{method} done"}},
            "audits": audits, "status": {"ignored": True}, **(extra or {})}
     (d / "report.json").write_text(json.dumps(rep))
@@ -64,7 +64,7 @@ def test_markdown_table_marks_floors_and_what_a_method_beats(runs: list[Path], t
     # TRU: best test NDCG of all, but forget recall 0.02 and AUC 0.2 are further from Retrain (0.20 / 0.5)
     # than Reset's (0.25 / 0.55): it beats the floors on utility only
     assert rows["TRU"].rstrip(" |").endswith("test NDCG@20")
-    assert "over_forgetting" in rows["TRU"] and "0.3100" in rows["TRU"]
+    assert "over_forgetting" in rows["TRU"] and "0.3100" in rows["TRU"] and "| 20.0x |" in rows["TRU"]
     assert "Stopping:" in md and "TRU: TRU done" in md
 
 
