@@ -342,8 +342,8 @@ def test_tru_on_every_backbone_costs_little_beyond_graph_surgery(name: str) -> N
     cb = TRU()
     model = _unlearn(trained, udm, cb, steps=100)
     after = evaluate(model, udm)
-    assert "target" in str(cb.stopping_reason), cb.stopping_reason
-    assert after["forget_recall@20"] <= cb.target_recall < 0.5 * surgery["forget_recall@20"]
+    assert cb.target_reached, cb.stopping_reason
+    assert after["forget_recall@20"] < 0.5 * surgery["forget_recall@20"]  # the planted memory is gone
     assert after["test/ndcg@20"] >= 0.95 * surgery["test/ndcg@20"]
     users = cb.isolated_rows.get("backbone.user_embedding.weight")
     assert users is not None and set(users) <= set(udm.forget.users.tolist())
