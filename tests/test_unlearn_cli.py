@@ -99,8 +99,13 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/unlearn/tru.yaml").read_text())
+    cfg["trainer"]["callbacks"][0]["init_args"]["target_recall"] = 0.0  # one-sided rule: steps run under DDP
+    (tmp_path / "tru.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "unlearn.py", "--config", "configs/train/mgcn_synthetic.yaml", "--config",
-           "configs/unlearn/tru.yaml", "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
+           str(tmp_path / "tru.yaml"), "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
            "--trainer.max_epochs", "6", "--ckpt_path", str(trained), "--output_root", str(tmp_path / "out"),
            "--ledger", str(tmp_path / "ledger.jsonl")]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
