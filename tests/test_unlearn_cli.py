@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _unlearn(ckpt: Path, tmp: Path, *extra: str, method_config: str = "configs/unlearn/tru.yaml") -> dict:
     return unlearn_cli(["--config", "configs/train/mgcn_synthetic.yaml", "--config", method_config, *SMALL, *QUIET,
                         "--ckpt_path", str(ckpt), "--output_root", str(tmp / "out"),
-                        "--ledger", str(tmp / "ledger.jsonl"), *extra])
+                        "--ledger", str(tmp / "ledger.jsonl"), "--deletions", str(tmp / "deletions"), *extra])
 
 
 def _digest(path: Path) -> str:
@@ -57,11 +57,15 @@ def test_unlearn_writes_run_dir_report_and_ledger(trained: Path, tmp_path: Path,
     assert not list(run.glob(".*tmp"))  # no temporary leftovers
     out = capsys.readouterr().out
     assert "forget_recall@20" in out and "before" in out and "TRU" in out
-    second = _unlearn(trained, tmp_path, "--trainer.max_epochs", "2", "--request.seed", "5")
+    assert report["status"]["target_reached"] and ckpt["lightning_tru_lineage"]["deletions"] == [
+        report["request"]["fingerprint"]]
+    # a second request: from the first one's checkpoint (the original now predates the store)
+    second = _unlearn(run / "model.ckpt", tmp_path, "--trainer.max_epochs", "20", "--request.seed", "5")
     assert second["run_dir"] != report["run_dir"]
     lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert [x["fingerprint"] for x in lines] == [report["request"]["fingerprint"], second["request"]["fingerprint"]]
-    assert all({"time", "fingerprint", "method", "metrics"} <= set(x) for x in lines)
+    assert all({"time", "fingerprint", "method", "metrics", "status", "steps", "stopping_reason"} <= set(x) for x in lines)
+    assert lines[1]["chain"] == [report["request"]["fingerprint"], second["request"]["fingerprint"]]
 
 
 def test_retrain_method(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,6 +81,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(ValueError, match="another model"):
         _unlearn(other, tmp_path)
     assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.jsonl").exists()
+    assert not (tmp_path / "deletions").exists()
 
 
 def test_missing_checkpoint_and_missing_callback(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +107,7 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "unlearn.py", "--config", "configs/train/mgcn_synthetic.yaml", "--config",
            "configs/unlearn/tru.yaml", "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
            "--trainer.max_epochs", "6", "--ckpt_path", str(trained), "--output_root", str(tmp_path / "out"),
-           "--ledger", str(tmp_path / "ledger.jsonl")]
+           "--ledger", str(tmp_path / "ledger.jsonl"), "--deletions", str(tmp_path / "deletions")]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
