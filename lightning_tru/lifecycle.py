@@ -131,7 +131,7 @@ def load_trained_weights(
         raise ValueError(
             f"{path} holds another model: checkpoint vs config differ in {diff}; "
             "use the model and data config the checkpoint was trained with (purged data whose largest ids were "
-            "deleted: pass --data.init_args.num_users / num_items)"
+            "deleted: pass --data.init_args.min_users / min_items)"
         )
     lineage = ckpt.get(LINEAGE_KEY)
     if lineage is not None and datamodule is not None:

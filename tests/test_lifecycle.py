@@ -242,7 +242,7 @@ def test_purged_data_loads_back_equal_and_needs_no_store(answered: dict[str, Any
     # the unlearned checkpoint loads against the purged data without a store (ids padded to the model's sizes)
     from lightning_tru.datamodules import MMRecDataModule
 
-    dm = MMRecDataModule(purged, num_users=DATA["num_users"], num_items=DATA["num_items"])
+    dm = MMRecDataModule(purged, min_users=DATA["num_users"], min_items=DATA["num_items"])
     load_trained_weights(_model(dm), answered["unlearned"], dm)
     with pytest.raises(FileExistsError, match="already exists"):
         write_mmrec(retained, purged, "x")

@@ -280,7 +280,7 @@ class MMRecDataModule(RecDataModule):
         modalities: ``None`` (every ``*_feat.npy``), a list of modality names, or name -> file.
         knn_graphs: a folder of ``<modality>_adj_*.npz`` or name -> file (precomputed item graphs).
         strict_features: raise on NaN/inf feature values (``False``: replace them with zeros, with a warning).
-        num_users, num_items: the id space when it is larger than the ids in the file (purged data
+        min_users, min_items: the id space when it is larger than the ids in the file (purged data
             whose largest ids were deleted: pass the sizes the model was trained with).
         batch_size, eval_batch_size, num_workers, deletions: see :class:`RecDataModule`.
     """
@@ -292,24 +292,21 @@ class MMRecDataModule(RecDataModule):
         modalities: Union[Sequence[str], Mapping[str, str], None] = None,
         knn_graphs: Union[str, Path, Mapping[str, str], None] = None,
         strict_features: bool = True,
-        num_users: Optional[int] = None,
-        num_items: Optional[int] = None,
+        min_users: Optional[int] = None,
+        min_items: Optional[int] = None,
         batch_size: int = 2048,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
         deletions: Union[str, Path, None] = None,
     ) -> None:
         data = load_mmrec(root, name=name, modalities=modalities, knn_graphs=knn_graphs, strict_features=strict_features)
-        for what, n, have in (("num_users", num_users, data.num_users), ("num_items", num_items, data.num_items)):
-            if n is not None and n < have:
-                raise DataFormatError(f"{root}: {what}={n} but the data uses {have} ids; pass at least {have} or omit it")
-        if (num_users or 0) > data.num_users or (num_items or 0) > data.num_items:
-            if (num_items or 0) > data.num_items and data.features:
-                raise DataFormatError(
-                    f"{root}: num_items={num_items} but the feature files hold {data.num_items} rows; omit num_items"
-                )
+        if (min_items or 0) > data.num_items and data.features:
+            raise DataFormatError(
+                f"{root}: min_items={min_items} but the feature files hold {data.num_items} rows; omit min_items"
+            )
+        if (min_users or 0) > data.num_users or (min_items or 0) > data.num_items:
             data = InteractionData(
-                num_users=max(num_users or 0, data.num_users), num_items=max(num_items or 0, data.num_items),
+                num_users=max(min_users or 0, data.num_users), num_items=max(min_items or 0, data.num_items),
                 pairs=data.pairs, split=data.split, features=data.features, item_graphs=data.item_graphs, name=data.name,
             )
         super().__init__(data, batch_size, eval_batch_size, num_workers, deletions)
