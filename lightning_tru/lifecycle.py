@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import lightning
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
@@ -298,6 +299,9 @@ def answer_request(
     files = {"report.json": json.dumps(report, indent=2, default=str).encode()}
     if reached:
         files["model.ckpt"] = checkpoint_bytes({
+            "pytorch-lightning_version": lightning.__version__,  # loadable by Trainer.validate/test/predict too
+            "epoch": 0,
+            "global_step": 0,
             "state_dict": model.state_dict(),
             "hyper_parameters": dict(model.hparams),
             CHECKPOINT_KEY: model.model_signature(),

@@ -130,3 +130,82 @@ def test_publish_run_dir_is_atomic_and_never_reuses(tmp_path: Path, monkeypatch:
     with pytest.raises(OSError, match="disk full"):
         rep.publish_run_dir(tmp_path, "tru", "cd" * 32, {"x.json": b"3"})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])  # nothing half-written left
+
+
+def test_outputs_are_validated_before_any_work(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_tru import lifecycle
+
+    monkeypatch.chdir(REPO)
+    started = []
+    monkeypatch.setattr(lifecycle, "load_trained_weights", lambda *a, **k: started.append(1))
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    cases = [
+        (["--output_root", str(tmp_path / "file")], "is a file"),
+        (["--ledger", str(tmp_path / "dir")], "is a folder"),
+        (["--ledger", str(trained)], "is an input"),
+        (["--write_retained", str(tmp_path / "dir")], "already exists"),
+    ]
+    for extra, match in cases:
+        with pytest.raises(ValueError, match=match):
+            _unlearn(trained, tmp_path, *extra)
+    assert not started and not (tmp_path / "out").exists() and not (tmp_path / "ledger.jsonl").exists()
+    assert not (tmp_path / "deletions").exists()
+
+
+def test_stale_incomplete_run_folders_are_reported(tmp_path: Path) -> None:
+    from lightning_tru.lifecycle import check_outputs
+
+    (tmp_path / "out" / ".incomplete-abc").mkdir(parents=True)
+    with pytest.warns(UserWarning, match=r"1 incomplete run folder.*\.incomplete-abc.*rm -r"):
+        check_outputs(tmp_path / "out", tmp_path / "ledger.jsonl")
+    with pytest.raises(ValueError, match="input data folder"):
+        check_outputs(tmp_path / "out", tmp_path / "out" / "ledger.jsonl", write_retained=tmp_path, data_root=tmp_path)
+    with pytest.raises(ValueError, match="is an input"):
+        check_outputs(tmp_path / "out", tmp_path / "ledger.jsonl", data_root=tmp_path)  # beside the data files
+
+
+def test_no_op_run_exits_non_zero_and_is_not_a_completed_deletion(trained: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from lightning_tru.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(lambda: _unlearn(trained, tmp_path, "--trainer.max_epochs", "0")) == 3
+    assert "NOT answered" in capsys.readouterr().err
+    (entry,) = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert entry["status"] == "not_reached" and entry["target_reached"] is False and entry["steps"] == 0
+    assert not list((tmp_path / "out").rglob("model.ckpt")) and not (tmp_path / "deletions").exists()
+
+
+def test_unlearn_logs_under_output_root_and_train_test_honours_the_store(trained: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    cfg = str(REPO / "configs/train/mgcn_synthetic.yaml")
+    report = unlearn_cli(["--config", cfg, "--config", str(REPO / "configs/unlearn/tru.yaml"), *SMALL,
+                          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                          "--trainer.max_epochs", "20", "--ckpt_path", str(trained), "--output_root", "out",
+                          "--ledger", "out/ledger.jsonl", "--deletions", "out/deletions"])
+    assert report["status"]["target_reached"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert list((tmp_path / "out" / "logs").rglob("metrics.csv"))
+    unlearned = str(Path(report["run_dir"]) / "model.ckpt")
+    test = ["test", "--config", cfg, *SMALL, *QUIET, "--ckpt_path", unlearned]
+    from lightning_tru.datamodules.deletions import LineageError
+
+    with pytest.raises(LineageError, match="--deletions"):
+        train_cli(test)  # the raw data still holds the forgotten pairs
+    cli = train_cli([*test, "--deletions", "out/deletions"])
+    assert "test/recall@20" in cli.trainer.callback_metrics
+
+
+def test_recommend_script(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_tru.cli import recommend_cli
+
+    monkeypatch.chdir(REPO)
+    (tmp_path / "users.txt").write_text("userID\n4\n2\n")
+    out = recommend_cli(["--config", "configs/train/mgcn_synthetic.yaml", *SMALL, "--ckpt_path", str(trained),
+                         "--deletions", str(tmp_path / "deletions"), "--users", str(tmp_path / "users.txt"),
+                         "--k", "3", "--output", str(tmp_path / "recs.tsv"), "--trainer.accelerator", "cpu"])
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("4", "1"), ("4", "2"), ("4", "3"), ("2", "1"), ("2", "2"), ("2", "3")]
