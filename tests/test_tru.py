@@ -228,6 +228,10 @@ def test_constructor_validation() -> None:
         TRU(gate_temperature=0.0)
     with pytest.raises(ValueError, match="lr"):
         TRU(lr=-1.0)
+    for bad in (-0.1, 1.5, float("nan")):  # a recall is in [0, 1]; -1 would never be reached
+        with pytest.raises(ValueError, match=r"target_recall=.* must be in \[0, 1\]"):
+            TRU(target_recall=bad)
+    assert TRU(target_recall=0.0).target_recall == 0.0 and TRU().target_recall is None
 
 
 class _ProfileDump(TRU):

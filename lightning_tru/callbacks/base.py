@@ -59,6 +59,11 @@ class UnlearningCallback(Callback, abc.ABC):
             raise ValueError(
                 f"lr={lr} must be > 0, k={k} >= 1, eval_every={eval_every} >= 1, retain_weight={retain_weight} >= 0"
             )
+        if target_recall is not None and not 0.0 <= target_recall <= 1.0:
+            raise ValueError(
+                f"target_recall={target_recall} must be in [0, 1] (a forget Recall@K), or None to calibrate it "
+                "to what Retrain would leave (reference_recall)"
+            )
         self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
         self.target_recall = target_recall
         self.train_mode = train_mode
