@@ -16,6 +16,7 @@ from lightning_tru.datamodules import RecDataModule
 from lightning_tru.datamodules.deletions import LineageError
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError
 from lightning_tru.datamodules.interactions import DataFormatError
+from lightning_tru.ledger import LedgerError
 from lightning_tru.lifecycle import (
     RetrainSettings,
     answer_request,
@@ -29,7 +30,7 @@ from lightning_tru.models import RecommenderModule
 __all__ = ["load_trained_weights", "recommend_cli", "train_cli", "unlearn_cli", "main"]
 
 #: errors whose message is the whole story: scripts print them once, short, and exit 2
-USER_ERRORS = (DataFormatError, ForgetRequestError, LineageError)
+USER_ERRORS = (DataFormatError, ForgetRequestError, LineageError, LedgerError)
 
 
 class ConfigFileError(ValueError):
@@ -230,7 +231,6 @@ class UnlearnCLI(LightningCLI):
             "forget_batch_size": cfg.forget_batch_size,
             "retain_batch_size": cfg.retain_batch_size,
             "seed": int(cfg.seed_everything or 0),
-            "request_config": dict(cfg.request),
         }
 
     def unlearn(self) -> dict[str, Any]:

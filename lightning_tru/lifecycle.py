@@ -30,13 +30,14 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_tru.audit.report import append_ledger, checkpoint_bytes, evaluate, format_table, publish_run_dir
+from lightning_tru.audit.report import checkpoint_bytes, evaluate, format_table, publish_run_dir
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.datamodule import RecDataModule
 from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_lineage
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 from lightning_tru.datamodules.purge import write_mmrec
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
+from lightning_tru.ledger import append_entry, check_ledger_path
 from lightning_tru.models.recommender import CHECKPOINT_KEY, RecommenderModule
 from lightning_tru.models.retrain import retrain
 from lightning_tru.models.unlearning import UnlearningTask
@@ -91,11 +92,8 @@ def check_outputs(
         raise ValueError(f"--output_root {out} is a file; pass a folder for the run directories")
     if not os.access(_nearest_existing(out.absolute()), os.W_OK):
         raise ValueError(f"--output_root {out} is not writable; pass a folder you can write to")
-    if led.is_dir():
-        raise ValueError(f"--ledger {led} is a folder; pass a file path such as runs/deletion_ledger.jsonl")
-    bad = {Path(p).expanduser().resolve() for p in forbidden}
-    if led.resolve() in bad or (data_root is not None and led.resolve().parent == Path(data_root).resolve()):
-        raise ValueError(f"--ledger {led} is an input (checkpoint, data or deletion store); pass a separate file")
+    data_files = [p for p in Path(data_root).iterdir() if p.is_file()] if data_root and Path(data_root).is_dir() else []
+    check_ledger_path(led, [*forbidden, *data_files])
     if not os.access(_nearest_existing(led.absolute()), os.W_OK):
         raise ValueError(f"--ledger {led} is not writable; pass a path you can write to")
     if write_retained is not None:
@@ -179,7 +177,6 @@ def answer_request(
     retain_batch_size: int = 2048,
     seed: int = 0,
     audits: Sequence[Audit] = (),
-    request_config: Optional[Mapping[str, Any]] = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Answer one deletion request end to end and return the report (``{}`` on ranks other than 0).
@@ -211,7 +208,6 @@ def answer_request(
             request is answered.
         forget_batch_size, retain_batch_size, seed: the unlearning batches.
         audits: extra per-column measurements (see :func:`evaluate_column`).
-        request_config: the request's arguments as given, for the report.
         verbose: print the table.
     """
     if datamodule.deletions is None:
@@ -262,7 +258,8 @@ def answer_request(
         final = cb.verify(model, udm)[f"forget_recall@{cb.k}"]
         reached = changed and cb.target_recall is not None and final <= float(cb.target_recall)
         reason = cb.stopping_reason if changed else f"the weights did not change ({cb.steps} steps): nothing was unlearned"
-        status = {"target_reached": bool(reached), "stopping_reason": reason, "steps": cb.steps,
+        steps = cb.steps if cb.steps or not changed else 1  # a one-shot edit (ScaleGUN's Newton step) is one update
+        status = {"target_reached": bool(reached), "stopping_reason": reason, "steps": steps,
                   "target_recall": cb.target_recall, f"forget_recall@{cb.k}": final}
     else:
         name = "Retrain"
@@ -281,14 +278,11 @@ def answer_request(
     reached = bool(status["target_reached"])
     lineage = udm.retained.lineage()
     source = str(Path(checkpoint).resolve())
-    given = {k: (str(v) if isinstance(v, Path) else v) for k, v in dict(request_config or {}).items()}
-    if fs.regime != given.get("regime", fs.regime) or given.get("file"):
-        given = {k: v for k, v in given.items() if k not in ("share", "selection", "regime")}
     report: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "method": name,
         "checkpoint": source,
-        "request": {**given, **fs.summary()},
+        "request": fs.summary(),
         "status": status,
         "lineage": {"before": ckpt.get(LINEAGE_KEY), "after": lineage},
         "metrics": columns,
@@ -315,12 +309,11 @@ def answer_request(
         if write_retained is not None:
             write_mmrec(udm.retained.data, Path(write_retained), datamodule.data.name)
             report["retained_data"] = str(write_retained)
-    append_ledger(Path(ledger), {
+    append_entry(Path(ledger), {
         "time": report["time"], "fingerprint": fs.fingerprint, "method": name, "run_dir": str(run_dir),
-        "status": "completed" if reached else "not_reached", "target_reached": reached,
-        "stopping_reason": status["stopping_reason"], "steps": status["steps"],
-        "chain": lineage["deletions"], "train_fingerprint": lineage["train_fingerprint"],
-        "source_checkpoint": source, "metrics": columns[name], "seconds": seconds.get(name),
+        "status": status, "request": fs.summary(), "chain": lineage["deletions"],
+        "train_fingerprint": lineage["train_fingerprint"], "source_checkpoint": source,
+        "metrics": columns[name], "seconds": seconds.get(name),
     })
     if verbose:
         print(format_table(columns, seconds))

@@ -26,6 +26,7 @@ from lightning_tru.datamodules.forget import ForgetRequest
 from lightning_tru.datamodules.mmrec import load_mmrec
 from lightning_tru.datamodules.purge import write_mmrec
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
+from lightning_tru.ledger import verify
 from lightning_tru.lifecycle import answer_request, load_trained_weights, recommend
 from lightning_tru.models import RecommenderModule
 from lightning_tru.models.recommender import CHECKPOINT_KEY
@@ -138,7 +139,8 @@ def test_three_successive_requests_never_resurrect_deleted_data(tmp_path: Path, 
     assert store.fingerprints() == fps
     assert torch.load(ckpt, weights_only=True)[LINEAGE_KEY]["deletions"] == fps
     ledger = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert [e["status"] for e in ledger] == ["completed"] * 3 and ledger[-1]["chain"] == fps
+    assert [e["status"]["target_reached"] for e in ledger] == [True] * 3 and ledger[-1]["chain"] == fps
+    assert verify(tmp_path / "ledger.jsonl").ok
 
     # the last request's Retrain trained on the data minus the union of the three: one Retrain on the union
     final, gold = reports[-1]["metrics"]["TRU"], reports[-1]["metrics"]["Retrain"]
@@ -292,4 +294,4 @@ def test_a_run_that_does_nothing_is_not_a_deletion(tmp_path: Path) -> None:
     assert report["status"]["target_reached"] is False and "did not change" in report["status"]["stopping_reason"]
     assert not (Path(report["run_dir"]) / "model.ckpt").exists() and not store.exists()
     (entry,) = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert entry["status"] == "not_reached" and entry["steps"] == 0
+    assert entry["status"]["target_reached"] is False and entry["status"]["steps"] == 0

@@ -64,7 +64,11 @@ def test_unlearn_writes_run_dir_report_and_ledger(trained: Path, tmp_path: Path,
     assert second["run_dir"] != report["run_dir"]
     lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert [x["fingerprint"] for x in lines] == [report["request"]["fingerprint"], second["request"]["fingerprint"]]
-    assert all({"time", "fingerprint", "method", "metrics", "status", "steps", "stopping_reason"} <= set(x) for x in lines)
+    assert all({"time", "fingerprint", "method", "metrics", "status", "hash", "prev_hash"} <= set(x) for x in lines)
+    assert all(x["status"]["target_reached"] and x["status"]["steps"] >= 1 for x in lines)
+    from lightning_tru.ledger import verify
+
+    assert verify(tmp_path / "ledger.jsonl").ok
     assert lines[1]["chain"] == [report["request"]["fingerprint"], second["request"]["fingerprint"]]
 
 
@@ -142,8 +146,8 @@ def test_outputs_are_validated_before_any_work(trained: Path, tmp_path: Path, mo
     (tmp_path / "dir").mkdir()
     cases = [
         (["--output_root", str(tmp_path / "file")], "is a file"),
-        (["--ledger", str(tmp_path / "dir")], "is a folder"),
-        (["--ledger", str(trained)], "is an input"),
+        (["--ledger", str(tmp_path / "dir")], "is a directory"),
+        (["--ledger", str(trained)], "an input of this run"),
         (["--write_retained", str(tmp_path / "dir")], "already exists"),
     ]
     for extra, match in cases:
@@ -161,8 +165,9 @@ def test_stale_incomplete_run_folders_are_reported(tmp_path: Path) -> None:
         check_outputs(tmp_path / "out", tmp_path / "ledger.jsonl")
     with pytest.raises(ValueError, match="input data folder"):
         check_outputs(tmp_path / "out", tmp_path / "out" / "ledger.jsonl", write_retained=tmp_path, data_root=tmp_path)
-    with pytest.raises(ValueError, match="is an input"):
-        check_outputs(tmp_path / "out", tmp_path / "ledger.jsonl", data_root=tmp_path)  # beside the data files
+    (tmp_path / "d.inter").write_text("userID\titemID\tx_label\n")
+    with pytest.raises(ValueError, match="an input of this run"):
+        check_outputs(tmp_path / "out", tmp_path / "d.inter", data_root=tmp_path)  # a data file
 
 
 def test_no_op_run_exits_non_zero_and_is_not_a_completed_deletion(trained: Path, tmp_path: Path,
@@ -174,7 +179,7 @@ def test_no_op_run_exits_non_zero_and_is_not_a_completed_deletion(trained: Path,
     assert main(lambda: _unlearn(trained, tmp_path, "--trainer.max_epochs", "0")) == 3
     assert "NOT answered" in capsys.readouterr().err
     (entry,) = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert entry["status"] == "not_reached" and entry["target_reached"] is False and entry["steps"] == 0
+    assert entry["status"]["target_reached"] is False and entry["status"]["steps"] == 0
     assert not list((tmp_path / "out").rglob("model.ckpt")) and not (tmp_path / "deletions").exists()
 
 
