@@ -99,8 +99,9 @@ def _add_common_arguments(parser: LightningArgumentParser, as_callbacks: bool = 
     """
     for k in ("num_users", "num_items", "feature_dims"):
         parser.link_arguments(f"data.{k}", f"model.{k}", apply_on="instantiate")
-    parser.add_argument("--deletions", type=Optional[str], default="runs/deletions" if not as_callbacks else None,
-                        help="deletion store folder: every request recorded there is removed from the data on load")
+    parser.add_argument("--deletions", type=Optional[str], default=None,
+                        help="deletion store folder: every request recorded there is removed from the data on load "
+                             "(unlearn.py default: 'deletions' beside the ledger)")
     if as_callbacks:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -201,6 +202,9 @@ class UnlearnCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
+        if cfg.deletions is None:
+            init = cfg.data.get("init_args", cfg.data)
+            cfg.deletions = init.get("deletions") or str(Path(cfg.ledger).parent / "deletions")
         _apply_deletions(cfg)
         root = cfg.data.init_args.get("root") if "init_args" in cfg.data else None
         forbidden = [cfg.ckpt_path] + ([cfg.deletions] if cfg.deletions else [])

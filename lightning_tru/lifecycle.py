@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_tru.audit.report import checkpoint_bytes, evaluate, format_table, publish_run_dir
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.datamodule import RecDataModule
-from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_lineage
+from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_answered, check_lineage
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 from lightning_tru.datamodules.purge import write_mmrec
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
@@ -132,6 +132,7 @@ def load_trained_weights(
             "use the model and data config the checkpoint was trained with (purged data whose largest ids were "
             "deleted: pass --data.init_args.min_users / min_items)"
         )
+    check_answered(ckpt, f"checkpoint {path}")
     lineage = ckpt.get(LINEAGE_KEY)
     if lineage is not None and datamodule is not None:
         check_lineage(lineage, datamodule.lineage(), f"checkpoint {path}")
@@ -191,8 +192,9 @@ def answer_request(
 
     Status: the request counts as answered (``status.target_reached``) only when the method changed
     the weights and the forget Recall@K is at most its target (Retrain: always). Otherwise the report
-    and the ledger say ``not_reached``, no ``model.ckpt`` is written and the store does not record
-    the request, so it is never taken for a completed deletion.
+    and the ledger say ``target_reached: false``, the store does not record
+    the request, so it is never taken for a completed deletion; its ``model.ckpt`` is kept for
+    inspection but refused by every loader (serving, a later request, ``train.py test``).
 
     Args:
         model: the freshly built module (seeded: its untrained state is Retrain's start).
@@ -291,17 +293,16 @@ def answer_request(
         "retrain_settings": asdict(rs) if (method == "retrain" or compare_retrain) else None,
     }
     files = {"report.json": json.dumps(report, indent=2, default=str).encode()}
-    if reached:
-        files["model.ckpt"] = checkpoint_bytes({
-            "pytorch-lightning_version": lightning.__version__,  # loadable by Trainer.validate/test/predict too
-            "epoch": 0,
-            "global_step": 0,
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            CHECKPOINT_KEY: model.model_signature(),
-            LINEAGE_KEY: lineage,
-            "unlearning": {"fingerprint": fs.fingerprint, "method": name, "source": source, "status": status},
-        })
+    files["model.ckpt"] = checkpoint_bytes({
+        "pytorch-lightning_version": lightning.__version__,  # loadable by Trainer.validate/test/predict too
+        "epoch": 0,
+        "global_step": 0,
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        CHECKPOINT_KEY: model.model_signature(),
+        LINEAGE_KEY: lineage,
+        "unlearning": {"fingerprint": fs.fingerprint, "method": name, "source": source, "status": status},
+    })
     run_dir = publish_run_dir(Path(output_root), name.lower(), fs.fingerprint, files)
     report["run_dir"] = str(run_dir)
     if reached:

@@ -292,6 +292,12 @@ def test_a_run_that_does_nothing_is_not_a_deletion(tmp_path: Path) -> None:
                             trainer=_quiet(max_epochs=0, callbacks=[TRU()]), output_root=tmp_path / "out",
                             ledger=tmp_path / "ledger.jsonl", verbose=False)
     assert report["status"]["target_reached"] is False and "did not change" in report["status"]["stopping_reason"]
-    assert not (Path(report["run_dir"]) / "model.ckpt").exists() and not store.exists()
+    assert not store.exists()  # the request is not recorded as deleted
     (entry,) = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert entry["status"]["target_reached"] is False and entry["status"]["steps"] == 0
+    # its model.ckpt is kept for inspection, but nothing loads it as a deletion state
+    kept = Path(report["run_dir"]) / "model.ckpt"
+    with pytest.raises(LineageError, match="did NOT answer"):
+        load_trained_weights(_model(dm), kept, dm)
+    with pytest.raises(LineageError, match="did NOT answer"):
+        _quiet().validate(_model(dm), datamodule=dm, ckpt_path=str(kept), verbose=False)

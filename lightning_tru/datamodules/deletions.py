@@ -215,3 +215,20 @@ def check_lineage(recorded: dict[str, Any], current: dict[str, Any], source: str
         f"{str(recorded.get('train_fingerprint'))[:12]}, the data's {str(current.get('train_fingerprint'))[:12]}): "
         "pass the data set and deletion store it was trained with"
     )
+
+
+def check_answered(checkpoint: dict[str, Any], source: str) -> None:
+    """Refuse the checkpoint of an unlearning run that did not answer its request (``not_reached``):
+    its weights are neither the old deletion state nor the new one.
+
+    Raises:
+        LineageError: the run's status says the target was not reached.
+    """
+    run = checkpoint.get("unlearning") or {}
+    status = run.get("status") or {}
+    if status.get("target_reached") is False:
+        raise LineageError(
+            f"{source} is the output of a run that did NOT answer deletion request {str(run.get('fingerprint'))[:12]} "
+            f"({status.get('stopping_reason')}); it is kept for inspection only. Answer the request again from "
+            f"{run.get('source')} with a larger budget (trainer.max_epochs, lr) or --method retrain"
+        )

@@ -10,7 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_lineage
+from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_answered, check_lineage
 from lightning_tru.metrics import ranking_metrics
 from lightning_tru.metrics.functional import count_relevant
 from lightning_tru.nn.losses import bpr_loss
@@ -188,7 +188,9 @@ class RecommenderModule(LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint fitted to other data than the trainer's datamodule (deletion state included)."""
+        """Refuse a checkpoint fitted to other data than the trainer's datamodule (deletion state included)
+        or written by an unlearning run that did not answer its request."""
+        check_answered(checkpoint, "the checkpoint")
         recorded = checkpoint.get(LINEAGE_KEY)
         dm = self.trainer.datamodule if self._trainer is not None else None
         if recorded is not None and dm is not None and hasattr(dm, "lineage"):
