@@ -214,3 +214,12 @@ def test_recommend_script(trained: Path, tmp_path: Path, monkeypatch: pytest.Mon
                          "--k", "3", "--output", str(tmp_path / "recs.tsv"), "--trainer.accelerator", "cpu"])
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert [(r[0], r[1]) for r in rows] == [("4", "1"), ("4", "2"), ("4", "3"), ("2", "1"), ("2", "2"), ("2", "3")]
+    # train.py predict with the writer callback gives the same rows (for every user)
+    train_cli(["predict", "--config", "configs/train/mgcn_synthetic.yaml", *SMALL, *QUIET, "--ckpt_path", str(trained),
+               "--trainer.accelerator", "cpu", "--trainer.callbacks", "lightning_tru.callbacks.topk_writer.TopKWriter",
+               "--trainer.callbacks.output", str(tmp_path / "all.tsv"), "--trainer.callbacks.k", "3",
+               "--return_predictions", "false"])
+    every = [line.split("\t") for line in (tmp_path / "all.tsv").read_text().splitlines()[1:]]
+    assert len(every) == 3 * 300
+    by_user = {u: [r[:3] for r in every if r[0] == u] for u in ("4", "2")}
+    assert [r[:3] for r in rows] == by_user["4"] + by_user["2"]
