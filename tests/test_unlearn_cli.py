@@ -216,7 +216,8 @@ def test_recommend_script(trained: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert [(r[0], r[1]) for r in rows] == [("4", "1"), ("4", "2"), ("4", "3"), ("2", "1"), ("2", "2"), ("2", "3")]
     # train.py predict with the writer callback gives the same rows (for every user)
     train_cli(["predict", "--config", "configs/train/mgcn_synthetic.yaml", *SMALL, *QUIET, "--ckpt_path", str(trained),
-               "--trainer.accelerator", "cpu", "--trainer.callbacks", "lightning_tru.callbacks.topk_writer.TopKWriter",
+               "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.callbacks", "lightning_tru.callbacks.topk_writer.TopKWriter",
                "--trainer.callbacks.output", str(tmp_path / "all.tsv"), "--trainer.callbacks.k", "3",
                "--return_predictions", "false"])
     every = [line.split("\t") for line in (tmp_path / "all.tsv").read_text().splitlines()[1:]]
