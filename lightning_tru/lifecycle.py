@@ -319,6 +319,10 @@ def answer_request(
     if verbose:
         print(format_table(columns, seconds))
         print(f"\n{'answered' if reached else 'NOT answered'} ({status['stopping_reason']}); run directory: {run_dir}")
+        if "retained_data" in report:
+            d = udm.retained.data
+            print(f"retained data written to {write_retained}: load it with --data.init_args.root {write_retained} "
+                  f"--data.init_args.min_users {d.num_users} --data.init_args.min_items {d.num_items} (no store needed)")
     return report
 
 

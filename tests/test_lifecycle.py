@@ -14,7 +14,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning_tru.audit.forgetting import forget_metrics
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import RecDataModule, SyntheticDataModule
-from lightning_tru.datamodules.datamodule import BPRDataset, RankingDataset, UserDataset
+from lightning_tru.datamodules.datamodule import BPRDataset, RankingDataset
 from lightning_tru.datamodules.deletions import (
     LINEAGE_KEY,
     DeletionStore,
@@ -29,7 +29,6 @@ from lightning_tru.datamodules.unlearning import UnlearningDataModule
 from lightning_tru.ledger import verify
 from lightning_tru.lifecycle import answer_request, load_trained_weights, recommend
 from lightning_tru.models import RecommenderModule
-from lightning_tru.models.recommender import CHECKPOINT_KEY
 from lightning_tru.nn import LightGCN
 
 DATA = dict(num_users=240, num_items=120, seed=3, batch_size=1024, eval_batch_size=256)
