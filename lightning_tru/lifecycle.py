@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 import warnings
@@ -136,6 +137,12 @@ def load_trained_weights(
     lineage = ckpt.get(LINEAGE_KEY)
     if lineage is not None and datamodule is not None:
         check_lineage(lineage, datamodule.lineage(), f"checkpoint {path}")
+    elif lineage is None and datamodule is not None:
+        warnings.warn(
+            f"checkpoint {path} records no training-data lineage (written before deletion tracking); it cannot be "
+            "checked against the data and its deletion store: retrain it with this version to get one",
+            stacklevel=2,
+        )
     model.load_state_dict(ckpt["state_dict"])
     model.lineage = lineage
     return ckpt
@@ -154,6 +161,17 @@ def evaluate_column(
     for audit in audits:
         out.update({k: float(v) for k, v in audit(model, udm).items()})
     return out
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` (the ledger holds strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
@@ -310,12 +328,12 @@ def answer_request(
         if write_retained is not None:
             write_mmrec(udm.retained.data, Path(write_retained), datamodule.data.name)
             report["retained_data"] = str(write_retained)
-    append_entry(Path(ledger), {
+    append_entry(Path(ledger), _finite({
         "time": report["time"], "fingerprint": fs.fingerprint, "method": name, "run_dir": str(run_dir),
         "status": status, "request": fs.summary(), "chain": lineage["deletions"],
         "train_fingerprint": lineage["train_fingerprint"], "source_checkpoint": source,
         "metrics": columns[name], "seconds": seconds.get(name),
-    })
+    }))
     if verbose:
         print(format_table(columns, seconds))
         print(f"\n{'answered' if reached else 'NOT answered'} ({status['stopping_reason']}); run directory: {run_dir}")
