@@ -108,7 +108,7 @@ def check_outputs(
         warnings.warn(
             f"{len(stale)} incomplete run folder(s) of crashed runs under {out}: {[p.name for p in stale]}; "
             f"they hold no published result: remove them (rm -r {out}/.incomplete-*) unless a run is in progress",
-            stacklevel=2,
+            stacklevel=1,  # one location: shown once even when the CLI and answer_request both check
         )
 
 
