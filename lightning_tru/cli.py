@@ -18,6 +18,7 @@ from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError
 from lightning_tru.datamodules.interactions import DataFormatError
 from lightning_tru.ledger import LedgerError
 from lightning_tru.lifecycle import (
+    OutputPathError,
     RetrainSettings,
     answer_request,
     check_outputs,
@@ -30,7 +31,7 @@ from lightning_tru.models import RecommenderModule
 __all__ = ["load_trained_weights", "recommend_cli", "train_cli", "unlearn_cli", "main"]
 
 #: errors whose message is the whole story: scripts print them once, short, and exit 2
-USER_ERRORS = (DataFormatError, ForgetRequestError, LineageError, LedgerError)
+USER_ERRORS = (DataFormatError, ForgetRequestError, LineageError, LedgerError, OutputPathError)
 
 
 class ConfigFileError(ValueError):
@@ -45,9 +46,9 @@ def _check_config_files(args: Optional[list[str]]) -> None:
     for f in files:
         path = Path(f)
         if not path.is_file():
-            if f.lstrip().startswith(("{", "trainer", "model", "data")):
-                continue  # an inline YAML string
-            raise ConfigFileError(f"config file {f} does not exist")
+            if path.suffix.lower() in (".yaml", ".yml", ".json"):
+                raise ConfigFileError(f"config file {f} does not exist")
+            continue  # an inline YAML string: jsonargparse parses it
         try:
             yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
@@ -73,11 +74,12 @@ def _unwrapped_data_errors() -> Iterator[None]:
 
 
 def main(fn: Callable[[], Any]) -> int:
-    """Run a CLI function as a script: data, request, config and lineage errors print one short line
-    (``error: ...``) and exit with status 2; an unanswered deletion request exits with status 3."""
+    """Run a CLI function as a script: data, request, config, path and lineage errors (and a missing
+    file) print one short line (``error: ...``) and exit with status 2; an unanswered deletion
+    request exits with status 3."""
     try:
         out = fn()
-    except (*USER_ERRORS, ConfigFileError) as e:
+    except (*USER_ERRORS, ConfigFileError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if isinstance(out, dict) and out.get("status", {}).get("target_reached") is False:

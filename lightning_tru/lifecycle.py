@@ -34,7 +34,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_tru.audit.report import checkpoint_bytes, evaluate, format_table, publish_run_dir
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.datamodule import RecDataModule
-from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_answered, check_lineage
+from lightning_tru.datamodules.deletions import LINEAGE_KEY, LineageError, check_answered, check_lineage
+from lightning_tru.datamodules.interactions import DataFormatError
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 from lightning_tru.datamodules.purge import write_mmrec
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
@@ -46,6 +47,10 @@ from lightning_tru.models.unlearning import UnlearningTask
 PathLike = Union[str, Path]
 #: an audit adds named results to one column of the report: ``audit(model, udm) -> {name: value}``
 Audit = Callable[[Any, UnlearningDataModule], Mapping[str, float]]
+
+
+class OutputPathError(ValueError):
+    """An output root, ledger or purge folder a run cannot use; the message names it and the fix."""
 
 
 @dataclass
@@ -86,23 +91,23 @@ def check_outputs(
     crashed runs are reported with a warning that says how to remove them.
 
     Raises:
-        ValueError: a path is unusable; the message names it and the fix.
+        OutputPathError: a path is unusable; the message names it and the fix.
     """
     out, led = Path(output_root).expanduser(), Path(ledger).expanduser()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--output_root {out} is a file; pass a folder for the run directories")
+        raise OutputPathError(f"--output_root {out} is a file; pass a folder for the run directories")
     if not os.access(_nearest_existing(out.absolute()), os.W_OK):
-        raise ValueError(f"--output_root {out} is not writable; pass a folder you can write to")
+        raise OutputPathError(f"--output_root {out} is not writable; pass a folder you can write to")
     data_files = [p for p in Path(data_root).iterdir() if p.is_file()] if data_root and Path(data_root).is_dir() else []
     check_ledger_path(led, [*forbidden, *data_files])
     if not os.access(_nearest_existing(led.absolute()), os.W_OK):
-        raise ValueError(f"--ledger {led} is not writable; pass a path you can write to")
+        raise OutputPathError(f"--ledger {led} is not writable; pass a path you can write to")
     if write_retained is not None:
         w = Path(write_retained).expanduser()
         if data_root is not None and w.resolve() == Path(data_root).resolve():
-            raise ValueError(f"--write_retained {w} is the input data folder; refusing to overwrite it: pass a new folder")
+            raise OutputPathError(f"--write_retained {w} is the input data folder; refusing to overwrite it: pass a new folder")
         if w.exists():
-            raise ValueError(f"--write_retained {w} already exists; pass a new folder (it is written atomically)")
+            raise OutputPathError(f"--write_retained {w} already exists; pass a new folder (it is written atomically)")
     stale = stale_run_dirs(out)
     if stale:
         warnings.warn(
@@ -125,10 +130,10 @@ def load_trained_weights(
     mine = model.model_signature()
     theirs = ckpt.get(CHECKPOINT_KEY)
     if theirs is None or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a lightning_tru checkpoint (no '{CHECKPOINT_KEY}' entry); pass one written by train.py")
+        raise LineageError(f"{path} is not a lightning_tru checkpoint (no '{CHECKPOINT_KEY}' entry); pass one written by train.py")
     if theirs != mine:
         diff = {k: (theirs.get(k), mine[k]) for k in mine if theirs.get(k) != mine[k]}
-        raise ValueError(
+        raise LineageError(
             f"{path} holds another model: checkpoint vs config differ in {diff}; "
             "use the model and data config the checkpoint was trained with (purged data whose largest ids were "
             "deleted: pass --data.init_args.min_users / min_items)"
@@ -349,7 +354,7 @@ def read_user_ids(path: PathLike) -> list[int]:
     """User ids of a serving request: one integer per line, an optional ``userID`` header."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"users file {path} does not exist; write one user id per line")
+        raise DataFormatError(f"users file {path} does not exist; write one user id per line")
     ids = []
     for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         s = line.strip()
@@ -358,7 +363,7 @@ def read_user_ids(path: PathLike) -> list[int]:
         try:
             ids.append(int(s))
         except ValueError as e:
-            raise ValueError(f"{path}: line {n}: {s!r} is not an integer user id") from e
+            raise DataFormatError(f"{path}: line {n}: {s!r} is not an integer user id") from e
     return ids
 
 

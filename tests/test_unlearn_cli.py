@@ -150,9 +150,12 @@ def test_outputs_are_validated_before_any_work(trained: Path, tmp_path: Path, mo
         (["--ledger", str(trained)], "an input of this run"),
         (["--write_retained", str(tmp_path / "dir")], "already exists"),
     ]
+    from lightning_tru.cli import main
+
     for extra, match in cases:
         with pytest.raises(ValueError, match=match):
             _unlearn(trained, tmp_path, *extra)
+        assert main(lambda: _unlearn(trained, tmp_path, *extra)) == 2  # the script: one short line, status 2
     assert not started and not (tmp_path / "out").exists() and not (tmp_path / "ledger.jsonl").exists()
     assert not (tmp_path / "deletions").exists()
 

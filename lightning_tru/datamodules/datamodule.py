@@ -211,7 +211,7 @@ class RecDataModule(LightningDataModule):
         ids = np.arange(self.num_users) if users is None else np.asarray(users, dtype=np.int64).reshape(-1)
         bad = ids[(ids < 0) | (ids >= self.num_users)]
         if len(bad):
-            raise ValueError(f"unknown user ids {bad[:5].tolist()} ({len(bad)} in all); valid ids are 0..{self.num_users - 1}")
+            raise DataFormatError(f"unknown user ids {bad[:5].tolist()} ({len(bad)} in all); valid ids are 0..{self.num_users - 1}")
         return DataLoader(UserDataset(ids, self.data.csr("train")), batch_size=self.eval_batch_size,
                           collate_fn=_passthrough, num_workers=self.num_workers)
 
