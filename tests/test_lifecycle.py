@@ -201,6 +201,12 @@ def test_checkpoints_are_refused_against_data_they_do_not_belong_to(answered: di
     with pytest.raises(LineageError, match="predates"):
         _quiet().validate(_model(_dm()), datamodule=_dm(store), ckpt_path=str(trained), verbose=False)
     assert _quiet().validate(_model(_dm()), datamodule=_dm(), ckpt_path=str(trained), verbose=False)
+    # a model trained from scratch with the store (train.py fit --deletions) answers its requests exactly
+    fresh = _train(_dm(store), answered["tmp"] / "fresh.ckpt", epochs=1)
+    lineage = torch.load(fresh, weights_only=True)[LINEAGE_KEY]
+    assert lineage["deletions"] == DeletionStore(store).fingerprints()
+    assert lineage["train_fingerprint"] == data_fingerprint(_dm(store).data)
+    load_trained_weights(_model(_dm()), fresh, _dm(store))
 
 
 def test_store_records_once_detects_tampering_and_other_data(answered: dict[str, Any], tmp_path: Path) -> None:
