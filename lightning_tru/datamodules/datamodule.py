@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_tru.datamodules.content import ItemContent
 from lightning_tru.datamodules.deletions import DeletionStore, data_fingerprint, deletion_mask, subset
 from lightning_tru.datamodules.forget import ForgetSet
 from lightning_tru.datamodules.interactions import TRAIN, DataFormatError, InteractionData
@@ -149,6 +150,8 @@ class RecDataModule(LightningDataModule):
             if chain:
                 log.info("%s: applied %d deletion request(s) from %s", data.name, len(chain), self.deletions.root)
         self.data = data
+        #: features and feature-derived item graphs, shared with every datamodule derived by :meth:`without`
+        self.content = ItemContent(data.features, data.item_graphs)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -178,10 +181,13 @@ class RecDataModule(LightningDataModule):
         return torch.from_numpy(np.ascontiguousarray(self.train_pairs().T))
 
     def feature_tensors(self) -> dict[str, Tensor]:
-        return {m: torch.from_numpy(f) for m, f in self.data.features.items()}
+        """Modality -> ``(I, d_m)`` features; the same tensors on every call and in every derived datamodule."""
+        return self.content.feature_tensors()
 
-    def item_graphs(self) -> dict[str, sp.csr_matrix]:
-        return dict(self.data.item_graphs)
+    def item_graphs(self, knn_k: Optional[int] = None) -> dict[str, sp.csr_matrix]:
+        """Precomputed item graphs, plus, with ``knn_k``, cosine kNN graphs of the other modalities (built once
+        per data set and ``knn_k``, see :class:`ItemContent`)."""
+        return self.content.item_graphs(knn_k)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -231,6 +237,7 @@ class RecDataModule(LightningDataModule):
         out = RecDataModule(subset(d, ~drop, f"{d.name}-retained"), self.batch_size, self.eval_batch_size,
                             self.num_workers)
         out.deletion_chain = self.deletion_chain + ((forget.fingerprint,) if graph_surgery else ())
+        out.content = self.content  # same items, same features: no kNN rebuild after graph surgery
         return out
 
 

@@ -1,7 +1,7 @@
 """The datamodule of an unlearning run: forget and retain batches over the surgically cut graph."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -96,8 +96,8 @@ class UnlearningDataModule(LightningDataModule):
     def feature_tensors(self) -> dict[str, Tensor]:
         return self.source.feature_tensors()
 
-    def item_graphs(self) -> dict[str, sp.csr_matrix]:
-        return self.source.item_graphs()
+    def item_graphs(self, knn_k: Optional[int] = None) -> dict[str, sp.csr_matrix]:
+        return self.source.item_graphs(knn_k)
 
     def forget_csr(self) -> sp.csr_matrix:
         """Binary ``(U, I)`` matrix of the forget pairs."""

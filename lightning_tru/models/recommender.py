@@ -57,12 +57,19 @@ class RecommenderModule(LightningModule):
         self.val_metrics = ranking_metrics(self.eval_ks, prefix="val/")
         self.test_metrics = ranking_metrics(self.eval_ks, prefix="test/")
         self._eval_embeddings: Optional[tuple[Tensor, Tensor]] = None
+        self._attached_features: Optional[dict[str, Tensor]] = None  # what attach() last gave the backbone
         #: the data the weights were fitted to (``RecDataModule.lineage()``), saved in checkpoints
         self.lineage: Optional[dict[str, Any]] = None
 
     # ----------------------------------------------------------------------------- data
     def attach(self, datamodule: Any) -> None:
-        """Give the backbone its graph and features from a :class:`RecDataModule`."""
+        """Give the backbone its graph and features from a :class:`RecDataModule`.
+
+        The user-item graph is replaced on every call (graph surgery). Features and item graphs are
+        set only when the datamodule hands over other feature tensors than the attached ones (the
+        datamodules derived from one data set share theirs), and the kNN item graphs come from the
+        datamodule, built once per data set: surgery, evaluation and Retrain never rebuild them.
+        """
         b = self.backbone
         if (datamodule.num_users, datamodule.num_items) != (b.num_users, b.num_items):
             raise ValueError(
@@ -70,7 +77,12 @@ class RecommenderModule(LightningModule):
                 f"{datamodule.num_users} x {datamodule.num_items}; use the data the model was trained on"
             )
         b.set_graph(datamodule.train_edge_index())
-        b.set_features(datamodule.feature_tensors(), datamodule.item_graphs())
+        features = datamodule.feature_tensors()
+        attached = self._attached_features
+        if attached is None or attached.keys() != features.keys() or any(attached[m] is not f for m, f in features.items()):
+            graphs = datamodule.item_graphs(b.knn_k) if b.knn_k is not None else datamodule.item_graphs()
+            b.set_features(features, graphs)
+            self._attached_features = dict(features)
 
     @override
     def setup(self, stage: str) -> None:

@@ -62,6 +62,10 @@ class Backbone(nn.Module, abc.ABC):
         self.num_items = int(num_items)
         self.feature_dims: dict[str, int] = dict(feature_dims or {})
 
+    #: neighbours of the feature kNN item graphs the backbone propagates over (``None``: it uses none);
+    #: a datamodule builds them once per data set (:meth:`RecDataModule.item_graphs`)
+    knn_k: Optional[int] = None
+
     # ----------------------------------------------------------------------------- data
     @abc.abstractmethod
     def set_graph(self, edge_index: Tensor) -> None:
