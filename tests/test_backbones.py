@@ -113,6 +113,18 @@ def test_mgcn_auxiliary_losses_and_gradients(tiny_data: InteractionData) -> None
     assert all(prm.grad is not None for prm in model.parameters())
 
 
+def test_mgcn_contrastive_term_is_the_repeated_batch_infonce(tiny_data: InteractionData) -> None:
+    from lightning_tru.nn.losses import info_nce
+
+    model = _mgcn(tiny_data, cl_weight=0.5)
+    p = model.propagate()
+    users, pos, neg = torch.tensor([0, 1, 0, 0, 5]), torch.tensor([3, 3, 4, 3, 9]), torch.tensor([6, 7, 8, 1, 2])
+    side, content = p.extras["side"], p.extras["content"]
+    nu = tiny_data.num_users
+    naive = info_nce(side[nu + pos], content[nu + pos], 0.2) + info_nce(side[users], content[users], 0.2)
+    torch.testing.assert_close(model.auxiliary_losses(p, users, pos, neg)["cl"], 0.5 * naive)
+
+
 def test_backbone_input_errors(tiny_data: InteractionData) -> None:
     with pytest.raises(ValueError, match="at least one modality"):
         MGCN(8, 12, {})

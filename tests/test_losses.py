@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lightning_tru.nn.losses import bpr_loss, info_nce, l2_penalty, reverse_bpr_loss
+from lightning_tru.nn.losses import bpr_loss, info_nce, info_nce_batch, l2_penalty, reverse_bpr_loss
 
 
 def test_bpr_and_reverse_bpr_match_formulas() -> None:
@@ -33,3 +33,17 @@ def test_info_nce_matches_naive_loop() -> None:
 def test_l2_penalty() -> None:
     x, y = torch.ones(4, 2), 2 * torch.ones(4, 2)
     assert l2_penalty(x, y).item() == (8 + 32) / 8
+
+
+def test_info_nce_batch_equals_repeated_batch_value_and_gradients() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(7, 4, dtype=torch.float64, requires_grad=True), torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([3, 0, 3, 5, 3, 6, 0, 2])  # repeats, as a BPR batch has
+    full = info_nce(a[ids], b[ids], 0.2)
+    ga, gb = torch.autograd.grad(full, (a, b))
+    dedup = info_nce_batch(a, b, ids, 0.2)
+    da, db = torch.autograd.grad(dedup, (a, b))
+    torch.testing.assert_close(dedup, full)
+    torch.testing.assert_close((da, db), (ga, gb))
+    # no repeats: counts of one give the plain loss
+    torch.testing.assert_close(info_nce(a, b, 0.5, torch.ones(7)), info_nce(a, b, 0.5))

@@ -1,6 +1,8 @@
 r"""Losses as plain functions over score or embedding tensors."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,16 +31,41 @@ def l2_penalty(*embeddings: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2.0 * batch)  # type: ignore[return-value]
 
 
-def info_nce(a: Tensor, b: Tensor, temperature: float = 0.2) -> Tensor:
+def info_nce(a: Tensor, b: Tensor, temperature: float = 0.2, counts: Optional[Tensor] = None) -> Tensor:
     r"""InfoNCE between two views, in-batch negatives.
 
     .. math::
         -\frac1B\sum_k \log \frac{\exp(\hat a_k^\top \hat b_k/\tau)}{\sum_l \exp(\hat a_k^\top \hat b_l/\tau)},
         \quad \hat x = x / \lVert x \rVert
 
-    Shapes: ``a``, ``b``: ``(B, d)``.
+    A batch that repeats an entity repeats its row and its column of the logits. With ``counts``,
+    ``a`` and ``b`` hold each distinct entity once and ``counts[j]`` says how often it occurs; the
+    value is that of the batch with the repetitions, computed on the distinct rows only:
+
+    .. math::
+        \frac{1}{\sum_j c_j}\sum_j c_j\Big(\log\sum_{j'} c_{j'} e^{S_{jj'}} - S_{jj}\Big), \quad
+        S_{jj'} = \hat a_j^\top \hat b_{j'}/\tau
+
+    Shapes: ``a``, ``b``: ``(B, d)``; ``counts``: ``(B,)`` positive.
     """
     a = F.normalize(a, dim=1) / temperature  # scaling the (B, d) side is cheaper than the (B, B) logits
     b = F.normalize(b, dim=1)
-    logits = a @ b.T  # (B, B)
-    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+    target = torch.arange(a.shape[0], device=a.device)
+    if counts is None:
+        return F.cross_entropy(a @ b.T, target)  # (B, B) logits
+    c = counts.to(a.dtype)
+    log_c = c.log()
+    per_row = F.cross_entropy(torch.addmm(log_c.unsqueeze(0), a, b.T), target, reduction="none") + log_c  # (B,)
+    return (c * per_row).sum() / c.sum()
+
+
+def info_nce_batch(a: Tensor, b: Tensor, ids: Tensor, temperature: float = 0.2) -> Tensor:
+    """:func:`info_nce` of ``a[ids]`` against ``b[ids]``, computed over the distinct ``ids`` once each.
+
+    Equal to ``info_nce(a[ids], b[ids], temperature)`` (same value, same gradients) at the cost of
+    the distinct ids: a batch of ``B`` pairs over ``D`` distinct users costs :math:`D^2` logits, not :math:`B^2`.
+
+    Shapes: ``a``, ``b``: ``(N, d)`` tables; ``ids``: ``(B,)`` row ids.
+    """
+    uniq, counts = torch.unique(ids, return_counts=True)
+    return info_nce(a[uniq], b[uniq], temperature, counts)
