@@ -125,6 +125,30 @@ def test_mgcn_contrastive_term_is_the_repeated_batch_infonce(tiny_data: Interact
     torch.testing.assert_close(model.auxiliary_losses(p, users, pos, neg)["cl"], 0.5 * naive)
 
 
+def test_mgcn_training_propagation_is_exact_on_the_batch_rows(tiny_data: InteractionData) -> None:
+    from lightning_tru.nn.losses import bpr_loss
+
+    model = _mgcn(tiny_data, cl_weight=0.5)
+    users, pos, neg = torch.tensor([0, 1, 0, 5]), torch.tensor([3, 3, 4, 9]), torch.tensor([6, 7, 8, 3])
+
+    def loss(p):  # type: ignore[no-untyped-def]
+        s = bpr_loss(model.score(users, pos, p), model.score(users, neg, p))
+        return s + sum(model.auxiliary_losses(p, users, pos, neg).values())
+
+    full, part = model.propagate(), model.training_propagation(users, torch.cat([pos, neg]))
+    items = torch.cat([pos, neg])
+    torch.testing.assert_close(part.user[users], full.user[users])
+    torch.testing.assert_close(part.item[items], full.item[items])
+    for b, (bu, bi) in full.branches.items():
+        torch.testing.assert_close(part.branches[b][0][users], bu[users])
+        torch.testing.assert_close(part.branches[b][1][items], bi[items])
+    assert not torch.allclose(part.user, full.user)  # rows off the batch are not computed
+    g_full = torch.autograd.grad(loss(full), list(model.parameters()))
+    g_part = torch.autograd.grad(loss(model.training_propagation(users, items)), list(model.parameters()))
+    for a, b in zip(g_part, g_full):
+        torch.testing.assert_close(a, b)
+
+
 def test_backbone_input_errors(tiny_data: InteractionData) -> None:
     with pytest.raises(ValueError, match="at least one modality"):
         MGCN(8, 12, {})

@@ -93,7 +93,7 @@ class RecommenderModule(LightningModule):
     # ------------------------------------------------------------------------- training
     def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """BPR plus the backbone's auxiliary terms, by name."""
-        prop = self.backbone.propagate()
+        prop = self.backbone.training_propagation(users, torch.cat([pos, neg]))  # exact on the batch's rows
         pos_s = self.backbone.score(users, pos, prop)
         neg_s = self.backbone.score(users, neg, prop)
         return {"bpr": bpr_loss(pos_s, neg_s), **self.backbone.auxiliary_losses(prop, users, pos, neg)}

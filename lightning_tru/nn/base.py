@@ -99,6 +99,15 @@ class Backbone(nn.Module, abc.ABC):
     def propagate(self) -> Propagation:
         """Full-graph forward pass."""
 
+    def training_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+        """The propagation a training step reads: only the rows ``users`` of ``.user`` and ``items``
+        of ``.item`` (and of branches and extras) are guaranteed to equal :meth:`propagate`'s.
+
+        Default: :meth:`propagate`. A backbone with node-wise layers after its graph propagation
+        overrides it to run them on the batch's rows only.
+        """
+        return self.propagate()
+
     def forward(self) -> tuple[Tensor, Tensor]:
         """``(user (U, d), item (I, d))`` final embeddings."""
         p = self.propagate()

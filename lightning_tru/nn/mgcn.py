@@ -121,6 +121,19 @@ class MGCN(Backbone):
             self.item_graphs[m] = SparseGraph(g, self.graph_backend).to(dev)
 
     def propagate(self) -> Propagation:
+        return self._propagate(None)
+
+    def training_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+        """:meth:`propagate` with the behaviour-aware fuser run on the batch's rows only.
+
+        The graph views are propagated in full (they mix every node); the fuser is node-wise, so
+        the rows ``users`` of ``.user`` and ``items`` of ``.item`` (and of the branches and
+        ``extras``) equal :meth:`propagate`'s, while the other rows hold the ID branch alone.
+        """
+        nodes = torch.unique(torch.cat([users, items + self.num_users]))
+        return self._propagate(nodes)
+
+    def _propagate(self, nodes: Optional[Tensor]) -> Propagation:
         if self.adj is None or self.user_item is None:
             raise RuntimeError("MGCN has no graph: call set_graph(edge_index) first")
         if len(self.item_graphs) != len(self.modalities):
@@ -141,15 +154,22 @@ class MGCN(Backbone):
             for _ in range(self.num_ii_layers):
                 h = self.item_graphs[m](h)
             views.append(torch.cat([self.user_item(h), h]))  # (U+I, d)
-        stacked = torch.stack(views)  # (M, U+I, d)
-        # behaviour-aware fuser
-        att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # (M, U+I)
-        common = (att.unsqueeze(-1) * stacked).sum(0)  # (U+I, d)
-        specific = {
-            m: self.prefer[m](content) * (views[k] - common) / (nm + 1) for k, m in enumerate(self.modalities)
-        }
+        # behaviour-aware fuser, node-wise: on the rows asked for (N = U+I without ``nodes``)
+        rows = content if nodes is None else content[nodes]  # (N, d)
+        if nodes is not None:
+            views = [v[nodes] for v in views]
+        stacked = torch.stack(views)  # (M, N, d)
+        att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # (M, N)
+        common = (att.unsqueeze(-1) * stacked).sum(0)  # (N, d)
+        specific = {m: self.prefer[m](rows) * (views[k] - common) / (nm + 1) for k, m in enumerate(self.modalities)}
         fusion = common / (nm + 1)
         side = fusion + sum(specific.values())
+        if nodes is not None:  # back to (U+I, d), zeros off the rows
+
+            def full(t: Tensor) -> Tensor:
+                return content.new_zeros(content.shape).index_copy(0, nodes, t)
+
+            side, fusion, specific = full(side), full(fusion), {m: full(t) for m, t in specific.items()}
         final = content + side
         user, item = final.split([nu, ni])
 
