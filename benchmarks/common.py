@@ -18,7 +18,7 @@ import torchmetrics
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("LT_DATA", REPO.parent / "shared" / "data"))  # LT_DATA: the real data sets' folder
 
 
 def machine_header() -> str:
@@ -39,24 +39,32 @@ def machine_header() -> str:
 
 
 class EpochTimer(Callback):
-    """Wall-clock of every training epoch and every validation run."""
+    """Wall-clock of every training epoch without its validation pass, and of every validation pass.
+
+    Lightning runs validation inside the training epoch (before ``on_train_epoch_end``), so the
+    validation time measured in an epoch is subtracted from that epoch's time.
+    """
 
     def __init__(self) -> None:
         self.train: list[float] = []
         self.valid: list[float] = []
         self._t = 0.0
+        self._v = 0.0
+        self._in_epoch_valid = 0.0
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._in_epoch_valid = 0.0
         self._t = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.train.append(time.perf_counter() - self._t)
+        self.train.append(time.perf_counter() - self._t - self._in_epoch_valid)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._v = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.valid.append(time.perf_counter() - self._v)
+        self._in_epoch_valid += self.valid[-1]
 
 
 def peak_rss_mib() -> float:
@@ -65,9 +73,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_isolated(args: list[str], timeout: int = 3600) -> dict[str, Any]:
-    """Run ``python <script> *args`` in a fresh process (own peak memory); parse its last JSON line."""
-    out = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_isolated(args: list[str], timeout: int = 3600, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python <script> *args`` in a fresh process (own peak memory; ``env`` added to the environment);
+    parse its last JSON line."""
+    full_env = dict(os.environ, **(env or {}))
+    cwd = Path(full_env.get("LT_REPO", REPO))
+    out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
     lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark run failed ({out.returncode}):\n{out.stderr[-3000:]}")
