@@ -136,3 +136,29 @@ def test_no_modalities() -> None:
 def test_argument_errors(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_synthetic(**kwargs)  # type: ignore[arg-type]
+
+
+def test_pooled_sampler_keeps_counts_popularity_and_preferences() -> None:
+    exact = make_synthetic(**SMALL, sampler="exact", seed=2)
+    pooled, factors = make_synthetic(**SMALL, sampler="pooled", seed=2, return_factors=True)
+    again = make_synthetic(**SMALL, sampler="pooled", seed=2)
+    np.testing.assert_array_equal(pooled.pairs, again.pairs)
+    # the same per-user counts (drawn before sampling), no repeated pair
+    np.testing.assert_array_equal(np.bincount(pooled.pairs[:, 0], minlength=300), np.bincount(exact.pairs[:, 0], minlength=300))
+    key = pooled.pairs[:, 0] * pooled.num_items + pooled.pairs[:, 1]
+    assert len(np.unique(key)) == len(key)
+    assert _top_share(pooled) > 0.3
+    flat, f = make_synthetic(**SMALL, popularity_exponent=0.0, temperature=2.0, sampler="pooled", return_factors=True)
+    scores = f["user"] @ f["item"].T
+    assert scores[flat.pairs[:, 0], flat.pairs[:, 1]].mean() > scores.mean() + 1.0
+
+
+def test_auto_sampler_switches_to_pooled_above_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_tru.datamodules.synthetic as synthetic
+
+    exact, pooled = make_synthetic(**SMALL, sampler="exact"), make_synthetic(**SMALL, sampler="pooled")
+    np.testing.assert_array_equal(make_synthetic(**SMALL).pairs, exact.pairs)
+    monkeypatch.setattr(synthetic, "EXACT_SAMPLER_MAX_PAIRS", 300 * 200 - 1)
+    np.testing.assert_array_equal(make_synthetic(**SMALL).pairs, pooled.pairs)
+    with pytest.raises(ValueError, match="sampler='fast': choose 'auto', 'exact' or 'pooled'"):
+        make_synthetic(**SMALL, sampler="fast")  # type: ignore[arg-type]

@@ -16,12 +16,14 @@ import numpy as np
 
 from lightning_tru.datamodules.interactions import TEST, TRAIN, VALID, InteractionData
 
-__all__ = ["make_synthetic", "DEFAULT_MODALITY_DIMS", "DEFAULT_MODALITY_NOISE"]
+__all__ = ["make_synthetic", "DEFAULT_MODALITY_DIMS", "DEFAULT_MODALITY_NOISE", "EXACT_SAMPLER_MAX_PAIRS"]
 
 DEFAULT_MODALITY_DIMS: dict[str, int] = {"image": 64, "text": 32}
 DEFAULT_MODALITY_NOISE: dict[str, float] = {"image": 0.5, "text": 2.0}
 _FALLBACK_NOISE = 1.0
 _CHUNK_ELEMENTS = 2**21  # scores held at once while sampling (16 MiB of float64)
+EXACT_SAMPLER_MAX_PAIRS = 50_000_000  # sampler="auto": exact up to this many (user, item) pairs
+Sampler = Literal["auto", "exact", "pooled"]
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -65,6 +67,68 @@ def _sample_items(
         users_out.append(np.repeat(np.arange(start, stop, dtype=np.int64), k))
         items_out.append(top[keep].astype(np.int64))
     return np.concatenate(users_out), np.concatenate(items_out)
+
+
+def _sample_items_pooled(
+    rng: np.random.Generator,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    log_popularity: np.ndarray,
+    counts: np.ndarray,
+    scale: float,
+    pool: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""Sampling-importance-resampling in :math:`O(E \cdot \mathrm{pool} \cdot d)`, independent of ``users x items``.
+
+    User :math:`u` draws ``pool * counts[u] + 16`` candidates with replacement from the popularity
+    :math:`q_i \propto p_i` (inverse CDF), then keeps its ``counts[u]`` distinct candidates of largest
+    :math:`s \cdot u^\top v_i + \mathrm{Gumbel}` over all copies: item :math:`i` then enters with
+    weight :math:`\approx m_i e^{s u^\top v_i}`, :math:`m_i \propto q_i`, the target
+    :math:`p_i e^{s u^\top v_i}` of :func:`_sample_items`. Users left with too few distinct
+    candidates draw again with a doubled pool; the last few fall back to the exact sampler.
+    """
+    num_users, num_items = len(user_factors), len(item_factors)
+    cdf = np.cumsum(np.exp(log_popularity - log_popularity.max()))
+    cdf /= cdf[-1]
+    users_out: list[np.ndarray] = []
+    items_out: list[np.ndarray] = []
+    todo = np.arange(num_users)
+    for _ in range(4):
+        if len(todo) == 0:
+            break
+        draws = pool * counts[todo] + 16
+        csum = np.cumsum(draws)
+        step = _CHUNK_ELEMENTS // 16  # candidates per chunk (each gathers a user and an item factor row)
+        bounds = np.unique(np.r_[0, np.searchsorted(csum, np.arange(step, csum[-1], step)), len(todo)])
+        short: list[np.ndarray] = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            us = todo[a:b]
+            cu = np.repeat(us, draws[a:b])  # (C,) candidate owners
+            ci = np.minimum(np.searchsorted(cdf, rng.random(len(cu)), side="right"), num_items - 1)  # (C,) ~ q
+            score = np.einsum("cd,cd->c", user_factors[cu], item_factors[ci]) * scale + rng.gumbel(size=len(cu))
+            order = np.lexsort((-score, ci, cu))  # per (user, item): best copy first
+            cu, ci, score = cu[order], ci[order], score[order]
+            first = np.r_[True, (cu[1:] != cu[:-1]) | (ci[1:] != ci[:-1])]
+            cu, ci, score = cu[first], ci[first], score[first]
+            order = np.lexsort((-score, cu))  # per user: best first
+            cu, ci = cu[order], ci[order]
+            start = np.r_[0, np.flatnonzero(cu[1:] != cu[:-1]) + 1]
+            rank = np.arange(len(cu)) - np.repeat(start, np.diff(np.r_[start, len(cu)]))
+            local = np.searchsorted(us, cu)  # ``todo`` is sorted
+            full = np.bincount(local, minlength=len(us)) >= counts[us]  # (chunk users,) enough distinct candidates
+            keep = full[local] & (rank < counts[cu])
+            users_out.append(cu[keep])
+            items_out.append(ci[keep])
+            short.append(us[~full])
+        todo = np.concatenate(short) if short else todo[:0]
+        pool *= 2
+    if len(todo):
+        u, i = _sample_items(rng, user_factors[todo], item_factors, log_popularity, counts[todo], scale)
+        users_out.append(todo[u])
+        items_out.append(i)
+    users, items = np.concatenate(users_out), np.concatenate(items_out)
+    order = np.argsort(users, kind="stable")
+    return users[order], items[order]
 
 
 def _split_counts(n: np.ndarray, share: float, force: np.ndarray) -> np.ndarray:
@@ -117,6 +181,7 @@ def make_synthetic(
     test_share: float = ...,
     seed: int = ...,
     temperature: float = ...,
+    sampler: Sampler = ...,
     return_factors: Literal[False] = ...,
 ) -> InteractionData: ...
 
@@ -135,6 +200,7 @@ def make_synthetic(
     test_share: float = ...,
     seed: int = ...,
     temperature: float = ...,
+    sampler: Sampler = ...,
     *,
     return_factors: Literal[True],
 ) -> tuple[InteractionData, dict[str, np.ndarray]]: ...
@@ -153,6 +219,7 @@ def make_synthetic(
     test_share: float = 0.1,
     seed: int = 0,
     temperature: float = 1.0,
+    sampler: Sampler = "auto",
     return_factors: bool = False,
 ) -> InteractionData | tuple[InteractionData, dict[str, np.ndarray]]:
     """Generate a seeded synthetic multimodal recommendation data set.
@@ -172,6 +239,12 @@ def make_synthetic(
             (when the share is positive).
         seed: seed of ``np.random.default_rng``; equal seeds give identical data.
         temperature: sharpness of the preference term ``u.v / sqrt(factor_dim)``.
+        sampler: ``"exact"`` scores every (user, item) pair (Gumbel-top-k, time and memory in
+            ``users x items``); ``"pooled"`` resamples a popularity-drawn candidate pool of 8x each
+            user's count (time linear in interactions; the same target distribution in the limit of a
+            large pool, with a finite pool the planted preference is weaker: mean planted score of the
+            chosen pairs 2.8 against 3.3 exact at 3000 x 2000); ``"auto"`` (default): exact up to
+            ``users x items = 5e7``, pooled above.
         return_factors: also return ``{"user": U, "item": V}``, the planted float32 factors.
 
     Raises:
@@ -195,6 +268,8 @@ def make_synthetic(
     test_share = _check_real("test_share", test_share, 0.0)
     if valid_share + test_share >= 1.0:
         raise ValueError(f"valid_share + test_share = {valid_share + test_share} must be < 1 to leave train data")
+    if sampler not in ("auto", "exact", "pooled"):
+        raise ValueError(f"sampler={sampler!r}: choose 'auto', 'exact' or 'pooled'")
     if isinstance(seed, bool) or not isinstance(seed, Integral):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     dims = dict(DEFAULT_MODALITY_DIMS if modality_dims is None else modality_dims)
@@ -221,9 +296,9 @@ def make_synthetic(
     excess = rng.geometric(1.0 / (1.0 + excess_mean), size=num_users) - 1
     counts = np.minimum(min_interactions + excess, num_items // 2).astype(np.int64)
 
-    users, items = _sample_items(
-        rng, user_factors, item_factors, log_popularity, counts, temperature / math.sqrt(factor_dim)
-    )
+    pooled = sampler == "pooled" or (sampler == "auto" and num_users * num_items > EXACT_SAMPLER_MAX_PAIRS)
+    draw = _sample_items_pooled if pooled else _sample_items
+    users, items = draw(rng, user_factors, item_factors, log_popularity, counts, temperature / math.sqrt(factor_dim))
     pairs, split = _assign_splits(rng, users, items, num_users, valid_share, test_share)
 
     features: dict[str, np.ndarray] = {}
