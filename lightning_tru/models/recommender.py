@@ -113,7 +113,7 @@ class RecommenderModule(LightningModule):
         if self._eval_embeddings is None:
             raise RuntimeError("evaluation embeddings are missing: run through trainer.validate/test")
         u, i = self._eval_embeddings
-        scores = (u[users] @ i.T).masked_fill(exclude, float("-inf"))  # (B, I)
+        scores = (u[users] @ i.T).masked_fill_(exclude, float("-inf"))  # (B, I), masked in place: one (B, I) buffer
         topk = torch.topk(scores, min(max(self.eval_ks), scores.shape[1]), dim=1).indices
         metrics.update(topk, target, num_relevant=count_relevant(target))
 
