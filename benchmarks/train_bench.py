@@ -103,6 +103,39 @@ def row(name: str, data: str, runs: list[dict[str, Any]]) -> str:
     )
 
 
+def profile(model: str, data: str, epochs: int, threads: int, batch: int, top: int) -> str:
+    """Self CPU time of the top ``top`` operators over ``epochs`` training epochs (torch.profiler, in-process)."""
+    import torch
+    from torch.profiler import profile as torch_profile
+
+    torch.set_num_threads(threads)
+    from lightning_tru.cli import train_cli
+
+    args = ["--config", str(REPO / f"configs/train/{model}_{data}.yaml"), "--data.init_args.root", str(DATA / data),
+            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.default_root_dir", f"/tmp/lt_bench/profile_{model}_{data}"]
+    if batch:
+        args += ["--data.init_args.batch_size", str(batch)]
+    cli = train_cli(args, run=False)
+    module, dm = cli.model, cli.datamodule
+    module.attach(dm)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+
+    def epoch() -> None:
+        for users, pos, neg in dm.train_dataloader():
+            loss = torch.stack(list(module.training_losses(users, pos, neg).values())).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    epoch()  # warm-up
+    with torch_profile() as prof:
+        for _ in range(epochs):
+            epoch()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=45)
+    return f"{model} on {data}, {epochs} epoch(s), {threads} thread(s):\n\n```\n{table.strip()}\n```\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["lightgcn", "mgcn", "miggt"])
@@ -118,6 +151,8 @@ def main() -> None:
     ap.add_argument("--mmrec-data", default=str(DATA), help="MMRec's data_path (a folder of <data>/ in its layout)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--title", default="Training", help="section title in RESULTS.md (the data names are appended)")
+    ap.add_argument("--profile", type=int, default=0, metavar="EPOCHS",
+                    help="instead of the table: profile this many training epochs per model and data set")
     ap.add_argument("--single", nargs=3, metavar=("MODEL", "DATA", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     import torch
@@ -125,6 +160,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)  # what the header reports; each run sets its own in its process
     if a.single:
         single(a.single[0], a.single[1], int(a.single[2]), a.max_epochs, a.patience, a.threads, a.batch)
+        return
+    if a.profile:
+        parts = [profile(m, d, a.profile, a.threads, a.batch, 15) for d in a.data for m in a.models]
+        body = f"`{' '.join(['python benchmarks/train_bench.py', *sys.argv[1:]])}`\n\n{machine_header()}\n\n" + "\n".join(parts)
+        print(body)
+        write_section(Path(a.out), f"{a.title} ({', '.join(a.data)})", body)
         return
     rows, ratios = [], []
     for data in a.data:
