@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from lightning_tru.nn.losses import bpr_loss, info_nce, info_nce_batch, l2_penalty, reverse_bpr_loss
@@ -47,3 +48,5 @@ def test_info_nce_batch_equals_repeated_batch_value_and_gradients() -> None:
     torch.testing.assert_close((da, db), (ga, gb))
     # no repeats: counts of one give the plain loss
     torch.testing.assert_close(info_nce(a, b, 0.5, torch.ones(7)), info_nce(a, b, 0.5))
+    with pytest.raises(ValueError, match="one positive count per row"):
+        info_nce(a, b, 0.5, torch.tensor([1, 0, 1, 1, 1, 1, 1]))

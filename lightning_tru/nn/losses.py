@@ -53,6 +53,8 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.2, counts: Optional[Te
     target = torch.arange(a.shape[0], device=a.device)
     if counts is None:
         return F.cross_entropy(a @ b.T, target)  # (B, B) logits
+    if counts.shape != (a.shape[0],) or bool((counts <= 0).any()):
+        raise ValueError(f"counts must hold one positive count per row of a ({a.shape[0]}), got shape {tuple(counts.shape)}")
     c = counts.to(a.dtype)
     log_c = c.log()
     per_row = F.cross_entropy(torch.addmm(log_c.unsqueeze(0), a, b.T), target, reduction="none") + log_c  # (B,)
