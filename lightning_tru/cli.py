@@ -18,6 +18,7 @@ from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError
 from lightning_tru.datamodules.interactions import DataFormatError
 from lightning_tru.ledger import LedgerError
 from lightning_tru.lifecycle import (
+    AuditSettings,
     OutputPathError,
     RetrainSettings,
     answer_request,
@@ -200,6 +201,13 @@ class UnlearnCLI(LightningCLI):
         parser.add_argument("--ledger", type=str, default="runs/deletion_ledger.jsonl")
         parser.add_argument("--write_retained", type=Optional[str], default=None,
                             help="new folder: write the retained interactions there (MMRec format) once answered")
+        parser.add_argument("--audit", type=bool, default=True,
+                            help="add the cheap audits (pair-level MIA, global exposure, fairness, distance to Retrain) "
+                                 "to report.json and the ledger")
+        parser.add_argument("--audit_user_level", type=bool, default=False,
+                            help="also the user-level membership attack (trains a shadow model)")
+        parser.add_argument("--audit_retrain_floor", type=bool, default=False,
+                            help="also a second Retrain (another seed): the noise floor of the distance to Retrain")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="accepted for stacking train configs; unused")
 
     def before_instantiate_classes(self) -> None:
@@ -237,6 +245,7 @@ class UnlearnCLI(LightningCLI):
             "forget_batch_size": cfg.forget_batch_size,
             "retain_batch_size": cfg.retain_batch_size,
             "seed": int(cfg.seed_everything or 0),
+            "audit": AuditSettings(cfg.audit, cfg.audit_user_level, cfg.audit_retrain_floor),
         }
 
     def unlearn(self) -> dict[str, Any]:

@@ -155,7 +155,8 @@ def test_three_successive_requests_never_resurrect_deleted_data(tmp_path: Path, 
     r1 = forget_metrics(model, dm.data.csr("train"), first.forget_csr(), 20)["forget_recall@20"]
     before = forget_metrics(_loaded(tmp_path / "trained.ckpt"), first.retained_train_csr(), first.forget_csr(),
                             20)["forget_recall@20"]
-    assert r1 < 0.5 * before, (r1, before)  # measured 0.17 vs 0.49 before (final test NDCG@20 98.6% of Retrain's)
+    answered = reports[0]["metrics"]["TRU"]["forget_recall@20"]  # what the first answer left
+    assert r1 <= answered + 0.05 and r1 < 0.7 * before, (r1, answered, before)  # not resurrected by later runs
     # the probe would see them: a load without the store brings every deleted pair back
     seen = _Seen(monkeypatch)
     plain = _dm()

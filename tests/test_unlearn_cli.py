@@ -197,7 +197,7 @@ def test_unlearn_logs_under_output_root_and_train_test_honours_the_store(trained
     cfg = str(REPO / "configs/train/mgcn_synthetic.yaml")
     report = unlearn_cli(["--config", cfg, "--config", str(REPO / "configs/unlearn/tru.yaml"), *SMALL,
                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                          "--trainer.max_epochs", "20", "--ckpt_path", str(trained), "--output_root", "out",
+                          "--trainer.max_epochs", "20", "--request.regime", "item", "--ckpt_path", str(trained), "--output_root", "out",
                           "--ledger", "out/ledger.jsonl"])  # the store defaults to out/deletions, beside the ledger
     assert report["status"]["target_reached"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -38,9 +38,9 @@ class UnlearningCallback(Callback, abc.ABC):
     :mod:`lightning_tru.audit.membership`) is compared with :math:`A^*`, what Retrain is expected to
     give (:meth:`reference_auc`): stop once :math:`A \le A^* + \delta`; a verification that lands
     below :math:`A^* - \delta` is an *overshoot* (the deleted pairs pushed below non-members, as
-    visible to an attacker as residual memory): the run goes back to the previous verified
-    parameters when they were closer to :math:`A^*` and reports it. Already inside the band at
-    step 0: no step is taken. ``"recall"``: the one-sided rule of earlier versions, forget
+    visible to an attacker as residual memory): the last step is scaled back by bisection along it
+    until the AUC is inside the band (``bisect_steps`` verifications); if no point is, the closest is
+    kept and the run reports an overshoot. Already inside the band at step 0: no step is taken. ``"recall"``: the one-sided rule of earlier versions, forget
     Recall@K :math:`\le` ``target_recall``.
 
     Subclasses override :meth:`training_losses` and optionally :meth:`profile`,
@@ -56,6 +56,7 @@ class UnlearningCallback(Callback, abc.ABC):
         tolerance: :math:`\delta`, least half-width of the band around :math:`A^*`; the band is
             :math:`\max(\delta, 2\,\mathrm{SE})` with SE the AUC's null standard error (few pairs, wide band).
         audit_pairs: most forget pairs (and as many non-members) the verification scores.
+        bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
         eval_every: steps between verifications.
         retain_weight: :math:`\lambda_r`, weight of retain BPR.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
@@ -77,6 +78,7 @@ class UnlearningCallback(Callback, abc.ABC):
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
         audit_pairs: int = 20000,
+        bisect_steps: int = 6,
     ) -> None:
         if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
             raise ValueError(
@@ -92,7 +94,7 @@ class UnlearningCallback(Callback, abc.ABC):
         if not 0 <= tolerance < 0.5 or audit_pairs < 1:
             raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), audit_pairs={audit_pairs} >= 1")
         self.stop_rule = stop_rule or ("recall" if target_recall is not None else "membership")
-        self.tolerance, self.audit_pairs = tolerance, audit_pairs
+        self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
         self.overshoot = False
         self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
@@ -136,6 +138,9 @@ class UnlearningCallback(Callback, abc.ABC):
                 f"{dm.forget.fingerprint[:12]}: resume with the same deletion request"
             )
         self._fingerprint = dm.forget.fingerprint
+        if trainer.max_epochs == 0 or trainer.max_steps == 0:  # no budget: no edit either (never a silent answer)
+            self.stopping_reason = "no step budget (max_epochs or max_steps is 0): nothing was done"
+            return
         if self.stop_rule == "membership":
             self._audit = self.membership_pairs(dm.forget.forget_pairs, dm)
         if self._profiled:
@@ -184,25 +189,50 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.stop_rule == "recall":
             self.stopping_reason = f"forget recall@{self.k} reached the target after {self.steps} steps"
             return
-        delta = res["mia_auc"] - float(self.reference)  # type: ignore[arg-type]
-        previous = self.history[-2]["mia_auc"] - float(self.reference)  # type: ignore[arg-type]
         band = res["mia_band"]
-        if delta >= -band:
+        if res["mia_auc"] - float(self.reference) >= -band:  # type: ignore[arg-type]
             self.stopping_reason = f"pair-MIA AUC within {band:.3f} of the expected Retrain AUC after {self.steps} steps"
-        elif abs(previous) < abs(delta) and self._previous is not None:
-            self._restore(pl_module.model, self._previous)  # type: ignore[attr-defined]
-            self.history.append({**self.history[-2], "step": float(self.steps), "rolled_back": 1.0})
-            self.overshoot = True
+            return
+        model = pl_module.model  # type: ignore[attr-defined]
+        found = self._bisect(model, trainer.datamodule) if self._previous is not None else None
+        if found is not None:
+            t, res = found
+            self.history.append({"step": float(self.steps), "interpolated": t, **res})
             self.stopping_reason = (
-                f"overshoot after {self.steps} steps (AUC {res['mia_auc']:.4f} < {self.reference:.4f} - {band:.3f}); "
-                f"went back to step {self.steps - self.eval_every} (AUC {self.history[-2]['mia_auc']:.4f})"
+                f"pair-MIA AUC within {res['mia_band']:.3f} of the expected Retrain AUC after {self.steps} steps, "
+                f"the last step scaled by {t:.3f} (the full step overshot)"
             )
-        else:
-            self.overshoot = True
-            self.stopping_reason = (
-                f"overshoot after {self.steps} steps: pair-MIA AUC {res['mia_auc']:.4f} below the expected Retrain AUC "
-                f"{self.reference:.4f} - {band:.3f} (over-forgetting)"
-            )
+            return
+        self.overshoot = True
+        self.stopping_reason = (
+            f"overshoot after {self.steps} steps: pair-MIA AUC {self.history[-1]['mia_auc']:.4f} outside "
+            f"{self.reference:.4f} +- {band:.3f} and no point of the last step inside it (over-forgetting)"
+        )
+
+    def _bisect(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[tuple[float, dict[str, float]]]:
+        r"""The last step overshot: find :math:`t \in (0, 1)` with :math:`\theta_{prev} + t(\theta - \theta_{prev})`
+        inside the band by bisection (``bisect_steps`` verifications; the AUC falls along the step). Leaves the
+        model at the point found, or at the verified point closest to :math:`A^*` when none is inside."""
+        assert self._previous is not None
+        current = self._snapshot(model)
+        ref = float(self.reference)  # type: ignore[arg-type]
+        lo, hi = 0.0, 1.0
+        best = (abs(self.history[-1]["mia_auc"] - ref), 1.0, self.history[-1])
+        prev_res = self.history[-2] if len(self.history) > 1 else None
+        if prev_res is not None and abs(prev_res["mia_auc"] - ref) < best[0]:
+            best = (abs(prev_res["mia_auc"] - ref), 0.0, prev_res)
+        for _ in range(self.bisect_steps):
+            t = (lo + hi) / 2
+            self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
+            res = self.verify(model, dm)
+            if abs(res["mia_auc"] - ref) <= res["mia_band"]:
+                return t, res
+            if abs(res["mia_auc"] - ref) < best[0]:
+                best = (abs(res["mia_auc"] - ref), t, res)
+            lo, hi = (t, hi) if res["mia_auc"] > ref else (lo, t)
+        _, t, _ = best
+        self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
+        return None
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
