@@ -205,6 +205,8 @@ def answer_request(
     retain_batch_size: int = 2048,
     seed: int = 0,
     audit: Optional[AuditSettings] = None,
+    retrained: Optional[tuple[Any, dict[str, Any]]] = None,
+    retrained_seed2: Optional[Any] = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Answer one deletion request end to end and return the report (``{}`` on ranks other than 0).
@@ -241,6 +243,11 @@ def answer_request(
         forget_batch_size, retain_batch_size, seed: the unlearning batches.
         audit: which audits go into ``report["audits"]`` (per column, :func:`~lightning_tru.audit.run_audits`'s
             schema), ``report["efficiency"]`` and the ledger line; default :class:`AuditSettings` (cheap ones on).
+        retrained: ``(model, info)`` of a Retrain of this very request made earlier (e.g. by a benchmark
+            comparing several methods): used as the Retrain column (``info["seconds"]``, ``info["epochs"]``)
+            instead of training again; implies ``compare_retrain``.
+        retrained_seed2: a Retrain with another seed, for the distance-to-Retrain noise floor (instead of
+            ``audit.retrain_floor`` training one).
         verbose: print the table.
     """
     if datamodule.deletions is None:
@@ -304,11 +311,16 @@ def answer_request(
         efficiency[name] = eff.result(cb.steps)
     else:
         name = "Retrain"
+    compare_retrain = compare_retrain or retrained is not None
     if method == "retrain" or compare_retrain:
-        with Efficiency(device) as eff:
-            retrained, info = retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=rs.seed)
+        if retrained is not None:
+            retrained, info = retrained
+            efficiency["Retrain"] = {"seconds": float(info["seconds"]), "steps": float(info.get("epochs", 0))}
+        else:
+            with Efficiency(device) as eff:
+                retrained, info = retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=rs.seed)
+            efficiency["Retrain"] = eff.result(info["epochs"])
         seconds["Retrain"], details["Retrain"] = info["seconds"], info
-        efficiency["Retrain"] = eff.result(info["epochs"])
         columns["Retrain"] = evaluate(retrained, udm)
         if method == "retrain":
             model = retrained
@@ -321,8 +333,8 @@ def answer_request(
     audits: dict[str, Any] = {}
     if au.enabled:
         gold = retrained if (method == "retrain" or compare_retrain) else None
-        second = None
-        if au.retrain_floor and gold is not None:
+        second = retrained_seed2
+        if second is None and au.retrain_floor and gold is not None:
             second, _ = retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=int(rs.seed or 0) + 1)
         audits = run_audits(model, udm, retrain=gold if method != "retrain" else None, retrain_seed2=second,
                             before=deployed, name="method" if method == "retrain" else name,
