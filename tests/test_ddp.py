@@ -103,3 +103,21 @@ def test_ddp_training_matches_one_process() -> None:
     assert one["val/recall@20"] > 0.1
     for key in ("val/recall@20", "val/ndcg@20"):
         assert abs(one[key] - two[key]) < 0.03, (key, one[key], two[key])
+
+
+def test_sharded_strategies_are_refused_by_every_callback(tiny_data) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from lightning_tru.callbacks import TRU, FineTune, MMRecUn, MultiDelete, NegGrad, ScaleGUN
+    from lightning_tru.datamodules import ForgetRequest, RecDataModule, UnlearningDataModule
+    from lightning_tru.models.unlearning import UnlearningTask
+
+    dm = RecDataModule(tiny_data)
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.25, seed=0))
+    task = UnlearningTask(_model(dm))
+    for cls in (TRU, FineTune, NegGrad, MMRecUn, MultiDelete, ScaleGUN):
+        with pytest.raises(ValueError, match="not FSDPStrategy.*strategy='ddp'"):
+            cls().setup(SimpleNamespace(datamodule=udm, strategy=FSDPStrategy()), task, "fit")  # type: ignore[arg-type]
+        cls().setup(SimpleNamespace(datamodule=udm, strategy=DDPStrategy()), task, "fit")  # type: ignore[arg-type]
