@@ -56,6 +56,11 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _report(a: argparse.Namespace, row: dict[str, Any]) -> None:
+    """This rank's result as ``<results>/rank<r>.json`` (the ranks' stdout lines may interleave)."""
+    Path(a.results, f"rank{_rank()}.json").write_text(json.dumps({"rank": _rank(), **row}))
+
+
 def _peak_mib(accelerator: str) -> float:
     import torch
 
@@ -94,9 +99,8 @@ def worker_train(a: argparse.Namespace) -> None:
     trainer.fit(model, datamodule=dm)
     if a.save and trainer.is_global_zero:
         torch.save(model.state_dict(), a.save)
-    print(json.dumps({"rank": _rank(), "s_epoch": med(timer.train[1:] or timer.train),
-                      "recall": float(trainer.callback_metrics["val/recall@20"]), "peak_mib": _peak_mib(a.accelerator)}),
-          flush=True)
+    _report(a, {"s_epoch": med(timer.train[1:] or timer.train),
+                "recall": float(trainer.callback_metrics["val/recall@20"]), "peak_mib": _peak_mib(a.accelerator)})
 
 
 def worker_unlearn(a: argparse.Namespace) -> None:
@@ -123,8 +127,8 @@ def worker_unlearn(a: argparse.Namespace) -> None:
     model.attach(udm)
     model.eval()
     recall = forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"]
-    print(json.dumps({"rank": _rank(), "s_step": med(timer.train[1:] or timer.train), "forget_recall": recall,
-                      "peak_mib": _peak_mib(a.accelerator)}), flush=True)
+    _report(a, {"s_step": med(timer.train[1:] or timer.train), "forget_recall": recall,
+                "peak_mib": _peak_mib(a.accelerator)})
 
 
 def worker_memory(a: argparse.Namespace) -> None:
@@ -144,8 +148,7 @@ def worker_memory(a: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     _trainer(a.nprocs, a.accelerator, max_epochs=1, limit_train_batches=a.batches, limit_val_batches=0).fit(
         model, datamodule=dm)
-    print(json.dumps({"rank": _rank(), "params": params, "interactions": int(len(dm.train_pairs())),
-                      "peak_mib": _peak_mib(a.accelerator)}), flush=True)
+    _report(a, {"params": params, "interactions": int(len(dm.train_pairs())), "peak_mib": _peak_mib(a.accelerator)})
 
 
 # ------------------------------------------------------------------------------ driver
@@ -155,9 +158,10 @@ def launch(procs: int, args: list[str], threads: int, timeout: int = 3600) -> li
     if procs > 1:
         py += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
-    out = subprocess.run([*py, __file__, *args, "--nprocs", str(procs), "--threads", str(threads)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=timeout)
-    rows = [json.loads(x) for x in out.stdout.splitlines() if x.startswith('{"rank"')]
+    with tempfile.TemporaryDirectory(prefix="ddp-bench-rank-") as results:
+        out = subprocess.run([*py, __file__, *args, "--nprocs", str(procs), "--threads", str(threads),
+                              "--results", results], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        rows = [json.loads(f.read_text()) for f in Path(results).glob("rank*.json")]
     if out.returncode != 0 or len(rows) != procs:
         raise RuntimeError(f"worker {args[:2]} on {procs} processes failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return sorted(rows, key=lambda r: r["rank"])
@@ -248,6 +252,7 @@ def main() -> None:
     ap.add_argument("--nprocs", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     ap.add_argument("--load", help=argparse.SUPPRESS)
+    ap.add_argument("--results", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         _setup_torch(a.threads)
