@@ -125,3 +125,18 @@ def test_sharded_strategies_are_refused_by_every_callback(tiny_data) -> None:
         with pytest.raises(ValueError, match="not FSDPStrategy.*strategy='ddp'"):
             cls().setup(SimpleNamespace(datamodule=udm, strategy=FSDPStrategy()), task, "fit")  # type: ignore[arg-type]
         cls().setup(SimpleNamespace(datamodule=udm, strategy=DDPStrategy()), task, "fit")  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_retrain_under_ddp_spawn_returns_the_best_weights() -> None:
+    from lightning_tru.models.retrain import retrain
+
+    dm = _dm(128)
+    seed_everything(0)
+    initial = _model(dm)
+    model, info = retrain(initial, dm, max_epochs=3, patience=5, seed=0, accelerator="cpu", strategy="ddp_spawn",
+                          devices=2)
+    assert info["best_epoch"] <= info["epochs"] <= 3
+    assert not torch.equal(model.backbone.user_embedding.weight, initial.backbone.user_embedding.weight)
+    # the weights of the best epoch: one process measures exactly what the DDP run monitored
+    assert _trainer().validate(model, datamodule=dm, verbose=False)[0]["val/recall@20"] == info["best_score"]

@@ -7,11 +7,20 @@ import time
 from typing import Any, Optional, Union
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from lightning_tru.datamodules.datamodule import RecDataModule
 from lightning_tru.models.recommender import RecommenderModule
+
+
+class _EpochCount(Callback):
+    """Logs the number of finished epochs: ``callback_metrics`` is what a ``ddp_spawn`` fit hands back."""
+
+    KEY = "retrain/epochs"
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pl_module.log(self.KEY, float(trainer.current_epoch + 1), sync_dist=True)
 
 
 def retrain(
@@ -29,7 +38,8 @@ def retrain(
 ) -> tuple[RecommenderModule, dict[str, Any]]:
     """Train a copy of ``initial`` (the untrained model, same seed and hyper-parameters as the
     original run) on ``datamodule`` (the retained data) with early stopping on ``monitor``,
-    and return it at its best valid epoch with ``{"seconds", "best_epoch", "epochs"}``.
+    and return it at its best valid epoch with ``{"seconds", "best_epoch", "best_score", "epochs"}``
+    (``best_score``: ``monitor`` at that epoch).
 
     ``accelerator``, ``strategy``, ``devices`` and ``num_nodes`` are the Trainer's, so Retrain can
     run under the same data parallelism as the unlearning run (default: one device). Under
@@ -53,7 +63,7 @@ def retrain(
             logger=False,
             enable_model_summary=False,
             enable_progress_bar=enable_progress_bar,
-            callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=patience), ckpt],
+            callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=patience), ckpt, _EpochCount()],
         )
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule)
@@ -61,9 +71,11 @@ def retrain(
         best = None
         if trainer.is_global_zero:
             ckpt_state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
-            best = {"state_dict": ckpt_state["state_dict"], "epoch": int(ckpt_state["epoch"])}
+            score = next(v["best_model_score"] for k, v in ckpt_state["callbacks"].items() if k.startswith("ModelCheckpoint"))
+            best = {"state_dict": ckpt_state["state_dict"], "epoch": int(ckpt_state["epoch"]), "score": float(score),
+                    "epochs": int(trainer.callback_metrics[_EpochCount.KEY])}
         best = trainer.strategy.broadcast(best, src=0)  # identity without a process group
         model.load_state_dict(best["state_dict"])
-        best_epoch = int(best["epoch"])
+        best_epoch, best_score, epochs = int(best["epoch"]), float(best["score"]), int(best["epochs"])
         trainer.strategy.barrier("retrain-best-loaded")  # rank 0 removes its directory only after this
-    return model, {"seconds": seconds, "best_epoch": best_epoch, "epochs": int(trainer.current_epoch)}
+    return model, {"seconds": seconds, "best_epoch": best_epoch, "best_score": best_score, "epochs": epochs}
