@@ -104,7 +104,7 @@ def run_all(weights: Path, devices: int) -> dict[str, Any]:
                      "stopping_reason": cb.stopping_reason, "recall": recall}
     gold, info = retrain(initial, udm.retained, max_epochs=3, patience=2, seed=0, accelerator="cpu",
                          strategy="ddp" if devices > 1 else "auto", devices=devices)
-    out["Retrain"] = {"weights": gold.state_dict(), "state": {"best_epoch": info["best_epoch"]}}
+    out["Retrain"] = {"weights": gold.state_dict(), "state": {k: info[k] for k in ("best_epoch", "best_score", "epochs")}}
     return out
 
 
@@ -144,7 +144,13 @@ def test_every_method_under_ddp_agrees_across_ranks_and_with_one_process(tmp_pat
         r0, r1 = ranks[0][name], ranks[1][name]
         # every rank: the same request, the same masks/scales/history/steps (one stop decision), the same weights
         assert _equal(r0, r1), name
-        if name == "Retrain":
+        if name == "Retrain":  # every rank holds the best epoch's weights: one process measures what DDP monitored
+            gold = _model(dm)
+            gold.load_state_dict(r0["weights"])
+            udm = _udm(dm)
+            val = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+                gold, datamodule=udm.retained, verbose=False)[0]["val/recall@20"]
+            assert val == r0["state"]["best_score"] and r0["state"]["epochs"] <= 3
             continue
         assert r0["fingerprint"] == ref["fingerprint"]
         s0, s1 = r0["state"], ref["state"]
