@@ -24,11 +24,17 @@ QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", 
 
 def _run_method(unlearn_cli, cfg: str, method: str, common: list[str], ckpt: str, a: argparse.Namespace, i: int,
                 work: Path, data: str) -> dict:
-    return unlearn_cli(["--config", cfg, "--config", str(REPO / f"configs/unlearn/{method}.yaml"), *common,
-                        *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
-                        "--request.share", str(a.share), "--request.seed", str(a.seed),
-                        "--compare_retrain", str(i == 0).lower(), "--retrain_max_epochs", str(a.max_epochs),
-                        "--output_root", str(work / data / "unlearn"), "--ledger", str(work / "ledger.jsonl")])
+    """One method through ``lightning_tru.lifecycle.answer_request``, configured by the unlearn CLI's
+    parser; each method gets its own deletion store, so every one answers the same request from ``ckpt``."""
+    from lightning_tru.lifecycle import answer_request
+
+    cli = unlearn_cli(["--config", cfg, "--config", str(REPO / f"configs/unlearn/{method}.yaml"), *common,
+                       *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
+                       "--request.share", str(a.share), "--request.seed", str(a.seed),
+                       "--compare_retrain", str(i == 0).lower(), "--retrain_max_epochs", str(a.max_epochs),
+                       "--output_root", str(work / data / "unlearn"), "--ledger", str(work / "ledger.jsonl"),
+                       "--deletions", str(work / data / f"deletions-{i}")], run=False)
+    return answer_request(**cli.job())
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.datamodules.forget import ForgetRequest
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models import RecommenderModule
-from lightning_tru.models.unlearning import UnlearningTask
+from lightning_tru.models.unlearning import NonFiniteLossError, UnlearningTask
 from lightning_tru.nn import MGCN, LightGCN
 from lightning_tru.nn.losses import reverse_bpr_loss
 
@@ -154,7 +154,7 @@ class _AscentProbe(NegGrad):
 
 def test_neggrad_loss_is_unbounded_where_reverse_bpr_is_not(setup: tuple) -> None:
     _, trained, udm = setup
-    cb = _AscentProbe(lr=0.2, retain_weight=0.0, target_recall=-1.0, eval_every=100)  # never stops on recall
+    cb = _AscentProbe(lr=0.2, retain_weight=0.0, target_recall=0.0, eval_every=100)  # never verifies, never stops on recall
     _unlearn(trained, udm, cb, steps=15)
     a = cb.ascent
     assert all(x <= 0 for x in a) and all(r >= 0 for r in cb.reverse)
@@ -221,9 +221,20 @@ class _FirstLosses(MultiDelete):
         return losses
 
 
+def test_a_nan_loss_is_an_error_and_the_model_is_not_updated(setup: tuple) -> None:
+    _, trained, udm = setup
+    empty = copy.copy(udm)
+    empty.forget_batch_size = 0  # what the constructor refuses: an empty forget batch -> a NaN mean loss
+    model = copy.deepcopy(trained)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"step 0: the loss is nan .*'forget.*empty batch"):
+        _trainer(max_epochs=3, callbacks=[NegGrad(lr=5e-2, eval_every=100)]).fit(UnlearningTask(model), datamodule=empty)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def test_multidelete_retention_terms_start_at_zero(setup: tuple) -> None:
     _, trained, udm = setup
-    cb = _FirstLosses(lr=2e-2, eval_every=100, target_recall=-1.0)
+    cb = _FirstLosses(lr=2e-2, eval_every=100, target_recall=0.0)
     _unlearn(trained, udm, cb, steps=3)
     first, last = cb.seen[0], cb.seen[-1]
     assert first["multimodal_retention"] == 0.0 and first["unimodal_retention"] == 0.0
@@ -308,7 +319,7 @@ def test_scalegun_one_shot_step_forgets_and_stops(setup: tuple) -> None:
 
 def test_scalegun_optional_finetuning_steps_then_stops(setup: tuple) -> None:
     _, trained, udm = setup
-    cb = ScaleGUN(cg_iters=2, finetune_steps=3, target_recall=-1.0, eval_every=100)
+    cb = ScaleGUN(cg_iters=2, finetune_steps=3, target_recall=0.0, eval_every=100)
     _unlearn(trained, udm, cb, steps=50)
     assert cb.steps == 3 and "3 fine-tuning steps" in str(cb.stopping_reason)
 

@@ -34,3 +34,59 @@ def test_train_cli_links_sizes_and_rejects_typos(tmp_path: Path, monkeypatch: py
     with pytest.raises(SystemExit):
         train_cli(["--config", str(REPO / "configs/train/mgcn_synthetic.yaml"),
                    "--model.backbone.init_args.knn_kk", "3"], run=False)
+
+
+QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+SMALL = ["--data.init_args.num_users", "120", "--data.init_args.num_items", "90"]
+
+
+def test_fit_without_checkpointing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = train_cli(["fit", "--config", str(REPO / "configs/train/lightgcn_synthetic.yaml"), *SMALL, *QUIET,
+                     "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false"])
+    assert cli.trainer.state.finished and cli.trainer.checkpoint_callback is None
+    assert "test/recall@20" in cli.trainer.callback_metrics  # tested with the last weights
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def _mmrec(root: Path, inter: str, feat: "np.ndarray | None" = None) -> Path:
+    import numpy as np
+
+    root.mkdir()
+    (root / "d.inter").write_text(inter)
+    np.save(root / "image_feat.npy", feat if feat is not None else np.ones((3, 2), np.float32))
+    return root
+
+
+def test_bad_input_prints_one_short_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from lightning_tru.cli import main
+    from lightning_tru.datamodules import DataFormatError
+
+    monkeypatch.chdir(REPO)
+    good = "userID\titemID\tx_label\n0\t1\t0\n1\t2\t0\n1\t0\t1\n"
+    bad = _mmrec(tmp_path / "bad", "userID\titemID\tx_label\n0\t1\t0\n1\tx\t0\n")
+    args = ["--config", "configs/train/lightgcn_synthetic.yaml", "--data", "lightning_tru.datamodules.MMRecDataModule",
+            *QUIET]
+    with pytest.raises(DataFormatError, match="line 3"):  # the library raises the data error itself, unwrapped
+        train_cli([*args, "--data.root", str(bad)], run=False)
+    assert main(lambda: train_cli([*args, "--data.root", str(bad)], run=False)) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "line 3, column 'itemID'" in err and "Traceback" not in err
+    # NaN features: the advice names strict_features, and that switch is reachable from the CLI
+    feat = np.ones((3, 2), np.float32)
+    feat[1, 0] = np.nan
+    nan = _mmrec(tmp_path / "nan", good, feat)
+    assert main(lambda: train_cli([*args, "--data.root", str(nan)], run=False)) == 2
+    assert "strict_features=False" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="replaced non-finite"):
+        cli = train_cli([*args, "--data.root", str(nan), "--data.strict_features", "false"], run=False)
+    assert np.isfinite(cli.datamodule.data.features["image"]).all()
+    # a malformed YAML file is named, with its line
+    cfg = tmp_path / "broken.yaml"
+    cfg.write_text("trainer:\n  max_epochs: [1\n")
+    assert main(lambda: train_cli(["fit", "--config", str(cfg)], run=False)) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "line" in err and err.count("error:") == 1

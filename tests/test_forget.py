@@ -181,9 +181,9 @@ def test_csv_requests(tiny_data: InteractionData, tmp_path: Path, delimiter: str
     f = _write(tmp_path / "items.csv", "itemID\n" + "\n".join(map(str, items)) + "\n")
     fs = ForgetRequest(file=f).resolve(tiny_data)
     assert fs.regime == "item" and _set(fs.forget_pairs) == {p for p in _set(train) if p[1] in items}
-    # both columns: pairs; extra columns and column order do not matter
-    rows = "".join(f"{i}{delimiter}x{delimiter}{u}\n" for u, i in pairs)
-    f = _write(tmp_path / "pairs.csv", f"itemID{delimiter}note{delimiter}userID\n{rows}")
+    # both columns: pairs; column order does not matter (any other column is an error)
+    rows = "".join(f"{i}{delimiter}{u}\n" for u, i in pairs)
+    f = _write(tmp_path / "pairs.csv", f"itemID{delimiter}userID\n{rows}")
     fs = ForgetRequest(file=f).resolve(tiny_data)
     assert fs.regime == "interaction" and _set(fs.forget_pairs) == _set(pairs)
 
@@ -203,6 +203,26 @@ def test_file_overrides_the_regime(tiny_data: InteractionData, tmp_path: Path) -
     f = _write(tmp_path / "u.json", json.dumps({"users": [3]}))
     fs = ForgetRequest("item", 0.5, "core", file=f).resolve(tiny_data)
     assert fs.regime == "user" and fs.users.tolist() == [3]
+    assert fs.source == "file" and fs.file == str(f)
+    s = fs.summary()  # the resolved regime, the file, and no share / selection / seed
+    assert s["regime"] == "user" and s["source"] == "file" and s["file"] == str(f) and s["skipped"] == 0
+    assert not {"share", "selection", "seed"} & set(s)
+
+
+@pytest.mark.parametrize(("obj", "regime"), [({"users": [3]}, "user"), ({"items": [2]}, "item"),
+                                             ({"pairs": "train"}, "interaction")])
+def test_summary_records_the_resolved_regime_of_a_file(tiny_data: InteractionData, tmp_path: Path, obj: dict,
+                                                       regime: str) -> None:
+    if obj.get("pairs") == "train":
+        obj = {"pairs": tiny_data.split_pairs("train")[:2].tolist()}
+    f = _write(tmp_path / "r.json", json.dumps(obj))
+    assert ForgetRequest("user", file=f).resolve(tiny_data).summary()["regime"] == regime  # not the default "user"
+
+
+def test_summary_of_a_regime_request(tiny_data: InteractionData) -> None:
+    s = ForgetRequest("item", 0.25, "core", seed=3).resolve(tiny_data).summary()
+    assert (s["source"], s["regime"], s["share"], s["selection"], s["seed"]) == ("regime", "item", 0.25, "core", 3)
+    assert "file" not in s and "skipped" not in s
 
 
 def test_resolving_a_file_changes_nothing_on_disk(small_dm: SyntheticDataModule, tmp_path: Path) -> None:
@@ -347,11 +367,17 @@ def test_request_error_is_a_value_error() -> None:
         ("r.csv", "userID\n1\nabc\n", r"line 3, column userID: not an integer id"),
         ("r.csv", "userID,itemID\n1,2\n3\n", r"line 3, column itemID"),
         ("r.csv", "userID,itemID\n1,2\n3,4.5\n", r"line 3, column itemID"),
-        ("r.csv", "user,item\n1,2\n", r"line 1: header \['user', 'item'\] names neither userID nor itemID"),
+        ("r.csv", "user,item\n1,2\n", r"line 1: unknown column\(s\) \['user', 'item'\].*\['userID', 'itemID'\]"),
+        ("r.csv", "userID,itemid\n1,2\n", r"line 1: unknown column\(s\) \['itemid'\].*allowed columns"),
+        ("r.csv", "userID,itemID,rating\n1,2,5\n", r"unknown column\(s\) \['rating'\]"),
+        ("r.csv", "userID,userID\n1,2\n", r"repeats a column"),
         ("r.json", '{"users": [1, 2,\n  ]}', r"invalid JSON at line 2, column 3"),
         ("r.json", '{"users": [1, 2]', r"invalid JSON at line 1, column"),
-        ("r.json", "[1, 2]", r'expected an object with "users", "items" or "pairs"'),
-        ("r.json", '{"user": [1]}', r'expected an object with "users", "items" or "pairs"'),
+        ("r.json", "[1, 2]", r"expected an object with one of the keys \['users', 'items', 'pairs'\]"),
+        ("r.json", "{}", r"expected an object with one of the keys"),
+        ("r.json", '{"user": [1]}', r"unknown key\(s\) \['user'\]; the allowed keys are \['users', 'items', 'pairs'\]"),
+        ("r.json", '{"users": [1], "itmes": [2]}', r"unknown key\(s\) \['itmes'\]"),
+        ("r.json", '{"users": [1], "items": [2]}', r"exactly one of"),
         ("r.json", '{"users": ["a"]}', r"ids must be integers"),
         ("r.json", '{"pairs": [[1, 2], [3]]}', r"ids must be integers|\[user, item\] pairs"),
         ("r.xlsx", "userID\n1\n", r"unsupported request file type"),
@@ -448,6 +474,16 @@ def test_unlearning_datamodule_graph_has_no_forget_pair(small_dm: SyntheticDataM
 def _unlearning_dm(small_dm: SyntheticDataModule, regime: str = "user") -> UnlearningDataModule:
     request = ForgetRequest(regime, 0.1)  # type: ignore[arg-type]
     return UnlearningDataModule(small_dm, request, forget_batch_size=64, retain_batch_size=128, seed=3)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"forget_batch_size": 0}, "forget_batch_size=0"),
+                                             ({"forget_batch_size": -1}, "forget_batch_size=-1"),
+                                             ({"retain_batch_size": 0}, "retain_batch_size=0"),
+                                             ({"retain_batch_size": 2.5}, "retain_batch_size=2.5"),
+                                             ({"forget_batch_size": True}, "forget_batch_size=True")])
+def test_empty_or_bad_batch_sizes_are_refused(tiny_data: InteractionData, kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=rf"{name} must be an integer >= 1.*NaN"):
+        UnlearningDataModule(RecDataModule(tiny_data), ForgetRequest("user", 0.25), **kwargs)
 
 
 def test_make_batch_is_deterministic_and_varies(small_dm: SyntheticDataModule) -> None:

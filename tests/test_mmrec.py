@@ -336,6 +336,54 @@ def test_error_modalities_as_string(tmp_path: Path) -> None:
         load_mmrec(root, modalities="image")  # type: ignore[arg-type]
 
 
+def _unchained(e: BaseException) -> bool:
+    """One short error: no "the above exception was the direct cause" / "during handling" noise."""
+    return e.__cause__ is None and (e.__context__ is None or e.__suppress_context__)
+
+
+def test_error_stray_huge_id_names_line_and_fix(tmp_path: Path) -> None:
+    for col, row in (("userID", "1000000000000\t1\t0\n"), ("itemID", "1\t1000000000000\t0\n")):
+        root = make_folder(tmp_path / col, inter=_inter_text() + "\n" + row)  # a blank line before it: line 11
+        with pytest.raises(DataFormatError, match=rf"toy\.inter: line 11, column '{col}': id 1000000000000 is far "
+                           r"beyond the other 4 distinct .*\(the next largest is 3\).*Remove the stray row or remap ids to contiguous") as err:
+            load_mmrec(root)
+        assert _unchained(err.value)
+
+
+def test_id_range_rule_and_feature_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_tru.datamodules import mmrec
+
+    monkeypatch.setattr(mmrec, "MAX_UNUSED_IDS", 0)  # the ratio rule alone: 5 distinct item ids span at most 50
+    ok = make_folder(tmp_path / "ok", inter=_inter_text([*ROWS, (3, 49, 0)]))
+    assert load_mmrec(ok).num_items == 50
+    bad = make_folder(tmp_path / "bad", inter=_inter_text([*ROWS, (3, 50, 0)]))
+    with pytest.raises(DataFormatError, match=r"line 10, column 'itemID': id 50 is far beyond the other 4"):
+        load_mmrec(bad)
+    # feature rows declare the item catalogue: ids below them are never stray
+    covered = make_folder(tmp_path / "covered", inter=_inter_text([*ROWS, (3, 50, 0)]), features={"image": _feat(rows=51)})
+    assert load_mmrec(covered).num_items == 51
+
+
+def test_error_feature_without_columns(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, features={"image": np.zeros((4, 0), dtype=np.float32)})
+    with pytest.raises(DataFormatError, match=r"image_feat\.npy: feature 'image' has shape \(4, 0\): no feature columns"):
+        load_mmrec(root)
+    with pytest.raises(DataFormatError, match=r"feature 'image' has shape \(4, 0\).*d >= 1"):
+        InteractionData(4, 4, np.array([[0, 0]]), np.array([0]), {"image": np.zeros((4, 0), dtype=np.float32)})
+
+
+def test_interaction_data_names_the_id_beyond_the_range() -> None:
+    with pytest.raises(DataFormatError, match=r"item id 9 \(pair 1\) exceeds num_items=4"):
+        InteractionData(4, 4, np.array([[0, 0], [1, 9]]), np.array([0, 0]))
+
+
+def test_parse_errors_are_not_chained(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, inter=HEADER + "0\t0\t0\n1\tx\t0\n")
+    with pytest.raises(DataFormatError, match=r"line 3, column 'itemID'") as err:
+        load_mmrec(root)
+    assert _unchained(err.value)
+
+
 # ---------------------------------------------------------------- real data
 
 

@@ -56,7 +56,7 @@ def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:
     seed_everything(0)
     gold, _ = retrain(initial, udm.retained, max_epochs=30, patience=5, seed=0, accelerator="cpu")
     ref = evaluate(gold, udm)
-    assert cb.stopping_reason is not None and "target" in cb.stopping_reason
+    assert cb.target_reached, cb.stopping_reason
     assert before["forget_recall@20"] > 2 * ref["forget_recall@20"]  # the planted signal is there to forget
     assert after["forget_recall@20"] <= 1.1 * ref["forget_recall@20"]
     assert after["exposure@20"] <= 1.1 * ref["exposure@20"]
@@ -228,6 +228,10 @@ def test_constructor_validation() -> None:
         TRU(gate_temperature=0.0)
     with pytest.raises(ValueError, match="lr"):
         TRU(lr=-1.0)
+    for bad in (-0.1, 1.5, float("nan")):  # a recall is in [0, 1]; -1 would never be reached
+        with pytest.raises(ValueError, match=r"target_recall=.* must be in \[0, 1\]"):
+            TRU(target_recall=bad)
+    assert TRU(target_recall=0.0).target_recall == 0.0 and TRU().target_recall is None
 
 
 class _ProfileDump(TRU):
@@ -318,7 +322,8 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
                           "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path, "--output_root",
                           str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.jsonl"), "--trainer.max_epochs", "2",
                           *size, *quiet])
-    assert report["method"] == "TRU" and 1 <= report["details"]["TRU"]["steps"] <= 2
+    # user-wise: the reset rows may already be Retrain's (0 steps); never more than the budget
+    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] <= 2
 
 
 BACKBONES = {
@@ -341,8 +346,8 @@ def test_tru_on_every_backbone_costs_little_beyond_graph_surgery(name: str) -> N
     cb = TRU()
     model = _unlearn(trained, udm, cb, steps=100)
     after = evaluate(model, udm)
-    assert "target" in str(cb.stopping_reason), cb.stopping_reason
-    assert after["forget_recall@20"] <= cb.target_recall < 0.5 * surgery["forget_recall@20"]
+    assert cb.target_reached, cb.stopping_reason
+    assert after["forget_recall@20"] < 0.5 * surgery["forget_recall@20"]  # the planted memory is gone
     assert after["test/ndcg@20"] >= 0.95 * surgery["test/ndcg@20"]
     users = cb.isolated_rows.get("backbone.user_embedding.weight")
     assert users is not None and set(users) <= set(udm.forget.users.tolist())

@@ -1,4 +1,36 @@
-"""Audits that measure forgetting."""
+"""Audits of an unlearning run: forgetting, membership inference, backdoor, distance to Retrain,
+exposure, fairness, efficiency. :func:`run_audits` runs the standard set on one run."""
+from lightning_tru.audit.backdoor import attack_success, fake_user_request, poison
+from lightning_tru.audit.distance import RankCorrelation, TopKJaccard, distance_to_retrain, ranking_distance
+from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
+from lightning_tru.audit.exposure import GlobalExposure, exposure_reduction, global_exposure
+from lightning_tru.audit.fairness import active_users, ndcg_gap
 from lightning_tru.audit.forgetting import forget_metrics, random_recall
+from lightning_tru.audit.membership import mann_whitney_auc, matched_nonmembers, membership_verdict, pair_membership
+from lightning_tru.audit.suite import run_audits
+from lightning_tru.audit.user_mia import user_mia
 
-__all__ = ["forget_metrics", "random_recall"]
+__all__ = [
+    "Efficiency",
+    "GlobalExposure",
+    "RankCorrelation",
+    "TopKJaccard",
+    "active_users",
+    "attack_success",
+    "distance_to_retrain",
+    "efficiency_ratio",
+    "exposure_reduction",
+    "fake_user_request",
+    "forget_metrics",
+    "global_exposure",
+    "mann_whitney_auc",
+    "matched_nonmembers",
+    "membership_verdict",
+    "ndcg_gap",
+    "pair_membership",
+    "poison",
+    "random_recall",
+    "ranking_distance",
+    "run_audits",
+    "user_mia",
+]

@@ -1,7 +1,6 @@
-"""Before/after evaluation of an unlearning run, atomic report writing, the deletion ledger."""
+"""Before/after evaluation of an unlearning run, atomic report writing (the ledger: :mod:`lightning_tru.ledger`)."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -68,16 +67,6 @@ def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     return buf.getvalue()
-
-
-def append_ledger(path: Path, entry: dict[str, Any]) -> None:
-    """Append one JSON line (one deletion request) to the ledger, flushed to disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def publish_run_dir(root: Path, method: str, fingerprint: str, files: dict[str, bytes]) -> Path:

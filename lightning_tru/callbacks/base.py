@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import abc
 import logging
-from typing import Any, Optional
+from typing import Any, Literal, Optional
+
+import numpy as np
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.audit.forgetting import forget_metrics, random_recall
+from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.unlearning import UnlearningTask
 
@@ -25,9 +28,20 @@ class UnlearningCallback(Callback, abc.ABC):
     Life cycle: ``setup`` validates the run (datamodule, strategy, resumed fingerprint);
     ``on_fit_start`` *profiles* once (:meth:`profile`) and measures forget Recall@K;
     each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
-    :meth:`edit_gradients` runs; every ``eval_every`` steps the callback *verifies* forget
-    Recall@K and stops all ranks together once it is at most the target.
-    One step = one epoch of the unlearning datamodule.
+    :meth:`edit_gradients` runs; every ``eval_every`` steps the callback *verifies* and stops all
+    ranks together once the forget pairs look like non-members. One step = one epoch of the
+    unlearning datamodule.
+
+    **Stopping** (``stop_rule``). ``"membership"`` (default, two-sided, calibrated to Retrain
+    without running it): the pair-level membership AUC :math:`A` (within-user rank percentiles of
+    the forget pairs vs popularity-matched non-members of the same users, see
+    :mod:`lightning_tru.audit.membership`) is compared with :math:`A^*`, what Retrain is expected to
+    give (:meth:`reference_auc`): stop once :math:`A \le A^* + \delta`; a verification that lands
+    below :math:`A^* - \delta` is an *overshoot* (the deleted pairs pushed below non-members, as
+    visible to an attacker as residual memory): the last step is scaled back by bisection along it
+    until the AUC is inside the band (``bisect_steps`` verifications); if no point is, the closest is
+    kept and the run reports an overshoot. Already inside the band at step 0: no step is taken. ``"recall"``: the one-sided rule of earlier versions, forget
+    Recall@K :math:`\le` ``target_recall``.
 
     Subclasses override :meth:`training_losses` and optionally :meth:`profile`,
     :meth:`edit_gradients`, :meth:`extra_state` / :meth:`load_extra_state`.
@@ -35,7 +49,14 @@ class UnlearningCallback(Callback, abc.ABC):
     Args:
         lr: Adam learning rate of the update.
         k: cut-off of the forget recall.
-        target_recall: stop once forget Recall@K is at most this; ``None`` = :meth:`reference_recall`.
+        target_recall: with ``stop_rule="recall"``: stop once forget Recall@K is at most this;
+            ``None`` = :meth:`reference_recall`. Giving it selects ``"recall"`` unless ``stop_rule`` says otherwise.
+        stop_rule: ``"membership"`` or ``"recall"`` (see above); ``None``: ``"recall"`` when
+            ``target_recall`` is given, else ``"membership"``.
+        tolerance: :math:`\delta`, least half-width of the band around :math:`A^*`; the band is
+            :math:`\max(\delta, 2\,\mathrm{SE})` with SE the AUC's null standard error (few pairs, wide band).
+        audit_pairs: most forget pairs (and as many non-members) the verification scores.
+        bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
         eval_every: steps between verifications.
         retain_weight: :math:`\lambda_r`, weight of retain BPR.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
@@ -54,11 +75,28 @@ class UnlearningCallback(Callback, abc.ABC):
         eval_every: int = 5,
         retain_weight: float = 1.0,
         train_mode: bool = True,
+        stop_rule: Optional[Literal["membership", "recall"]] = None,
+        tolerance: float = 0.02,
+        audit_pairs: int = 20000,
+        bisect_steps: int = 6,
     ) -> None:
         if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
             raise ValueError(
                 f"lr={lr} must be > 0, k={k} >= 1, eval_every={eval_every} >= 1, retain_weight={retain_weight} >= 0"
             )
+        if target_recall is not None and not 0.0 <= target_recall <= 1.0:
+            raise ValueError(
+                f"target_recall={target_recall} must be in [0, 1] (a forget Recall@K), or None to calibrate it "
+                "to what Retrain would leave (reference_recall)"
+            )
+        if stop_rule not in (None, "membership", "recall"):
+            raise ValueError(f"stop_rule={stop_rule!r} must be 'membership', 'recall' or None")
+        if not 0 <= tolerance < 0.5 or audit_pairs < 1:
+            raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), audit_pairs={audit_pairs} >= 1")
+        self.stop_rule = stop_rule or ("recall" if target_recall is not None else "membership")
+        self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
+        self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
+        self.overshoot = False
         self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
         self.target_recall = target_recall
         self.train_mode = train_mode
@@ -67,6 +105,8 @@ class UnlearningCallback(Callback, abc.ABC):
         self.stopping_reason: Optional[str] = None
         self._fingerprint: Optional[str] = None
         self._profiled = False
+        self._audit: Optional[tuple[np.ndarray, np.ndarray]] = None  # (forget pairs, matched non-members)
+        self._previous: Optional[dict[str, Tensor]] = None  # parameters at the previous verification
 
     @property
     @override
@@ -102,20 +142,36 @@ class UnlearningCallback(Callback, abc.ABC):
                 f"{dm.forget.fingerprint[:12]}: resume with the same deletion request"
             )
         self._fingerprint = dm.forget.fingerprint
+        if trainer.max_epochs == 0 or trainer.max_steps == 0:  # no budget: no edit either (never a silent answer)
+            self.stopping_reason = "no step budget (max_epochs or max_steps is 0): nothing was done"
+            return
+        if self.stop_rule == "membership":
+            self._audit = self.membership_pairs(dm.forget.forget_pairs, dm)
         if self._profiled:
             self.restore_profile(model)
+            return
+        self.prepare(trainer, model, dm)
+        if self.stop_rule == "recall" and self.target_recall is None:
+            self.target_recall = self.reference_recall(model, dm)
+        if self.stop_rule == "membership" and self.reference is None:
+            self.reference = self.reference_auc(model, dm)
+        with isolate_rng():
+            model.train(self.train_mode)
+            self.profile(trainer, model, dm)
+        self._profiled = True
+        res = self.verify(model, dm)
+        self.history.append({"step": 0.0, **res})
+        target = f"target {self.target_recall:.4f}" if self.stop_rule == "recall" else (
+            f"pair-MIA AUC {res['mia_auc']:.4f}, expected Retrain AUC {self.reference:.4f} +- {res['mia_band']:.3f}")
+        rank_zero_info(
+            f"{type(self).__name__}: {len(dm.forget.forget_pairs)} forget pairs, forget recall@{self.k} "
+            f"{res[f'forget_recall@{self.k}']:.4f}, {target}"
+        )
+        if trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
+            self.stopping_reason = "already indistinguishable from Retrain before the first step (0 steps)"
+            trainer.should_stop = True
         else:
-            if self.target_recall is None:
-                self.target_recall = self.reference_recall(model, dm)
-            with isolate_rng():
-                model.train(self.train_mode)
-                self.profile(trainer, model, dm)
-            self._profiled = True
-            self.history.append({"step": 0.0, **self.verify(model, dm)})
-            rank_zero_info(
-                f"{type(self).__name__}: {len(dm.forget.forget_pairs)} forget pairs, forget recall@{self.k} "
-                f"{self.history[0][f'forget_recall@{self.k}']:.4f}, target {self.target_recall:.4f}"
-            )
+            self._previous = self._snapshot(model)
 
     @override
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -130,21 +186,94 @@ class UnlearningCallback(Callback, abc.ABC):
         res = self.verify(pl_module.model, dm)  # type: ignore[attr-defined]
         self.history.append({"step": float(self.steps), **res})
         pl_module.log_dict({f"unlearn/{k}": v for k, v in res.items()}, batch_size=1)
-        reached = res[f"forget_recall@{self.k}"] <= float(self.target_recall)  # type: ignore[arg-type]
-        if trainer.strategy.reduce_boolean_decision(reached, all=False):
+        if not trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
+            self._previous = self._snapshot(pl_module.model)  # type: ignore[attr-defined]
+            return
+        trainer.should_stop = True
+        if self.stop_rule == "recall":
             self.stopping_reason = f"forget recall@{self.k} reached the target after {self.steps} steps"
-            trainer.should_stop = True
+            return
+        band = res["mia_band"]
+        if res["mia_auc"] - float(self.reference) >= -band:  # type: ignore[arg-type]
+            self.stopping_reason = f"pair-MIA AUC within {band:.3f} of the expected Retrain AUC after {self.steps} steps"
+            return
+        model = pl_module.model  # type: ignore[attr-defined]
+        found = self._bisect(model, trainer.datamodule) if self._previous is not None else None
+        if found is not None:
+            t, res = found
+            self.history.append({"step": float(self.steps), "interpolated": t, **res})
+            self.stopping_reason = (
+                f"pair-MIA AUC within {res['mia_band']:.3f} of the expected Retrain AUC after {self.steps} steps, "
+                f"the last step scaled by {t:.3f} (the full step overshot)"
+            )
+            return
+        self.overshoot = True
+        self.stopping_reason = (
+            f"overshoot after {self.steps} steps: pair-MIA AUC {self.history[-1]['mia_auc']:.4f} outside "
+            f"{self.reference:.4f} +- {band:.3f} and no point of the last step inside it (over-forgetting)"
+        )
+
+    def _bisect(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[tuple[float, dict[str, float]]]:
+        r"""The last step overshot: find :math:`t \in (0, 1)` with :math:`\theta_{prev} + t(\theta - \theta_{prev})`
+        inside the band by bisection (``bisect_steps`` verifications; the AUC falls along the step). Leaves the
+        model at the point found, or at the verified point closest to :math:`A^*` when none is inside."""
+        assert self._previous is not None
+        current = self._snapshot(model)
+        ref = float(self.reference)  # type: ignore[arg-type]
+        lo, hi = 0.0, 1.0
+        best = (abs(self.history[-1]["mia_auc"] - ref), 1.0, self.history[-1])
+        prev_res = self.history[-2] if len(self.history) > 1 else None
+        if prev_res is not None and abs(prev_res["mia_auc"] - ref) < best[0]:
+            best = (abs(prev_res["mia_auc"] - ref), 0.0, prev_res)
+        for _ in range(self.bisect_steps):
+            t = (lo + hi) / 2
+            self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
+            res = self.verify(model, dm)
+            if abs(res["mia_auc"] - ref) <= res["mia_band"]:
+                return t, res
+            if abs(res["mia_auc"] - ref) < best[0]:
+                best = (abs(res["mia_auc"] - ref), t, res)
+            lo, hi = (t, hi) if res["mia_auc"] > ref else (lo, t)
+        _, t, _ = best
+        self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
+        return None
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.stopping_reason is None:
-            self.stopping_reason = f"step budget spent ({self.steps} steps)"
+            self.stopping_reason = f"step budget spent ({self.steps} steps) without reaching the target"
+        self._previous = None
         rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
+
+    @property
+    def target_reached(self) -> bool:
+        """Whether the run ended inside the stopping band (an overshoot or a spent budget is not)."""
+        reason = self.stopping_reason or ""
+        return not self.overshoot and ("within" in reason or "reached" in reason or "already" in reason)
+
+    def _reached(self, res: dict[str, float]) -> bool:
+        if self.stop_rule == "recall":
+            return res[f"forget_recall@{self.k}"] <= float(self.target_recall)  # type: ignore[arg-type]
+        return res["mia_auc"] <= float(self.reference) + res["mia_band"]  # type: ignore[arg-type]
+
+    @staticmethod
+    def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @staticmethod
+    def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
 
     # ------------------------------------------------------------------- method surface
     @abc.abstractmethod
     def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
         """The update objective of one step, by term (summed by the task)."""
+
+    def prepare(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
+        """One-off, deterministic weight edit before anything is measured (e.g. resetting deleted rows)."""
 
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
         """One-off analysis before the first step (runs under ``isolate_rng``)."""
@@ -160,11 +289,53 @@ class UnlearningCallback(Callback, abc.ABC):
 
     # -------------------------------------------------------------------- verification
     def verify(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, float]:
-        """Forget Recall@K and exposure@K of the current model (identical on every rank)."""
+        """Forget Recall@K, exposure@K and (membership rule) the pair-MIA AUC ``mia_auc`` of the
+        current model (identical on every rank)."""
         was_training = model.training
         model.eval()
         try:
-            return forget_metrics(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+            res = forget_metrics(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+            if self._audit is not None:
+                mia = pair_membership(model, *self._audit, dm.retained_train_csr())
+                res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
+            return res
+        finally:
+            model.train(was_training)
+
+    def membership_pairs(self, members: np.ndarray, dm: UnlearningDataModule) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``audit_pairs`` of ``members`` and one popularity-matched non-member each (seeded by
+        the datamodule's seed: identical on every rank and on resume)."""
+        rng = np.random.default_rng(dm.seed)
+        if len(members) > self.audit_pairs:
+            members = members[np.sort(rng.choice(len(members), self.audit_pairs, replace=False))]
+        known = dm.source.data.csr("train", "valid", "test")  # forgotten pairs included: never non-members
+        popularity = np.asarray(dm.retained_train_csr().sum(0)).ravel()  # what Retrain sees
+        return matched_nonmembers(members, known, popularity, seed=dm.seed)
+
+    def reference_auc(self, model: nn.Module, dm: UnlearningDataModule) -> float:
+        r""":math:`A^*`: the pair-MIA AUC Retrain is expected to give, without running it.
+
+        User- and item-wise: 0.5. Retrain has no interaction of the deleted side left, so a
+        deleted user's row is the initialiser's (it never gets a gradient) and a forgotten item is
+        one of the never-trained items of its (retained) popularity bin: the forget pairs rank like
+        popularity-matched non-members. Interaction-wise: a forgotten pair of a remaining user is
+        a true preference the model never saw, like a held-out one: :math:`A^*` is the AUC of the
+        forgetting users' held-out (valid and test) pairs against their own matched non-members,
+        measured on the model after graph surgery, before the first step.
+        """
+        if dm.forget.regime != "interaction":
+            return 0.5
+        data = dm.retained.data
+        users = np.unique(dm.forget.forget_pairs[:, 0])
+        held = data.csr("valid", "test")[users].tocoo()
+        pairs = np.stack([users[held.row], held.col], 1).astype(np.int64)
+        if len(pairs) == 0:
+            return 0.5
+        members, nonmembers = self.membership_pairs(pairs, dm)
+        was_training = model.training
+        model.eval()
+        try:
+            return float(pair_membership(model, members, nonmembers, dm.retained_train_csr())["auc_rank"])
         finally:
             model.train(was_training)
 
@@ -207,6 +378,7 @@ class UnlearningCallback(Callback, abc.ABC):
             "steps": self.steps,
             "profiled": self._profiled,
             "target_recall": self.target_recall,
+            "reference": self.reference,
             "history": list(self.history),
             "extra": self.extra_state(),
         }
@@ -217,6 +389,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self.steps = int(state_dict.get("steps", 0))
         self._profiled = bool(state_dict.get("profiled", False))
         self.target_recall = state_dict.get("target_recall", self.target_recall)
+        self.reference = state_dict.get("reference", self.reference)
         self.history = list(state_dict.get("history", []))
         self.load_extra_state(state_dict.get("extra", {}))
 

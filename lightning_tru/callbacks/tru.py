@@ -2,15 +2,17 @@ r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see MET
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.reset import Reset
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, layer_groups, pair_scores
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
@@ -83,11 +85,24 @@ class TRU(UnlearningCallback):
         profile_size: int = 8192,
         eps: float = 1e-12,
         train_mode: bool = True,
+        shared_lr_scale: float = 0.02,
+        entity_first: bool = True,
+        reset_deleted: bool = True,
+        seed: int = 0,
+        stop_rule: Optional[Literal["membership", "recall"]] = None,
+        tolerance: float = 0.02,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode,
+            retain_weight=retain_weight, train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance,
         )
+        if not 0 < shared_lr_scale <= 1:
+            raise ValueError(f"shared_lr_scale={shared_lr_scale} must be in (0, 1]")
+        self.shared_lr_scale, self.entity_first = shared_lr_scale, entity_first
+        self._entity_layers: set[str] = set()
+        self.reset_deleted = reset_deleted
+        self._reset = Reset(k=k, seed=seed)  # the exact part: deleted entities' rows, as Retrain leaves them
+        self.reset_edits: dict[str, Any] = {}
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
             raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
         if not 0 < capacity <= 1 or not 0 < coverage <= 1 or (top_k_layers is not None and top_k_layers < 1):
@@ -123,6 +138,32 @@ class TRU(UnlearningCallback):
             g = torch.zeros_like(p) if g is None else g.detach()
             out[n] = trainer.strategy.reduce(g, reduce_op="sum")
         return out
+
+    def use_initial(self, initial: Any) -> None:
+        """Hand over the untrained model: deleted rows are then reset to exactly Retrain's (see :class:`Reset`)."""
+        self._reset.use_initial(initial)
+
+    @override
+    def prepare(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
+        """Exact where exact is free: reset the deleted users' / items' rows before anything is measured."""
+        if not self.reset_deleted:
+            return
+        try:
+            self._reset.edit(model, dm)
+        except (TypeError, ValueError) as err:  # no initialiser known: the reverse update does it all
+            self.reset_edits = {"skipped": str(err)}
+            rank_zero_warn(f"TRU could not reset the deleted rows ({err}); continuing with reverse updates only")
+            return
+        self.reset_edits = dict(self._reset.edits)
+
+    @override
+    def reference_auc(self, model: nn.Module, dm: UnlearningDataModule) -> float:
+        """User-wise with the deleted rows reset: the AUC of the reset model itself (those rows *are*
+        Retrain's, so what the attack sees of them is what it sees of Retrain; 0.5 would ignore the
+        item-side signal, e.g. a learned item bias, that Retrain keeps too). Otherwise as the base."""
+        if dm.forget.regime == "user" and self.reset_edits.get("reset_users", 0) == len(dm.forget.users) > 0:
+            return self.verify(model, dm)["mia_auc"]
+        return super().reference_auc(model, dm)
 
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -183,7 +224,12 @@ class TRU(UnlearningCallback):
         total_energy = sum(energy.values()) or 1.0
         chosen: list[str] = []
         used, covered = 0, 0.0
-        for l in sorted(self.layer_sensitivity, key=lambda x: -self.layer_sensitivity[x]):
+        order = sorted(self.layer_sensitivity, key=lambda x: -self.layer_sensitivity[x])
+        isolated = {n for n, rows in self.isolated_rows.items() if rows} if self.row_isolation else set()
+        self._entity_layers = {l for l, names in layers.items() if isolated & set(names)}
+        if self.entity_first:  # row-isolated tables first: their update stays on the request's rows
+            order = [l for l in order if l in self._entity_layers] + [l for l in order if l not in self._entity_layers]
+        for l in order:
             if energy[l] <= 0:
                 continue
             size = sum(sizes.get(n, 0) for n in layers[l])
@@ -227,6 +273,15 @@ class TRU(UnlearningCallback):
             keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=params[n].device)
             keep[torch.as_tensor(rows, dtype=torch.long, device=keep.device)] = True
             self._row_keep[n] = keep
+
+    @override
+    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``."""
+        entity = {n for names in entity_groups(model, self._datamodule.num_users, self._datamodule.num_items).values() for n in names}
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in params if n in entity], "lr": self.lr},
+                  {"params": [p for n, p in params if n not in entity], "lr": self.lr * self.shared_lr_scale}]
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
 
     # ---------------------------------------------------------------------- gradients
     @override
@@ -287,6 +342,7 @@ class TRU(UnlearningCallback):
             "layer_sensitivity": dict(self.layer_sensitivity),
             "selected_layers": list(self.selected_layers),
             "isolated_rows": {n: list(r) for n, r in self.isolated_rows.items()},
+            "reset": dict(self.reset_edits),
         }
 
     @override
@@ -295,3 +351,4 @@ class TRU(UnlearningCallback):
         self.layer_sensitivity = dict(state.get("layer_sensitivity", {}))
         self.selected_layers = list(state.get("selected_layers", []))
         self.isolated_rows = {n: list(r) for n, r in state.get("isolated_rows", {}).items()}
+        self.reset_edits = dict(state.get("reset", {}))

@@ -13,8 +13,9 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_tru.datamodules.deletions import DeletionStore, data_fingerprint, deletion_mask, subset
 from lightning_tru.datamodules.forget import ForgetSet
-from lightning_tru.datamodules.interactions import TRAIN, InteractionData
+from lightning_tru.datamodules.interactions import TRAIN, DataFormatError, InteractionData
 from lightning_tru.datamodules.mmrec import load_mmrec
 from lightning_tru.datamodules.synthetic import make_synthetic
 
@@ -185,6 +186,25 @@ class RankingDataset(Dataset):
         return u[0], e[0], t[0]
 
 
+class UserDataset(Dataset):
+    """Users to serve; a batch becomes ``(users (B,), exclude (B, I) bool)`` (their train items)."""
+
+    def __init__(self, users: np.ndarray, exclude: sp.csr_matrix) -> None:
+        self.users = np.asarray(users, dtype=np.int64)
+        self.exclude = exclude.tocsr()
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
+        users = self.users[np.asarray(idx, dtype=np.int64)]
+        return torch.from_numpy(users), RankingDataset.dense(self.exclude[users])
+
+    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
+        u, e = self.__getitems__([idx])
+        return u[0], e[0]
+
+
 class RecDataModule(LightningDataModule):
     """Base datamodule over an :class:`InteractionData`.
 
@@ -197,14 +217,29 @@ class RecDataModule(LightningDataModule):
         batch_size: BPR batch size.
         eval_batch_size: users per full-ranking batch.
         num_workers: DataLoader workers.
+        deletions: a deletion store folder (:class:`DeletionStore`); every request recorded there is
+            removed from ``data`` here, before anything else sees it.
     """
 
     def __init__(
-        self, data: InteractionData, batch_size: int = 2048, eval_batch_size: int = 1024, num_workers: int = 0
+        self,
+        data: InteractionData,
+        batch_size: int = 2048,
+        eval_batch_size: int = 1024,
+        num_workers: int = 0,
+        deletions: Union[str, Path, None] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1")
+        self.deletions = DeletionStore(deletions) if deletions is not None else None
+        #: fingerprints of the deletion requests removed from ``data``, in the order they were answered
+        self.deletion_chain: tuple[str, ...] = ()
+        if self.deletions is not None:
+            data, chain = self.deletions.apply(data)
+            self.deletion_chain = tuple(chain)
+            if chain:
+                log.info("%s: applied %d deletion request(s) from %s", data.name, len(chain), self.deletions.root)
         self.data = data
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -222,6 +257,10 @@ class RecDataModule(LightningDataModule):
     @property
     def feature_dims(self) -> dict[str, int]:
         return self.data.feature_dims
+
+    def lineage(self) -> dict[str, object]:
+        """What a model fitted here is fitted to: the train fingerprint and the deletion chain."""
+        return {"train_fingerprint": data_fingerprint(self.data), "deletions": list(self.deletion_chain)}
 
     def train_pairs(self) -> np.ndarray:
         return self.data.split_pairs(TRAIN)
@@ -282,6 +321,15 @@ class RecDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._ranking_loader(self.data.csr("train", "valid"), self.data.csr("test"))
 
+    def predict_dataloader(self, users: Optional[Sequence[int]] = None) -> DataLoader:
+        """Serving batches ``(users, exclude)``: ``users`` (default every user id), train items excluded."""
+        ids = np.arange(self.num_users) if users is None else np.asarray(users, dtype=np.int64).reshape(-1)
+        bad = ids[(ids < 0) | (ids >= self.num_users)]
+        if len(bad):
+            raise DataFormatError(f"unknown user ids {bad[:5].tolist()} ({len(bad)} in all); valid ids are 0..{self.num_users - 1}")
+        return DataLoader(UserDataset(ids, self.data.csr("train")), batch_size=self.eval_batch_size,
+                          collate_fn=_passthrough, num_workers=self.num_workers)
+
     def without(self, forget: ForgetSet, graph_surgery: bool = True) -> "RecDataModule":
         """The same data with the forget pairs removed from the train split (graph surgery).
 
@@ -292,23 +340,13 @@ class RecDataModule(LightningDataModule):
         the train split whole (the deployed model's view, evaluated on the same held-out rows).
         """
         d = self.data
-        key = d.pairs[:, 0] * d.num_items + d.pairs[:, 1]
-        drop = (d.split == TRAIN) & np.isin(key, forget.forget_pairs[:, 0] * d.num_items + forget.forget_pairs[:, 1])
-        drop &= graph_surgery
-        if forget.regime == "user":
-            drop |= (d.split != TRAIN) & np.isin(d.pairs[:, 0], forget.users)
-        elif forget.regime == "item":
-            drop |= (d.split != TRAIN) & np.isin(d.pairs[:, 1], forget.items)
-        retained = InteractionData(
-            num_users=d.num_users,
-            num_items=d.num_items,
-            pairs=d.pairs[~drop],
-            split=d.split[~drop],
-            features=d.features,
-            item_graphs=d.item_graphs,
-            name=f"{d.name}-retained",
-        )
-        return RecDataModule(retained, self.batch_size, self.eval_batch_size, self.num_workers)
+        drop = deletion_mask(d, forget.forget_pairs, forget.regime, forget.users, forget.items)
+        if not graph_surgery:
+            drop &= d.split != TRAIN
+        out = RecDataModule(subset(d, ~drop, f"{d.name}-retained"), self.batch_size, self.eval_batch_size,
+                            self.num_workers)
+        out.deletion_chain = self.deletion_chain + ((forget.fingerprint,) if graph_surgery else ())
+        return out
 
 
 class SyntheticDataModule(RecDataModule):
@@ -317,7 +355,7 @@ class SyntheticDataModule(RecDataModule):
     Args:
         num_users, num_items, modality_dims, modality_noise, factor_dim, mean_interactions,
         popularity_exponent, seed: passed to :func:`make_synthetic`.
-        batch_size, eval_batch_size, num_workers: see :class:`RecDataModule`.
+        batch_size, eval_batch_size, num_workers, deletions: see :class:`RecDataModule`.
     """
 
     def __init__(
@@ -333,6 +371,7 @@ class SyntheticDataModule(RecDataModule):
         batch_size: int = 2048,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
+        deletions: Union[str, Path, None] = None,
     ) -> None:
         data = make_synthetic(
             num_users=num_users,
@@ -344,7 +383,7 @@ class SyntheticDataModule(RecDataModule):
             popularity_exponent=popularity_exponent,
             seed=seed,
         )
-        super().__init__(data, batch_size, eval_batch_size, num_workers)
+        super().__init__(data, batch_size, eval_batch_size, num_workers, deletions)
 
 
 class MMRecDataModule(RecDataModule):
@@ -355,7 +394,10 @@ class MMRecDataModule(RecDataModule):
         name: the ``.inter`` file's stem (default: the only one in ``root``).
         modalities: ``None`` (every ``*_feat.npy``), a list of modality names, or name -> file.
         knn_graphs: a folder of ``<modality>_adj_*.npz`` or name -> file (precomputed item graphs).
-        batch_size, eval_batch_size, num_workers: see :class:`RecDataModule`.
+        strict_features: raise on NaN/inf feature values (``False``: replace them with zeros, with a warning).
+        min_users, min_items: the id space when it is larger than the ids in the file (purged data
+            whose largest ids were deleted: pass the sizes the model was trained with).
+        batch_size, eval_batch_size, num_workers, deletions: see :class:`RecDataModule`.
     """
 
     def __init__(
@@ -364,9 +406,23 @@ class MMRecDataModule(RecDataModule):
         name: Optional[str] = None,
         modalities: Union[Sequence[str], Mapping[str, str], None] = None,
         knn_graphs: Union[str, Path, Mapping[str, str], None] = None,
+        strict_features: bool = True,
+        min_users: Optional[int] = None,
+        min_items: Optional[int] = None,
         batch_size: int = 2048,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
+        deletions: Union[str, Path, None] = None,
     ) -> None:
-        data = load_mmrec(root, name=name, modalities=modalities, knn_graphs=knn_graphs)
-        super().__init__(data, batch_size, eval_batch_size, num_workers)
+        data = load_mmrec(root, name=name, modalities=modalities, knn_graphs=knn_graphs, strict_features=strict_features)
+        if (min_items or 0) > data.num_items and data.features:
+            raise DataFormatError(
+                f"{root}: min_items={min_items} but the feature files hold {data.num_items} rows; omit min_items"
+            )
+        if (min_users or 0) > data.num_users or (min_items or 0) > data.num_items:
+            data = InteractionData(
+                num_users=max(min_users or 0, data.num_users), num_items=max(min_items or 0, data.num_items),
+                pairs=data.pairs, split=data.split, features=data.features, item_graphs=data.item_graphs, name=data.name,
+            )
+        super().__init__(data, batch_size, eval_batch_size, num_workers, deletions)
+        self.root = Path(root).expanduser()

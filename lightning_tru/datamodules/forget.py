@@ -16,6 +16,8 @@ Regime = Literal["user", "item", "interaction"]
 Selection = Literal["random", "core", "edge"]
 REGIMES: tuple[str, ...] = ("user", "item", "interaction")
 SELECTIONS: tuple[str, ...] = ("random", "core", "edge")
+JSON_KEYS: tuple[str, ...] = ("users", "items", "pairs")
+CSV_COLUMNS: tuple[str, ...] = ("userID", "itemID")
 
 
 class ForgetRequestError(ValueError):
@@ -32,9 +34,12 @@ class ForgetSet:
         users: forgetting users (unique, sorted).
         items: forgotten items (unique, sorted).
         fingerprint: SHA-256 of the sorted forget pairs: a stable id of the request.
-        regime: the regime; an explicit file counts as ``user`` (user ids), ``item`` (item ids) or
-            ``interaction`` (pairs).
+        regime: the regime actually resolved; an explicit file counts as ``user`` (user ids),
+            ``item`` (item ids) or ``interaction`` (pairs), whatever ``ForgetRequest.regime`` says.
         skipped: requested pairs that were not train interactions and were skipped.
+        source: ``"regime"`` (drawn by share / selection / seed) or ``"file"`` (an explicit file).
+        share, selection, seed: how a ``"regime"`` request was drawn; ``None`` for a file.
+        file: the request file of a ``"file"`` request; ``None`` otherwise.
     """
 
     forget_pairs: np.ndarray
@@ -44,17 +49,32 @@ class ForgetSet:
     fingerprint: str
     regime: str
     skipped: int = 0
+    source: Literal["regime", "file"] = "regime"
+    share: Optional[float] = None
+    selection: Optional[str] = None
+    seed: Optional[int] = None
+    file: Optional[str] = None
 
     def summary(self) -> dict[str, object]:
-        return {
+        """What the request resolved to: only the fields that apply to its ``source``.
+
+        A ``"regime"`` request reports ``share`` / ``selection`` / ``seed``; a ``"file"`` request
+        reports ``file`` and ``skipped`` instead (a file has no share or selection).
+        """
+        out: dict[str, object] = {
             "fingerprint": self.fingerprint,
+            "source": self.source,
             "regime": self.regime,
             "forget_pairs": int(len(self.forget_pairs)),
             "retain_pairs": int(len(self.retain_pairs)),
             "users": int(len(self.users)),
             "items": int(len(self.items)),
-            "skipped": self.skipped,
         }
+        if self.source == "file":
+            out.update(file=self.file, skipped=self.skipped)
+        else:
+            out.update(share=self.share, selection=self.selection, seed=self.seed)
+        return out
 
 
 def fingerprint(pairs: np.ndarray) -> str:
@@ -72,8 +92,10 @@ class ForgetRequest:
     Selection: ``random``, ``core`` (most active users / most popular items) or ``edge``
     (least active / least popular). ``interaction`` supports ``random`` only.
 
-    A file (``.csv`` with a header naming ``userID`` and/or ``itemID``, or ``.json`` holding
-    ``{"users": [...]}``, ``{"items": [...]}`` or ``{"pairs": [[u, i], ...]}``) overrides the regime.
+    A file (``.csv`` with a header of ``userID`` and/or ``itemID``, or ``.json`` holding
+    ``{"users": [...]}``, ``{"items": [...]}`` or ``{"pairs": [[u, i], ...]}``) overrides the regime,
+    share and selection. Any other column or key (a typo such as ``itemid`` or ``"itmes"``) is an
+    error, never a silent change of regime.
 
     Args:
         regime: ``"user"``, ``"item"`` or ``"interaction"``.
@@ -133,6 +155,11 @@ class ForgetRequest:
             fingerprint=fingerprint(forget),
             regime=regime,
             skipped=skipped,
+            **(
+                {"source": "file", "file": str(self.file)}
+                if self.file is not None
+                else {"source": "regime", "share": self.share, "selection": self.selection, "seed": self.seed}
+            ),
         )
 
     def _pick(self, ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -194,10 +221,17 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
         try:
             obj = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-        keys = sorted(set(obj) & {"users", "items", "pairs"}) if isinstance(obj, dict) else []
+            raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        if not isinstance(obj, dict):
+            raise ForgetRequestError(f'{path}: expected an object with one of the keys {list(JSON_KEYS)}')
+        unknown = [k for k in obj if k not in JSON_KEYS]
+        if unknown:
+            raise ForgetRequestError(
+                f"{path}: unknown key(s) {unknown}; the allowed keys are {list(JSON_KEYS)} (exactly one)"
+            )
+        keys = sorted(obj)
         if not keys:
-            raise ForgetRequestError(f'{path}: expected an object with "users", "items" or "pairs"')
+            raise ForgetRequestError(f'{path}: expected an object with one of the keys {list(JSON_KEYS)}')
         if len(keys) > 1:
             raise ForgetRequestError(f'{path}: give exactly one of "users", "items" or "pairs", got {keys}')
         key, value = keys[0], obj[keys[0]]
@@ -223,9 +257,15 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
     if not rows:
         raise ForgetRequestError(f"{path}: empty request file")
     header = [h.strip() for h in rows[0]]
+    unknown = [h for h in header if h not in CSV_COLUMNS]
+    if unknown:
+        raise ForgetRequestError(
+            f"{path}: line 1: unknown column(s) {unknown} in header {header}; the allowed columns are "
+            f"{list(CSV_COLUMNS)} (userID: users, itemID: items, both: pairs), spelled exactly"
+        )
+    if len(set(header)) != len(header):
+        raise ForgetRequestError(f"{path}: line 1: header {header} repeats a column; name each of {list(CSV_COLUMNS)} once")
     cols = {h: k for k, h in enumerate(header)}
-    if "userID" not in cols and "itemID" not in cols:
-        raise ForgetRequestError(f"{path}: line 1: header {header} names neither userID nor itemID")
     out: dict[str, list[int]] = {"userID": [], "itemID": []}
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):  # blank line
@@ -234,8 +274,8 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
             if name in cols:
                 try:
                     out[name].append(int(row[cols[name]]))
-                except (ValueError, IndexError) as e:
-                    raise ForgetRequestError(f"{path}: line {line}, column {name}: not an integer id") from e
+                except (ValueError, IndexError):
+                    raise ForgetRequestError(f"{path}: line {line}, column {name}: not an integer id") from None
     u = np.asarray(out["userID"], dtype=np.int64) if "userID" in cols else None
     i = np.asarray(out["itemID"], dtype=np.int64) if "itemID" in cols else None
     if u is not None and i is not None:

@@ -47,14 +47,18 @@ class InteractionData:
         if len(self.pairs):
             if self.pairs.min() < 0:
                 raise DataFormatError(f"{self.name}: negative user or item id; ids must be >= 0")
-            if self.pairs[:, 0].max() >= self.num_users or self.pairs[:, 1].max() >= self.num_items:
-                raise DataFormatError(
-                    f"{self.name}: an id exceeds num_users={self.num_users} / num_items={self.num_items}"
-                )
+            for c, (what, n) in enumerate((("user", self.num_users), ("item", self.num_items))):
+                top = int(self.pairs[:, c].max())
+                if top >= n:
+                    raise DataFormatError(
+                        f"{self.name}: {what} id {top} (pair {int(np.argmax(self.pairs[:, c]))}) exceeds "
+                        f"num_{what}s={n}; ids must be 0 .. num_{what}s - 1: remap them or raise num_{what}s"
+                    )
         for m, f in self.features.items():
-            if f.ndim != 2 or f.shape[0] != self.num_items:
+            if f.ndim != 2 or f.shape[0] != self.num_items or f.shape[1] == 0:
                 raise DataFormatError(
-                    f"{self.name}: feature '{m}' has shape {tuple(f.shape)}; expected ({self.num_items}, d), one row per item id"
+                    f"{self.name}: feature '{m}' has shape {tuple(f.shape)}; expected ({self.num_items}, d) with "
+                    "d >= 1, one row per item id (leave a modality without features out)"
                 )
         if not (self.split == TRAIN).any():
             raise DataFormatError(f"{self.name}: the train split is empty; label training rows with x_label 0")

@@ -22,6 +22,11 @@ __all__ = ["load_mmrec", "read_inter", "REQUIRED_COLUMNS"]
 logger = logging.getLogger("lightning_tru")
 
 REQUIRED_COLUMNS: tuple[str, str, str] = ("userID", "itemID", "x_label")
+# An id column may span at most max(MAX_ID_RATIO * distinct ids, distinct ids + MAX_UNUSED_IDS) ids:
+# beyond that the ids are not a contiguous 0 .. n-1 range (a stray id such as 10**12, or raw ids
+# never remapped) and the model would allocate that many embedding rows.
+MAX_ID_RATIO = 10
+MAX_UNUSED_IDS = 100_000
 _FEATURE_SUFFIX = "_feat.npy"
 _GRAPH_INFIX = "_adj_"
 
@@ -75,12 +80,35 @@ def _line_of_row(lines: list[str], row: int) -> int:
     return _data_lines(lines)[row][0]
 
 
-def read_inter(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def _check_id_range(path: Path, lines: list[str], table: np.ndarray, known_items: int) -> None:
+    """Refuse an id column whose largest id is far beyond its distinct ids (see ``MAX_ID_RATIO``).
+
+    Item ids below ``known_items`` (rows of the feature files) are never stray.
+    """
+    for c, name in enumerate(("userID", "itemID")):
+        ids = table[:, c]
+        distinct = np.unique(ids)
+        top = int(distinct[-1])
+        limit = max(MAX_ID_RATIO * len(distinct), len(distinct) + MAX_UNUSED_IDS, known_items if c else 0)
+        if top >= limit:
+            row = int(np.argmax(ids))
+            below = f"the next largest is {int(distinct[-2])}" if len(distinct) > 1 else "it is the only one"
+            raise DataFormatError(
+                f"{path}: line {_line_of_row(lines, row)}, column '{name}': id {top} is far beyond the other "
+                f"{len(distinct) - 1} distinct {name} ids ({below}); the model would allocate {top + 1} embedding "
+                f"rows. Remove the stray row or remap ids to contiguous integers 0 .. n-1."
+            )
+
+
+def read_inter(path: str | Path, known_items: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Parse an MMRec ``.inter`` file.
 
     Returns ``(pairs, split)``: ``(E, 2)`` int64 ``(user, item)`` and ``(E,)`` int8 x_label.
     Columns other than ``userID``, ``itemID`` and ``x_label`` are ignored; blank lines are
     skipped. Duplicated ``(user, item)`` rows are dropped (the first is kept) with a warning.
+    An id column may span at most ``max(MAX_ID_RATIO * d, d + MAX_UNUSED_IDS)`` ids for ``d``
+    distinct ids (item ids below ``known_items``, the feature rows, always pass): a stray
+    huge id is an error naming its line, not an allocation failure later.
 
     Raises:
         DataFormatError: the file is missing or malformed; the message names the line and column.
@@ -92,7 +120,7 @@ def read_inter(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: cannot be read as UTF-8 text ({e}); pass a tab-separated .inter file") from e
+        raise DataFormatError(f"{path}: cannot be read as UTF-8 text ({e}); pass a tab-separated .inter file") from None
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise DataFormatError(
@@ -126,7 +154,7 @@ def read_inter(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 ndmin=2,
             )
     except (ValueError, OverflowError) as e:
-        raise _diagnose_parse(path, lines, header, cols, e) from e
+        raise _diagnose_parse(path, lines, header, cols, e) from None
     table = table.reshape(-1, 3)
     names = list(cols)
     negative = table[:, :2] < 0
@@ -143,6 +171,8 @@ def read_inter(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: line {_line_of_row(lines, row)}, column 'x_label': value {table[row, 2]} "
             f"({int(bad.sum())} row(s) in all) is not a split label. Use 0 (train), 1 (valid) or 2 (test)."
         )
+    if len(table):
+        _check_id_range(path, lines, table, known_items)
     pairs = np.ascontiguousarray(table[:, :2])
     split = table[:, 2].astype(np.int8)
     if len(pairs):
@@ -202,13 +232,18 @@ def _load_feature(path: Path, modality: str, strict: bool) -> np.ndarray:
     try:
         raw = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise DataFormatError(f"{path}: not a readable numeric .npy array ({e}); save features with np.save") from e
+        raise DataFormatError(f"{path}: not a readable numeric .npy array ({e}); save features with np.save") from None
     if not isinstance(raw, np.ndarray) or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
         raise DataFormatError(f"{path}: dtype {getattr(raw, 'dtype', type(raw))} is not numeric; save a float matrix")
     if raw.ndim != 2:
         raise DataFormatError(
             f"{path}: feature '{modality}' has shape {raw.shape} ({raw.ndim}-D); expected a 2-D (num_items, dim) "
             f"matrix with one row per item id. Reshape it before saving."
+        )
+    if raw.shape[1] == 0:
+        raise DataFormatError(
+            f"{path}: feature '{modality}' has shape {raw.shape}: no feature columns. Export at least one "
+            f"dimension per item, or leave the modality out (modalities=[...] names the ones to load)."
         )
     feat = np.ascontiguousarray(raw, dtype=np.float32)
     bad_rows = ~np.isfinite(feat).all(axis=1)
@@ -265,7 +300,7 @@ def _load_graph(path: Path, modality: str, num_items: int) -> sp.csr_matrix:
     try:
         g = sp.load_npz(path)
     except (OSError, ValueError, KeyError, EOFError) as e:
-        raise DataFormatError(f"{path}: not a scipy sparse .npz matrix ({e}); save it with scipy.sparse.save_npz") from e
+        raise DataFormatError(f"{path}: not a scipy sparse .npz matrix ({e}); save it with scipy.sparse.save_npz") from None
     if g.shape != (num_items, num_items):
         raise DataFormatError(
             f"{path}: kNN graph for modality '{modality}' has shape {g.shape}; expected ({num_items}, {num_items}), "
@@ -321,7 +356,9 @@ def load_mmrec(
     else:
         name = name[: -len(".inter")] if name.endswith(".inter") else name
         inter = root / f"{name}.inter"
-    pairs, split = read_inter(inter)
+    files = _feature_files(root, modalities)
+    features = {m: _load_feature(f, m, strict_features) for m, f in files.items()}
+    pairs, split = read_inter(inter, known_items=max((f.shape[0] for f in features.values()), default=0))
     if not (split == 0).any():
         raise DataFormatError(
             f"{inter}: the train split is empty ({len(split)} row(s), none with x_label 0). "
@@ -330,8 +367,6 @@ def load_mmrec(
     num_users = int(pairs[:, 0].max()) + 1
     id_items = int(pairs[:, 1].max()) + 1
 
-    files = _feature_files(root, modalities)
-    features = {m: _load_feature(f, m, strict_features) for m, f in files.items()}
     for m, f in features.items():
         if f.shape[0] < id_items:
             raise DataFormatError(

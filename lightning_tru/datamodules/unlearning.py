@@ -50,6 +50,12 @@ class UnlearningDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        for name, size in (("forget_batch_size", forget_batch_size), ("retain_batch_size", retain_batch_size)):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    f"{name}={size!r} must be an integer >= 1 (pairs per step; an empty batch has a NaN mean "
+                    f"loss), e.g. 2048; to drop the retain term set the callback's retain_weight=0"
+                )
         self.source = source
         self.forget = request if isinstance(request, ForgetSet) else request.resolve(source.data)
         self.retained = source.without(self.forget)

@@ -15,6 +15,10 @@ Optional, each with a fallback:
 * ``entity_parameters() -> {"user": [names], "item": [names]}``: embedding tables whose rows
   index users / items (row isolation). Fallback: ``nn.Embedding`` modules with exactly
   ``num_users`` (or ``num_items``) rows, when the two counts differ.
+* ``initial_entity_table(name, generator) -> (rows, d)``: a fresh draw of an entity table from
+  the model's own initialiser (the Reset floor). A wrapper with a ``backbone`` attribute may leave
+  it to the backbone (names prefixed ``backbone.``). Fallback: none (Reset then needs the initial
+  model, :meth:`~lightning_tru.callbacks.Reset.use_initial`).
 * ``attach(datamodule)`` or ``set_graph(edge_index)``: graph surgery (the retained graph is
   installed before any update). Fallback: none needed (no graph).
 
@@ -96,3 +100,17 @@ def attach_graph(model: Any, datamodule: Any) -> None:
         model.attach(datamodule)
     elif hasattr(model, "set_graph"):
         model.set_graph(datamodule.train_edge_index())
+
+
+def initial_entity_table(model: Any, name: str, generator: torch.Generator) -> Tensor:
+    """A fresh draw of entity table ``name`` (a ``model.named_parameters()`` name) from the model's
+    initialiser: ``model.initial_entity_table`` or, for ``backbone.<name>``, the backbone's."""
+    if hasattr(model, "initial_entity_table"):
+        return model.initial_entity_table(name, generator)
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and name.startswith("backbone.") and hasattr(backbone, "initial_entity_table"):
+        return backbone.initial_entity_table(name[len("backbone."):], generator)
+    raise TypeError(
+        f"{type(model).__name__} offers no initial_entity_table(name, generator) for {name!r}; "
+        "implement it or hand Reset the untrained model with Reset.use_initial(initial_model)"
+    )

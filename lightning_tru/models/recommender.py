@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_answered, check_lineage
 from lightning_tru.metrics import ranking_metrics
 from lightning_tru.metrics.functional import count_relevant
 from lightning_tru.nn.losses import bpr_loss
@@ -56,6 +57,8 @@ class RecommenderModule(LightningModule):
         self.val_metrics = ranking_metrics(self.eval_ks, prefix="val/")
         self.test_metrics = ranking_metrics(self.eval_ks, prefix="test/")
         self._eval_embeddings: Optional[tuple[Tensor, Tensor]] = None
+        #: the data the weights were fitted to (``RecDataModule.lineage()``), saved in checkpoints
+        self.lineage: Optional[dict[str, Any]] = None
 
     # ----------------------------------------------------------------------------- data
     def attach(self, datamodule: Any) -> None:
@@ -135,6 +138,23 @@ class RecommenderModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end_eval(self.test_metrics)
 
+    @override
+    def on_predict_epoch_start(self) -> None:
+        self._start_eval()
+
+    @override
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Serving: ``(users (B,), scores (B, I))`` with the excluded (train) items at ``-inf``."""
+        users, exclude = batch
+        if self._eval_embeddings is None:
+            raise RuntimeError("serving embeddings are missing: run through trainer.predict")
+        u, i = self._eval_embeddings
+        return users, (u[users] @ i.T).masked_fill(exclude, float("-inf"))
+
+    @override
+    def on_predict_epoch_end(self) -> None:
+        self._eval_embeddings = None
+
     # ------------------------------------------------------------------------ optimiser
     @override
     def configure_optimizers(self) -> Any:
@@ -155,8 +175,27 @@ class RecommenderModule(LightningModule):
         }
 
     @override
+    def on_fit_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "lineage"):
+            self.lineage = dm.lineage()
+
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.model_signature()
+        if self.lineage is not None:
+            checkpoint[LINEAGE_KEY] = self.lineage
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint fitted to other data than the trainer's datamodule (deletion state included)
+        or written by an unlearning run that did not answer its request."""
+        check_answered(checkpoint, "the checkpoint")
+        recorded = checkpoint.get(LINEAGE_KEY)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if recorded is not None and dm is not None and hasattr(dm, "lineage"):
+            check_lineage(recorded, dm.lineage(), "the checkpoint")
+        self.lineage = recorded
 
     # ------------------------------------------------- the unlearning protocol (models/protocol.py)
     def score(self, users: Tensor, items: Tensor) -> Tensor:

@@ -11,6 +11,10 @@ from typing_extensions import override
 from lightning_tru.models.protocol import attach_graph
 
 
+class NonFiniteLossError(FloatingPointError):
+    """An unlearning step produced a NaN or infinite loss; the run stops before the update is applied."""
+
+
 class UnlearningTask(LightningModule):
     """Wraps a trained recommender for an unlearning ``Trainer.fit``.
 
@@ -56,6 +60,13 @@ class UnlearningTask(LightningModule):
         self.model.train(self.callback.train_mode)  # Lightning switched it to train mode for the epoch
         losses = self.callback.training_losses(self.model, data)
         loss = torch.stack(list(losses.values())).sum()
+        if not torch.isfinite(loss):
+            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
+            raise NonFiniteLossError(
+                f"unlearning step {self.current_epoch}: the loss is {float(loss.detach())} (non-finite terms {bad}); "
+                f"the model is left as after the last finite step. Causes: an empty batch (forget/retain batch "
+                f"size < 1) or a diverging update (lower the callback's lr={getattr(self.callback, 'lr', '?')})"
+            )
         self.log("unlearn/loss", loss, prog_bar=True, batch_size=1)
         self.log_dict({f"unlearn/{k}": v for k, v in losses.items()}, batch_size=1)
         return loss

@@ -2,6 +2,7 @@
 from lightning_tru.nn.base import Backbone, BackboneFactory, Propagation
 from lightning_tru.nn.graph import SparseGraph, knn_graph, normalized_bipartite, normalized_interactions
 from lightning_tru.nn.lightgcn import LightGCN
+from lightning_tru.nn.mf import MF
 from lightning_tru.nn.mgcn import MGCN
 from lightning_tru.nn.miggt import MIGGT
 
@@ -9,6 +10,7 @@ __all__ = [
     "Backbone",
     "BackboneFactory",
     "LightGCN",
+    "MF",
     "MGCN",
     "MIGGT",
     "Propagation",

@@ -147,6 +147,24 @@ class Backbone(nn.Module, abc.ABC):
         """``{"user": [...], "item": [...]}``: parameters whose rows index users / items (default: none)."""
         return {}
 
+    def initial_entity_table(self, name: str, generator: torch.Generator) -> Tensor:
+        """A fresh draw of the entity table ``name`` (a name from :meth:`entity_parameters`) from the
+        backbone's own initialiser, on the CPU: what this table's rows are before any training.
+
+        Backbones that declare entity tables implement it (the Reset floor re-draws the rows of
+        deleted users / items from it).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not say how its entity table {name!r} is initialised; "
+            "implement initial_entity_table(name, generator) with the initialiser __init__ uses"
+        )
+
+    def _entity_table(self, name: str) -> Tensor:
+        tables = {n for ns in self.entity_parameters().values() for n in ns}
+        if name not in tables:
+            raise ValueError(f"{name!r} is not an entity table of {type(self).__name__}; choose one of {sorted(tables)}")
+        return self.get_parameter(name)
+
     def layer_parameters(self) -> dict[str, list[str]]:
         """Layer name -> parameter names (default: the owning module's path)."""
         groups: dict[str, list[str]] = {}
@@ -158,6 +176,11 @@ class Backbone(nn.Module, abc.ABC):
 BackboneFactory = Callable[[int, int, Optional[dict[str, int]]], Backbone]
 """What :class:`~lightning_tru.models.RecommenderModule` takes: a backbone class with its
 hyper-parameters bound, called with ``(num_users, num_items, feature_dims)``."""
+
+
+def xavier_uniform_table(shape: torch.Size, generator: torch.Generator) -> Tensor:
+    """``nn.init.xavier_uniform_`` of a fresh CPU table of ``shape`` drawn from ``generator``."""
+    return nn.init.xavier_uniform_(torch.empty(shape), generator=generator)
 
 
 def edge_index_from_pairs(pairs: np.ndarray) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_tru.nn.losses import l2_penalty
-from lightning_tru.nn.base import Backbone, Propagation
+from lightning_tru.nn.base import Backbone, Propagation, xavier_uniform_table
 from lightning_tru.nn.graph import Backend, SparseGraph, interaction_matrix, normalized_bipartite
 
 
@@ -82,3 +82,7 @@ class LightGCN(Backbone):
 
     def entity_parameters(self) -> dict[str, list[str]]:
         return {"user": ["user_embedding.weight"], "item": ["item_embedding.weight"]}
+
+    def initial_entity_table(self, name: str, generator: torch.Generator) -> Tensor:
+        """Xavier-uniform, as ``__init__`` draws the embedding tables."""
+        return xavier_uniform_table(self._entity_table(name).shape, generator)

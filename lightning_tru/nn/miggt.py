@@ -498,5 +498,10 @@ class MIGGT(Backbone):
             groups["item"] = ["item_embedding.weight"]
         return groups
 
+    def initial_entity_table(self, name: str, generator: torch.Generator) -> Tensor:
+        r""":math:`\mathcal N(0, 1/d)`, as ``__init__`` draws the embedding tables."""
+        t = self._entity_table(name)
+        return nn.init.normal_(torch.empty(t.shape), std=1.0 / math.sqrt(t.shape[1]), generator=generator)
+
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, num_samples={self.num_samples}, projected={self.projected}"

@@ -1,0 +1,70 @@
+"""Global target-item exposure vs a naive loop; fairness gap vs a naive split; efficiency ratios."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from _audit_setup import planted
+from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
+from lightning_tru.audit.exposure import exposure_reduction, global_exposure
+from lightning_tru.audit.fairness import active_users, ndcg_gap
+from lightning_tru.metrics.functional import ndcg_at_k
+
+
+def _scores(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        u, i = model.embeddings()
+        return u @ i.T
+
+
+def test_global_exposure_matches_naive_loop() -> None:
+    p = planted()
+    udm = p.udm
+    excl = udm.retained_train_csr()
+    users = np.flatnonzero(np.diff(excl.indptr) > 0)
+    targets = udm.forget.items
+    got = {m: global_exposure(getattr(p, m), users, targets, excl, k=10, batch_users=64) for m in ("trained", "retrain")}
+    for name in ("trained", "retrain"):
+        s = _scores(getattr(p, name))
+        shown = 0
+        for u in users:
+            row = s[u].clone()
+            row[excl[u].indices] = float("-inf")
+            shown += len(set(torch.topk(row, 10).indices.tolist()) & set(targets.tolist()))
+        assert got[name] == pytest.approx(shown / (10 * len(users)))
+    red = exposure_reduction(got["trained"], got["retrain"])
+    assert red == pytest.approx(1 - got["retrain"] / got["trained"]) and exposure_reduction(0.0, 0.1) == 0.0
+
+
+def test_ndcg_gap_matches_naive_split() -> None:
+    p = planted()
+    data = p.udm.retained.data
+    train, excl, test = data.csr("train"), data.csr("train", "valid"), data.csr("test")
+    res = ndcg_gap(p.retrain, train, excl, test, k=20, active_share=0.05)
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    active = active_users(train, users, 0.05)
+    assert len(active) == int(np.ceil(0.05 * len(users)))
+    counts = np.diff(train.indptr)
+    assert counts[active].min() >= counts[np.setdiff1d(users, active)].max()
+    s = _scores(p.retrain)
+    s[torch.from_numpy(excl.toarray() > 0)] = float("-inf")
+    target = torch.from_numpy(test.toarray() > 0)
+    top = torch.topk(s, 20).indices
+    inactive = np.setdiff1d(users, active)
+    a = float(ndcg_at_k(top[active], target[active], 20))
+    b = float(ndcg_at_k(top[inactive], target[inactive], 20))
+    assert res["ndcg@20_active"] == pytest.approx(a) and res["ndcg@20_inactive"] == pytest.approx(b)
+    assert res["ndcg@20_gap"] == pytest.approx(a - b)
+    with pytest.raises(ValueError, match="active share"):
+        active_users(train, users, 0.0)
+
+
+def test_efficiency_measures_and_ratios() -> None:
+    with Efficiency("cpu") as e:
+        x = torch.ones(2_000_000)  # 8 MB
+        del x
+    r = e.result(steps=3)
+    assert r["seconds"] > 0 and r["steps"] == 3 and r["peak_memory_bytes"] >= 0
+    ratio = efficiency_ratio({"seconds": 2.0, "steps": 10.0}, {"seconds": 40.0, "steps": 500.0})
+    assert ratio == {"seconds_ratio": 0.05, "steps_ratio": 0.02, "speedup": 20.0}

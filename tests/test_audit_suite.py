@@ -1,0 +1,52 @@
+"""run_audits: the JSON-ready schema, the verdicts on planted models, the opt-in user-level MIA."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _audit_setup import planted
+from lightning_tru.audit import run_audits
+
+
+def test_run_audits_schema_and_verdicts() -> None:
+    p = planted()
+    before, model = copy.deepcopy(p.trained), copy.deepcopy(p.trained)  # model: graph surgery only
+    retrain, retrain2 = copy.deepcopy(p.retrain), copy.deepcopy(p.retrain2)
+    out = run_audits(model, p.udm, retrain=retrain, retrain_seed2=retrain2, before=before, name="Surgery",
+                     user_level=True, initial=p.initial, shadow_max_epochs=15, shadow_patience=5)
+    json.dumps(out)  # JSON-ready
+    assert list(out) == ["before", "Surgery", "Retrain"]
+    for col in out.values():
+        assert {"membership", "global_exposure", "fairness", "user_mia", "distance"} <= set(col)
+        assert {"auc", "auc_rank", "flag", "delta", "reference", "flag_rank"} <= set(col["membership"])
+        assert {"ndcg@20_active", "ndcg@20_inactive", "ndcg@20_gap"} == set(col["fairness"])
+    # the deployed model still remembers: residual memory against Retrain, at pair and user level
+    assert out["before"]["membership"]["flag"] == "residual_memory"
+    assert out["before"]["membership"]["reference"] == out["Retrain"]["membership"]["auc"]
+    assert out["Retrain"]["membership"]["reference"] == 0.5 and out["Retrain"]["membership"]["flag"] == "ok"
+    assert out["before"]["global_exposure"]["reduction"] == 0.0
+    ge = out["Retrain"]["global_exposure"]
+    assert ge["reduction"] == pytest.approx(1 - ge["exposure@20"] / out["before"]["global_exposure"]["exposure@20"])
+    # distance: Retrain sits on its own floor; the floor's ratio is 1 for a second Retrain only
+    assert out["Retrain"]["distance"]["jaccard@20"] == pytest.approx(1.0)
+    assert 0 < out["Surgery"]["distance"]["floor_jaccard@20"] < 1
+    um = out["before"]["user_mia"]
+    print({c: (r["membership"]["auc"], r["user_mia"]["auc"]) for c, r in out.items()}, um["shadow_auc"])
+    assert um["shadow_auc"] > 0.7
+    # Retrain's deleted users look less like members than the deployed model's: residual memory before
+    assert out["Retrain"]["user_mia"]["auc"] < um["auc"] - 0.05 and um["flag"] == "residual_memory"
+    assert out["Retrain"]["user_mia"]["flag"] == "reference"
+
+
+def test_run_audits_validates_its_arguments() -> None:
+    p = planted()
+    with pytest.raises(ValueError, match="reserved"):
+        run_audits(p.retrain, p.udm, name="Retrain")
+    with pytest.raises(ValueError, match="initial="):
+        run_audits(p.retrain, p.udm, user_level=True)
+    out = run_audits(copy.deepcopy(p.retrain), p.udm, name="X", max_users=50)
+    assert list(out) == ["X"] and "distance" not in out["X"] and out["X"]["membership"]["reference"] == 0.5

@@ -1,0 +1,309 @@
+"""The deletion lifecycle: successive requests never resurrect deleted data; lineage checks; purge; serving."""
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+
+from lightning_tru.audit.forgetting import forget_metrics
+from lightning_tru.callbacks import TRU
+from lightning_tru.datamodules import RecDataModule, SyntheticDataModule
+from lightning_tru.datamodules.datamodule import BPRDataset, RankingDataset
+from lightning_tru.datamodules.deletions import (
+    LINEAGE_KEY,
+    DeletionStore,
+    LineageError,
+    data_fingerprint,
+    deletion_mask,
+)
+from lightning_tru.datamodules.forget import ForgetRequest
+from lightning_tru.datamodules.mmrec import load_mmrec
+from lightning_tru.datamodules.purge import write_mmrec
+from lightning_tru.datamodules.unlearning import UnlearningDataModule
+from lightning_tru.ledger import verify
+from lightning_tru.lifecycle import answer_request, load_trained_weights, recommend
+from lightning_tru.models import RecommenderModule
+from lightning_tru.nn import LightGCN
+
+DATA = dict(num_users=240, num_items=120, seed=3, batch_size=1024, eval_batch_size=256)
+
+
+def _dm(store: Path | None = None, **kw: Any) -> SyntheticDataModule:
+    return SyntheticDataModule(**{**DATA, **kw}, deletions=store)
+
+
+def _model(dm: RecDataModule) -> RecommenderModule:
+    seed_everything(0)
+    return RecommenderModule(partial(LightGCN, embedding_dim=16, num_layers=2), dm.num_users, dm.num_items,
+                             dm.feature_dims, optimizer=partial(torch.optim.Adam, lr=1e-2))
+
+
+def _quiet(**kw: Any) -> Trainer:
+    return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   accelerator="cpu", num_sanity_val_steps=0, **kw)
+
+
+def _train(dm: RecDataModule, path: Path, epochs: int = 25) -> Path:
+    model = _model(dm)
+    trainer = _quiet(max_epochs=epochs, limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _pairs(m: Any) -> set[tuple[int, int]]:
+    m = m.tocoo()
+    return set(zip(m.row.tolist(), m.col.tolist()))
+
+
+def _deleted(raw: Any, store: DeletionStore) -> set[tuple[int, int]]:
+    """Every (user, item) row of the raw data that the store's requests delete (train and held-out)."""
+    out: set[tuple[int, int]] = set()
+    for d in store.entries():
+        drop = deletion_mask(raw, d.forget_pairs, d.regime, d.users, d.items)
+        out |= set(map(tuple, raw.pairs[drop].tolist()))
+    return out
+
+
+class _Seen:
+    """Records every pair that enters a graph, a training/retain batch or an evaluation."""
+
+    def __init__(self, mp: pytest.MonkeyPatch) -> None:
+        self.pairs: set[tuple[int, int]] = set()
+        seen = self
+
+        orig_graph = LightGCN.set_graph
+        def set_graph(self_: LightGCN, edge_index: torch.Tensor) -> None:  # noqa: E306
+            seen.pairs |= set(map(tuple, edge_index.T.tolist()))
+            orig_graph(self_, edge_index)
+
+        orig_batch = UnlearningDataModule.make_batch
+        def make_batch(self_: UnlearningDataModule, epoch: int, index: int) -> Any:  # noqa: E306
+            b = orig_batch(self_, epoch, index)
+            seen.pairs |= set(zip(b.retain_users.tolist(), b.retain_items.tolist()))
+            return b
+
+        orig_bpr = BPRDataset.__getitems__
+        def bpr(self_: BPRDataset, idx: list[int]) -> Any:  # noqa: E306
+            u, p, n = orig_bpr(self_, idx)
+            seen.pairs |= set(zip(u.tolist(), p.tolist()))
+            return u, p, n
+
+        orig_rank = RankingDataset.__getitems__
+        def rank(self_: RankingDataset, idx: list[int]) -> Any:  # noqa: E306
+            u, e, t = orig_rank(self_, idx)
+            for m in (e, t):
+                r, c = m.nonzero(as_tuple=True)
+                seen.pairs |= set(zip(u[r].tolist(), c.tolist()))
+            return u, e, t
+
+        mp.setattr(LightGCN, "set_graph", set_graph)
+        mp.setattr(UnlearningDataModule, "make_batch", make_batch)
+        mp.setattr(BPRDataset, "__getitems__", bpr)
+        mp.setattr(RankingDataset, "__getitems__", rank)
+
+
+def test_three_successive_requests_never_resurrect_deleted_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store_dir = tmp_path / "deletions"
+    ckpt = _train(_dm(store_dir), tmp_path / "trained.ckpt")
+    raw = _dm().data
+    requests = [ForgetRequest("user", 0.05, seed=1), ForgetRequest("item", 0.05, seed=2),
+                ForgetRequest("interaction", 0.05, seed=3)]
+    reports = []
+    for n, request in enumerate(requests):
+        seen = _Seen(monkeypatch)
+        dm = _dm(store_dir)  # a fresh load, as a new process would do
+        earlier = _deleted(raw, DeletionStore(store_dir))
+        assert not earlier & _pairs(dm.data.csr("train", "valid", "test"))
+        last = n == len(requests) - 1
+        report = answer_request(
+            _model(dm), dm, request, ckpt, trainer=_quiet(max_epochs=60, callbacks=[TRU(lr=0.05, eval_every=2)]),
+            compare_retrain=last, output_root=tmp_path / "out", ledger=tmp_path / "ledger.jsonl", seed=0,
+            verbose=False,
+        )
+        monkeypatch.undo()
+        assert report["status"]["target_reached"], report["status"]
+        assert report["request"]["regime"] == request.regime
+        assert seen.pairs and not earlier & seen.pairs  # no earlier deletion re-entered a graph, batch or evaluation
+        ckpt = Path(report["run_dir"]) / "model.ckpt"
+        reports.append(report)
+    store = DeletionStore(store_dir)
+    fps = [r["request"]["fingerprint"] for r in reports]
+    assert store.fingerprints() == fps
+    assert torch.load(ckpt, weights_only=True)[LINEAGE_KEY]["deletions"] == fps
+    ledger = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [e["status"]["target_reached"] for e in ledger] == [True] * 3 and ledger[-1]["chain"] == fps
+    assert verify(tmp_path / "ledger.jsonl").ok
+
+    # the last request's Retrain trained on the data minus the union of the three: one Retrain on the union
+    final, gold = reports[-1]["metrics"]["TRU"], reports[-1]["metrics"]["Retrain"]
+    assert final["test/ndcg@20"] >= 0.85 * gold["test/ndcg@20"], (final, gold)
+    # and the first request's pairs stay forgotten in the final model (not resurrected by the later runs)
+    dm = _dm(store_dir)
+    model = _model(dm)
+    load_trained_weights(model, ckpt, dm)
+    model.attach(dm)
+    model.eval()
+    first = UnlearningDataModule(_dm(), requests[0])  # resolved on the raw data, as the first run did
+    assert first.forget.fingerprint == fps[0]
+    r1 = forget_metrics(model, dm.data.csr("train"), first.forget_csr(), 20)["forget_recall@20"]
+    before = forget_metrics(_loaded(tmp_path / "trained.ckpt"), first.retained_train_csr(), first.forget_csr(),
+                            20)["forget_recall@20"]
+    answered = reports[0]["metrics"]["TRU"]["forget_recall@20"]  # what the first answer left
+    assert r1 <= answered + 0.05 and r1 < 0.7 * before, (r1, answered, before)  # not resurrected by later runs
+    # the probe would see them: a load without the store brings every deleted pair back
+    seen = _Seen(monkeypatch)
+    plain = _dm()
+    _model(plain).attach(plain)
+    assert _deleted(raw, store) <= seen.pairs | _pairs(plain.data.csr("valid", "test"))
+
+
+def _loaded(path: Path) -> RecommenderModule:
+    dm = _dm()
+    model = _model(dm)
+    load_trained_weights(model, path, dm)
+    model.attach(dm)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------- one answered request, shared
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A trained checkpoint, a store holding one answered user-wise request, and its unlearned checkpoint."""
+    tmp = tmp_path_factory.mktemp("answered")
+    trained = _train(_dm(tmp / "deletions"), tmp / "trained.ckpt", epochs=10)
+    dm = _dm(tmp / "deletions")
+    report = answer_request(_model(dm), dm, ForgetRequest("user", 0.05, seed=1), trained,
+                            trainer=_quiet(max_epochs=40, callbacks=[TRU(lr=0.05, eval_every=2)]),
+                            output_root=tmp / "out", ledger=tmp / "ledger.jsonl", write_retained=tmp / "purged",
+                            verbose=False)
+    assert report["status"]["target_reached"]
+    return {"tmp": tmp, "trained": trained, "store": tmp / "deletions", "report": report,
+            "unlearned": Path(report["run_dir"]) / "model.ckpt"}
+
+
+def test_checkpoints_are_refused_against_data_they_do_not_belong_to(answered: dict[str, Any]) -> None:
+    store, unlearned, trained = answered["store"], answered["unlearned"], answered["trained"]
+    with pytest.raises(LineageError, match="still holds their pairs.*--deletions"):
+        load_trained_weights(_model(_dm()), unlearned, _dm())  # the raw data: the forgotten pairs are back
+    with pytest.raises(LineageError, match="predates the deletion requests"):
+        load_trained_weights(_model(_dm()), trained, _dm(store))  # the original model still holds them
+    other = _dm(seed=4)  # same shape, other interactions
+    with pytest.raises(LineageError, match="other data of the same shape"):
+        load_trained_weights(_model(other), trained, other)
+    load_trained_weights(_model(_dm()), unlearned, _dm(store))  # the data it belongs to
+    # Lightning's own loading (train.py validate/test/predict --ckpt_path) runs the same check
+    with pytest.raises(LineageError, match="predates"):
+        _quiet().validate(_model(_dm()), datamodule=_dm(store), ckpt_path=str(trained), verbose=False)
+    assert _quiet().validate(_model(_dm()), datamodule=_dm(), ckpt_path=str(trained), verbose=False)
+    # a model trained from scratch with the store (train.py fit --deletions) answers its requests exactly
+    fresh = _train(_dm(store), answered["tmp"] / "fresh.ckpt", epochs=1)
+    lineage = torch.load(fresh, weights_only=True)[LINEAGE_KEY]
+    assert lineage["deletions"] == DeletionStore(store).fingerprints()
+    assert lineage["train_fingerprint"] == data_fingerprint(_dm(store).data)
+    load_trained_weights(_model(_dm()), fresh, _dm(store))
+
+
+def test_store_records_once_detects_tampering_and_other_data(answered: dict[str, Any], tmp_path: Path) -> None:
+    store = DeletionStore(answered["store"])
+    (entry,) = store.entries()
+    assert entry.fingerprint == answered["report"]["request"]["fingerprint"] and entry.regime == "user"
+    assert entry.resolved_on == data_fingerprint(_dm().data)
+    raw = _dm().data
+    kept, chain = store.apply(raw)
+    assert chain == [entry.fingerprint] and not (set(np.unique(kept.pairs[:, 0])) & set(entry.users.tolist()))
+    assert len(kept.pairs) == len(raw.pairs) - int(np.isin(raw.pairs[:, 0], entry.users).sum())
+    with pytest.raises(LineageError, match="answered on other training data"):
+        store.apply(_dm(seed=4).data)  # same shape, other data
+    with pytest.raises(LineageError, match="another data set"):
+        store.apply(SyntheticDataModule(num_users=40, num_items=30, seed=0).data)
+    # tampering: a record whose pairs no longer match its fingerprint
+    copy = tmp_path / "store"
+    copy.mkdir()
+    src = next(answered["store"].glob("*.npz"))
+    with np.load(src) as z:
+        fields = dict(z)
+    fields["forget_pairs"] = fields["forget_pairs"][1:]
+    np.savez(copy / src.name, **fields)
+    with pytest.raises(LineageError, match="edited or damaged"):
+        DeletionStore(copy).entries()
+    with pytest.raises(LineageError, match="is a file"):
+        DeletionStore(src)
+
+
+def test_purged_data_loads_back_equal_and_needs_no_store(answered: dict[str, Any]) -> None:
+    purged = answered["tmp"] / "purged"
+    retained = _dm(answered["store"]).data
+    back = load_mmrec(purged)
+    order = lambda d: np.lexsort((d.pairs[:, 1], d.pairs[:, 0]))  # noqa: E731
+    np.testing.assert_array_equal(back.pairs[order(back)], retained.pairs[order(retained)])
+    np.testing.assert_array_equal(back.split[order(back)], retained.split[order(retained)])
+    assert back.features.keys() == retained.features.keys()
+    for m in back.features:
+        np.testing.assert_array_equal(back.features[m], retained.features[m])
+    # the unlearned checkpoint loads against the purged data without a store (ids padded to the model's sizes)
+    from lightning_tru.datamodules import MMRecDataModule
+
+    dm = MMRecDataModule(purged, min_users=DATA["num_users"], min_items=DATA["num_items"])
+    load_trained_weights(_model(dm), answered["unlearned"], dm)
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_mmrec(retained, purged, "x")
+
+
+def test_serving_uses_the_checkpoints_own_graph(answered: dict[str, Any], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store, unlearned = answered["store"], answered["unlearned"]
+    dm = _dm(store)
+    deleted = _deleted(_dm().data, DeletionStore(store))
+    seen = _Seen(monkeypatch)
+    out = recommend(_model(dm), dm, unlearned, tmp_path / "recs.tsv", k=5, users=[0, 3, 7], accelerator="cpu")
+    monkeypatch.undo()
+    assert not deleted & seen.pairs  # the graph it propagated over holds no forgotten edge
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert rows[0] == ["userID", "rank", "itemID", "score"]
+    got = {(int(u), int(r)): int(i) for u, r, i, _ in rows[1:]}
+    # reference: the same weights on the retained graph, train items masked, plain top-k
+    model = _model(dm)
+    load_trained_weights(model, unlearned, dm)
+    model.attach(dm)
+    model.eval()
+    with torch.no_grad():
+        u, i = model.embeddings()
+    train = dm.data.csr("train").toarray().astype(bool)
+    for user in (0, 3, 7):
+        s = (u[user] @ i.T).masked_fill(torch.from_numpy(train[user]), float("-inf"))
+        want = torch.topk(s, 5).indices.tolist()
+        assert [got[(user, r)] for r in range(1, 6)] == want
+        assert not train[user, want].any()
+    assert not list(tmp_path.glob(".*tmp"))
+    # an unlearned checkpoint is never served on the original graph
+    with pytest.raises(LineageError, match="still holds their pairs"):
+        recommend(_model(_dm()), _dm(), unlearned, tmp_path / "bad.tsv", k=5, accelerator="cpu")
+    assert not (tmp_path / "bad.tsv").exists()
+    with pytest.raises(ValueError, match="unknown user ids"):
+        recommend(_model(dm), dm, unlearned, tmp_path / "bad.tsv", users=[10_000], accelerator="cpu")
+
+
+def test_a_run_that_does_nothing_is_not_a_deletion(tmp_path: Path) -> None:
+    store = tmp_path / "deletions"
+    trained = _train(_dm(store), tmp_path / "t.ckpt", epochs=3)
+    dm = _dm(store)
+    report = answer_request(_model(dm), dm, ForgetRequest("user", 0.05, seed=1), trained,
+                            trainer=_quiet(max_epochs=0, callbacks=[TRU()]), output_root=tmp_path / "out",
+                            ledger=tmp_path / "ledger.jsonl", verbose=False)
+    assert report["status"]["target_reached"] is False and "did not change" in report["status"]["stopping_reason"]
+    assert not store.exists()  # the request is not recorded as deleted
+    (entry,) = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert entry["status"]["target_reached"] is False and entry["status"]["steps"] == 0
+    # its model.ckpt is kept for inspection, but nothing loads it as a deletion state
+    kept = Path(report["run_dir"]) / "model.ckpt"
+    with pytest.raises(LineageError, match="did NOT answer"):
+        load_trained_weights(_model(dm), kept, dm)
+    with pytest.raises(LineageError, match="did NOT answer"):
+        _quiet().validate(_model(dm), datamodule=dm, ckpt_path=str(kept), verbose=False)
