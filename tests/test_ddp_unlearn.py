@@ -65,7 +65,7 @@ class SlotAveragedTask(UnlearningTask):
 
 def _methods() -> dict[str, UnlearningCallback]:
     kw = {"lr": 0.05, "eval_every": 2}
-    return {"TRU": TRU(**kw), "FineTune": FineTune(**kw), "NegGrad": NegGrad(**kw, target_recall=0.56), "MMRecUn": MMRecUn(**kw),
+    return {"TRU": TRU(**kw, target_recall=0.0), "FineTune": FineTune(**kw), "NegGrad": NegGrad(**kw, target_recall=0.56), "MMRecUn": MMRecUn(**kw),
             "MultiDelete": MultiDelete(**kw), "ScaleGUN": ScaleGUN(**kw)}
 
 
@@ -118,6 +118,20 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or a is None or isinstance(a, str):
+        return a == b
+    if isinstance(a, (int, float)):
+        return isinstance(b, (int, float)) and b == pytest.approx(a, rel=1e-5, abs=1e-6)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def _flat(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([w.flatten().double() for w in weights.values()])
 
@@ -153,13 +167,11 @@ def test_every_method_under_ddp_agrees_across_ranks_and_with_one_process(tmp_pat
             assert val == r0["state"]["best_score"] and r0["state"]["epochs"] <= 3
             continue
         assert r0["fingerprint"] == ref["fingerprint"]
-        s0, s1 = r0["state"], ref["state"]
-        assert s0["target_recall"] == pytest.approx(s1["target_recall"], rel=1e-6)
-        assert s0["history"][0] == pytest.approx(s1["history"][0], rel=1e-5)  # verified before any step
-        # the same steps as the two-slot reference, up to summation order
+        # profile, target, history and steps of the two-slot reference, up to summation order
+        assert _close(r0["state"], ref["state"]), (name, r0["state"], ref["state"])
         delta_ddp, delta_one = _flat(r0["weights"]) - start, _flat(ref["weights"]) - start
         cos = float(torch.nn.functional.cosine_similarity(delta_ddp, delta_one, dim=0))
-        summary[name] = {"steps": (s0["steps"], s1["steps"]), "recall": (r0["recall"], ref["recall"]), "cos": cos,
+        summary[name] = {"steps": (r0["state"]["steps"], ref["state"]["steps"]), "recall": (r0["recall"], ref["recall"]), "cos": cos,
                          "max_abs": float((delta_ddp - delta_one).abs().max())}
     print(json.dumps(summary, indent=1))
     for name, s in summary.items():
@@ -168,6 +180,7 @@ def test_every_method_under_ddp_agrees_across_ranks_and_with_one_process(tmp_pat
         assert s["max_abs"] < 1e-4 and s["cos"] > 0.99999, (name, s)
     assert summary["NegGrad"]["steps"] == (4, 4)  # target reached at the second check: every rank stopped there
     assert summary["ScaleGUN"]["steps"] == (0, 0)  # one-shot Newton step, identical on every rank
+    assert summary["TRU"]["steps"] == (STEPS, STEPS)  # the update itself ran under DDP
 
 
 def _worker(weights: str, out_dir: str) -> None:
