@@ -73,19 +73,6 @@ def _trainer(devices: int = 1, **kw: object) -> Trainer:
 
 
 @pytest.mark.slow
-def test_ddp_evaluation_equals_one_process() -> None:
-    dm = _dm()
-    seed_everything(0)
-    model = _model(dm)
-    _trainer(max_epochs=3, limit_val_batches=0).fit(model, datamodule=dm)
-    one = _trainer().validate(model, datamodule=dm, verbose=False)[0]
-    two = _trainer(2).validate(model, datamodule=dm, verbose=False)[0]  # test_dataloader shares the sharding
-    assert set(one) == set(two) and len(one) == 12
-    assert one["val/recall@20"] > 0.1  # a trained model, not a degenerate one
-    assert one == two  # exactly: every user counted once (padding would repeat one of the 301)
-
-
-@pytest.mark.slow
 def test_ddp_training_matches_one_process() -> None:
     """2 ranks x batch 128 vs 1 process x batch 256, 6 epochs: same data per step, other shuffles and negatives.
 
@@ -102,7 +89,8 @@ def test_ddp_training_matches_one_process() -> None:
         trainer = _trainer(devices, max_epochs=6, check_val_every_n_epoch=3)  # validation inside DDP fit, uneven
         trainer.fit(model, datamodule=dm)
         results.append(_trainer().validate(model, datamodule=dm, verbose=False)[0])
-        assert float(trainer.callback_metrics["val/recall@20"]) == results[-1]["val/recall@20"]
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        assert logged == results[-1] and len(logged) == 12  # the last validation ran on the final weights
     one, two = results
     assert one["val/recall@20"] > 0.1
     for key in ("val/recall@20", "val/ndcg@20"):
@@ -134,9 +122,9 @@ def test_retrain_under_ddp_spawn_returns_the_best_weights() -> None:
     dm = _dm(128)
     seed_everything(0)
     initial = _model(dm)
-    model, info = retrain(initial, dm, max_epochs=3, patience=5, seed=0, accelerator="cpu", strategy="ddp_spawn",
+    model, info = retrain(initial, dm, max_epochs=2, patience=5, seed=0, accelerator="cpu", strategy="ddp_spawn",
                           devices=2)
-    assert info["best_epoch"] <= info["epochs"] <= 3
+    assert info["best_epoch"] < info["epochs"] == 2
     assert not torch.equal(model.backbone.user_embedding.weight, initial.backbone.user_embedding.weight)
     # the weights of the best epoch: one process measures exactly what the DDP run monitored
     assert _trainer().validate(model, datamodule=dm, verbose=False)[0]["val/recall@20"] == info["best_score"]

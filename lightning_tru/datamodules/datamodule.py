@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Optional, Union
 
@@ -126,7 +126,7 @@ class BPRShardSampler(DistributedSampler):
         tail = perm[full * step + self.rank * piece : full * step + (self.rank + 1) * piece]
         return torch.cat([head, tail])
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
@@ -151,7 +151,7 @@ class EvalShardSampler(DistributedSampler):
         self.num_samples = len(range(rank, self.n, num_replicas))
         self.total_size = self.n
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, self.n, self.num_replicas))
 
     def __len__(self) -> int:
