@@ -124,7 +124,11 @@ class UnlearningCallback(Callback, abc.ABC):
         from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
         if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            raise ValueError(f"{type(self).__name__} supports single-device and DDP strategies, not sharded ones")
+            raise ValueError(
+                f"{type(self).__name__} supports single-device and DDP strategies, not {type(trainer.strategy).__name__}: "
+                "its gradient edits (masks, scales) and profiles need every parameter whole on every rank. "
+                "Use strategy='ddp' (the model is replicated; see README 'Cluster runs' for the size limit)"
+            )
         self._datamodule = dm
 
     @override

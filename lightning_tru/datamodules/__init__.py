@@ -1,6 +1,8 @@
 """Data: the shared :class:`InteractionData` container, MMRec folders, synthetic data, datamodules."""
 from lightning_tru.datamodules.datamodule import (
     BPRDataset,
+    BPRShardSampler,
+    EvalShardSampler,
     MMRecDataModule,
     RankingDataset,
     RecDataModule,
@@ -14,6 +16,8 @@ from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataMod
 
 __all__ = [
     "BPRDataset",
+    "BPRShardSampler",
+    "EvalShardSampler",
     "DataFormatError",
     "ForgetRequest",
     "ForgetRequestError",
