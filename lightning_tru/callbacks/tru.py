@@ -50,6 +50,17 @@ class TRU(UnlearningCallback):
 
     **Update**: :math:`\mathcal L = \mathrm{revBPR}(F) + \lambda_r \mathrm{BPR}(R) + \lambda_g \mathcal L_{gate}`.
 
+    **Exact where exact is free** (``reset_deleted``): before profiling, the rows of deleted users
+    and of items left without interactions are set to the untrained model's (:class:`Reset`; exact
+    for users, Retrain's starting point for items). User-wise, the expected Retrain AUC of the
+    stopping rule is then the reset model's own (those rows *are* Retrain's), so a request the reset
+    already answers takes no reverse step.
+
+    **Where the update goes**: entity tables (row-isolated) are selected before shared layers
+    (``entity_first``); shared layers step at ``shared_lr_scale`` of the lr; an entity row moves
+    only the forgotten share :math:`f_r` of its interactions of each optimiser step
+    (``row_share_steps``, see :meth:`on_train_batch_end`).
+
     Args:
         lr, k, target_recall, eval_every, retain_weight, train_mode: see :class:`UnlearningCallback`.
         gate_weight: :math:`\lambda_g`.
@@ -62,6 +73,13 @@ class TRU(UnlearningCallback):
         modality_scaling, layer_isolation, row_isolation, ranking_gate: switch each intervention (ablations).
         profile_size: forget pairs used for profiling (all when fewer).
         eps: :math:`\epsilon`.
+        shared_lr_scale: lr factor of the parameters outside the user/item tables.
+        entity_first: select row-isolated entity tables before shared layers.
+        row_share_steps: scale each entity row's step by its forgotten share.
+        reset_deleted: reset deleted users' / items' rows first (``use_initial`` hands over the untrained model;
+            without it the backbone's ``initial_entity_table``; without either the reset is skipped with a warning).
+        seed: seed of the reset's fallback draw.
+        stop_rule, tolerance: see :class:`UnlearningCallback`.
     """
 
     def __init__(
@@ -87,6 +105,7 @@ class TRU(UnlearningCallback):
         train_mode: bool = True,
         shared_lr_scale: float = 0.02,
         entity_first: bool = True,
+        row_share_steps: bool = True,
         reset_deleted: bool = True,
         seed: int = 0,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
@@ -100,7 +119,9 @@ class TRU(UnlearningCallback):
             raise ValueError(f"shared_lr_scale={shared_lr_scale} must be in (0, 1]")
         self.shared_lr_scale, self.entity_first = shared_lr_scale, entity_first
         self._entity_layers: set[str] = set()
-        self.reset_deleted = reset_deleted
+        self.reset_deleted, self.row_share_steps = reset_deleted, row_share_steps
+        self._share: dict[str, Tensor] = {}  # derived from the request (see _row_shares)
+        self._before_step: dict[str, Tensor] = {}
         self._reset = Reset(k=k, seed=seed)  # the exact part: deleted entities' rows, as Retrain leaves them
         self.reset_edits: dict[str, Any] = {}
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -296,6 +317,45 @@ class TRU(UnlearningCallback):
                 p.grad[~self._row_keep[n]] = 0
             if self.modality_scaling:
                 p.grad.mul_(self._param_scale.get(n, 1.0))
+
+    # ----------------------------------------------------------------- row step scaling
+    def _row_shares(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, Tensor]:
+        r"""Per entity-table row, the forgotten share of its train interactions
+        :math:`f_r = |F_r| / (|F_r| + |R_r|)` (1 for a deleted user or item, 0 for an untouched one)."""
+        pairs = {"forget": dm.forget.forget_pairs, "retain": dm.forget.retain_pairs}
+        out: dict[str, Tensor] = {}
+        for entity, names in entity_groups(model, dm.num_users, dm.num_items).items():
+            col, n = (0, dm.num_users) if entity == "user" else (1, dm.num_items)
+            nf = torch.bincount(torch.from_numpy(pairs["forget"][:, col]), minlength=n).float()
+            nr = torch.bincount(torch.from_numpy(pairs["retain"][:, col]), minlength=n).float()
+            for name in names:
+                out[name] = nf / (nf + nr).clamp_min(1)
+        return out
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        if not self.row_share_steps:
+            return
+        model = pl_module.model
+        if not self._share:
+            self._share = self._row_shares(model, self._datamodule)
+        self._before_step = {n: p.detach().clone() for n, p in model.named_parameters() if n in self._share}
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        r"""Row step scaling: an entity row moves :math:`f_r` of the optimiser's step,
+        :math:`\theta_r \leftarrow \theta_r^{old} + f_r(\theta_r^{new} - \theta_r^{old})`. A row that keeps most of its
+        interactions changes little in Retrain too; under Adam's per-coordinate normalisation a
+        gradient scale would cancel, so the step itself is scaled."""
+        if not self._before_step:
+            return
+        with torch.no_grad():
+            for n, p in pl_module.model.named_parameters():
+                if n in self._before_step:
+                    old = self._before_step[n]
+                    f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
+                    p.copy_(old + f * (p - old))
+        self._before_step = {}
 
     # --------------------------------------------------------------------------- update
     def _thresholds(self, model: nn.Module, users: Tensor, dm: UnlearningDataModule) -> Tensor:
