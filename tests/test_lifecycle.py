@@ -123,7 +123,8 @@ def test_three_successive_requests_never_resurrect_deleted_data(tmp_path: Path, 
         assert not earlier & _pairs(dm.data.csr("train", "valid", "test"))
         last = n == len(requests) - 1
         report = answer_request(
-            _model(dm), dm, request, ckpt, trainer=_quiet(max_epochs=60, callbacks=[TRU(lr=0.05, eval_every=2)]),
+            _model(dm), dm, request, ckpt,
+            trainer=_quiet(max_epochs=60, callbacks=[TRU(lr=0.05, eval_every=2, max_utility_loss=None)]),  # lifecycle, not TRU
             compare_retrain=last, output_root=tmp_path / "out", ledger=tmp_path / "ledger.jsonl", seed=0,
             verbose=False,
         )

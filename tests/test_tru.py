@@ -7,12 +7,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import REPO
+from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.audit.report import evaluate
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import SyntheticDataModule
@@ -52,13 +54,18 @@ def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:
     udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0), seed=0)
     before = evaluate(copy.deepcopy(trained), udm, original_graph=True)
     cb = TRU(eval_every=2)
-    after = evaluate(_unlearn(trained, udm, cb), udm)
+    model = _unlearn(trained, udm, cb)
+    after = evaluate(model, udm)
     seed_everything(0)
     gold, _ = retrain(initial, udm.retained, max_epochs=30, patience=5, seed=0, accelerator="cpu")
     ref = evaluate(gold, udm)
     assert cb.target_reached, cb.stopping_reason
     assert before["forget_recall@20"] > 2 * ref["forget_recall@20"]  # the planted signal is there to forget
-    assert after["forget_recall@20"] <= 1.1 * ref["forget_recall@20"]
+    assert 0.8 * ref["forget_recall@20"] <= after["forget_recall@20"] <= 1.25 * ref["forget_recall@20"]  # two-sided
+    pop = np.asarray(udm.retained_train_csr().sum(0)).ravel()
+    pairs = matched_nonmembers(udm.forget.forget_pairs, dm.data.csr("train", "valid", "test"), pop, seed=1)
+    mia = {name: pair_membership(m, *pairs, udm.retained_train_csr())["auc_rank"] for name, m in (("tru", model), ("gold", gold))}
+    assert abs(mia["tru"] - mia["gold"]) <= 0.05, mia  # as hard to tell from Retrain by a pair-level attack
     assert after["exposure@20"] <= 1.1 * ref["exposure@20"]
     assert after["test/ndcg@20"] >= 0.97 * ref["test/ndcg@20"]  # issue 4 aims at 98%; measured 99.3% here
 

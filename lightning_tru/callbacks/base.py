@@ -6,10 +6,11 @@ import logging
 from typing import Any, Literal, Optional
 
 import numpy as np
+import scipy.sparse as sp
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
@@ -57,6 +58,11 @@ class UnlearningCallback(Callback, abc.ABC):
             :math:`\max(\delta, 2\,\mathrm{SE})` with SE the AUC's null standard error (few pairs, wide band).
         audit_pairs: most forget pairs (and as many non-members) the verification scores.
         bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
+        max_utility_loss: utility guard: at every verification, valid Recall@K of up to ``guard_users``
+            retained users (seeded sample) may fall at most this share below its value before the first
+            step; otherwise the run goes back to the previous verified parameters, stops, warns and
+            reports the request as not reached (``None``: no guard). A method that cannot forget without
+            wrecking the model says so instead of doing it.
         eval_every: steps between verifications.
         retain_weight: :math:`\lambda_r`, weight of retain BPR.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
@@ -79,6 +85,8 @@ class UnlearningCallback(Callback, abc.ABC):
         tolerance: float = 0.02,
         audit_pairs: int = 20000,
         bisect_steps: int = 6,
+        max_utility_loss: Optional[float] = None,
+        guard_users: int = 2000,
     ) -> None:
         if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
             raise ValueError(
@@ -95,6 +103,12 @@ class UnlearningCallback(Callback, abc.ABC):
             raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), audit_pairs={audit_pairs} >= 1")
         self.stop_rule = stop_rule or ("recall" if target_recall is not None else "membership")
         self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
+        if max_utility_loss is not None and not 0 < max_utility_loss < 1 or guard_users < 1:
+            raise ValueError(f"max_utility_loss={max_utility_loss} must be in (0, 1) or None, guard_users={guard_users} >= 1")
+        self.max_utility_loss, self.guard_users = max_utility_loss, guard_users
+        self.utility_guard_tripped = False
+        self.utility0: Optional[float] = None  # guard recall before the first step
+        self._guard: Optional[sp.csr_matrix] = None  # valid rows of the sampled retained users
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
         self.overshoot = False
         self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
@@ -147,6 +161,8 @@ class UnlearningCallback(Callback, abc.ABC):
             return
         if self.stop_rule == "membership":
             self._audit = self.membership_pairs(dm.forget.forget_pairs, dm)
+        if self.max_utility_loss is not None:
+            self._guard = self._guard_rows(dm)
         if self._profiled:
             self.restore_profile(model)
             return
@@ -161,6 +177,8 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = True
         res = self.verify(model, dm)
         self.history.append({"step": 0.0, **res})
+        if self.max_utility_loss is not None:
+            self.utility0 = res["guard_recall"]
         target = f"target {self.target_recall:.4f}" if self.stop_rule == "recall" else (
             f"pair-MIA AUC {res['mia_auc']:.4f}, expected Retrain AUC {self.reference:.4f} +- {res['mia_band']:.3f}")
         rank_zero_info(
@@ -186,6 +204,17 @@ class UnlearningCallback(Callback, abc.ABC):
         res = self.verify(pl_module.model, dm)  # type: ignore[attr-defined]
         self.history.append({"step": float(self.steps), **res})
         pl_module.log_dict({f"unlearn/{k}": v for k, v in res.items()}, batch_size=1)
+        if self._guard is not None and res["guard_recall"] < (1 - self.max_utility_loss) * self.utility0:  # type: ignore[operator]
+            if self._previous is not None:
+                self._restore(pl_module.model, self._previous)  # type: ignore[attr-defined]
+            self.utility_guard_tripped = trainer.should_stop = True
+            self.stopping_reason = (
+                f"utility guard after {self.steps} steps: retained valid recall@{self.k} fell from {self.utility0:.4f} to "
+                f"{res['guard_recall']:.4f} (more than {self.max_utility_loss:.0%}); went back to step "
+                f"{int(self.history[-2]['step'])}, the request is NOT answered by this method on this model"
+            )
+            rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
+            return
         if not trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
             self._previous = self._snapshot(pl_module.model)  # type: ignore[attr-defined]
             return
@@ -249,7 +278,7 @@ class UnlearningCallback(Callback, abc.ABC):
     def target_reached(self) -> bool:
         """Whether the run ended inside the stopping band (an overshoot or a spent budget is not)."""
         reason = self.stopping_reason or ""
-        return not self.overshoot and ("within" in reason or "reached" in reason or "already" in reason)
+        return not self.overshoot and not self.utility_guard_tripped and ("within" in reason or "reached" in reason or "already" in reason)
 
     def _reached(self, res: dict[str, float]) -> bool:
         if self.stop_rule == "recall":
@@ -298,9 +327,23 @@ class UnlearningCallback(Callback, abc.ABC):
             if self._audit is not None:
                 mia = pair_membership(model, *self._audit, dm.retained_train_csr())
                 res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
+            if self._guard is not None:
+                retained = dm.retained_train_csr()
+                res["guard_recall"] = forget_metrics(model, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
             return res
         finally:
             model.train(was_training)
+
+    def _guard_rows(self, dm: UnlearningDataModule) -> sp.csr_matrix:
+        """Valid rows of up to ``guard_users`` retained users (seeded: identical on every rank and on resume)."""
+        valid = dm.retained.data.csr("valid").tocsr()
+        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        rng = np.random.default_rng(dm.seed)
+        if len(users) > self.guard_users:
+            users = np.sort(rng.choice(users, self.guard_users, replace=False))
+        keep = np.zeros(valid.shape[0], dtype=np.float32)
+        keep[users] = 1.0
+        return (sp.diags(keep) @ valid).tocsr()
 
     def membership_pairs(self, members: np.ndarray, dm: UnlearningDataModule) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``audit_pairs`` of ``members`` and one popularity-matched non-member each (seeded by
@@ -379,6 +422,7 @@ class UnlearningCallback(Callback, abc.ABC):
             "profiled": self._profiled,
             "target_recall": self.target_recall,
             "reference": self.reference,
+            "utility0": self.utility0,
             "history": list(self.history),
             "extra": self.extra_state(),
         }
@@ -390,6 +434,8 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = bool(state_dict.get("profiled", False))
         self.target_recall = state_dict.get("target_recall", self.target_recall)
         self.reference = state_dict.get("reference", self.reference)
+        if state_dict.get("utility0") is not None:
+            self.utility0 = float(state_dict["utility0"])
         self.history = list(state_dict.get("history", []))
         self.load_extra_state(state_dict.get("extra", {}))
 

@@ -79,7 +79,7 @@ class TRU(UnlearningCallback):
         reset_deleted: reset deleted users' / items' rows first (``use_initial`` hands over the untrained model;
             without it the backbone's ``initial_entity_table``; without either the reset is skipped with a warning).
         seed: seed of the reset's fallback draw.
-        stop_rule, tolerance: see :class:`UnlearningCallback`.
+        stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
     def __init__(
@@ -110,10 +110,12 @@ class TRU(UnlearningCallback):
         seed: int = 0,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
+        max_utility_loss: Optional[float] = 0.02,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
             retain_weight=retain_weight, train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance,
+            max_utility_loss=max_utility_loss,
         )
         if not 0 < shared_lr_scale <= 1:
             raise ValueError(f"shared_lr_scale={shared_lr_scale} must be in (0, 1]")
