@@ -90,3 +90,18 @@ def test_bad_input_prints_one_short_error(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(lambda: train_cli(["fit", "--config", str(cfg)], run=False)) == 2
     err = capsys.readouterr().err
     assert str(cfg) in err and "line" in err and err.count("error:") == 1
+
+
+def test_demo_prints_tru_beside_reset_and_retrain_with_the_audits(tmp_path, capsys, monkeypatch) -> None:
+    from lightning_tru import demo
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--data.init_args.num_users", "200", "--data.init_args.num_items", "100", "--trainer.max_epochs", "3"]
+    report = demo.main(str(tmp_path / "demo"), extra=small)
+    out = capsys.readouterr().out
+    assert report["status"]["stopping_reason"] and "Retrain" in report["metrics"]
+    table = out[out.index("| column |"):]
+    assert all(f"| {name} |" in table or f"| *{name}* |" in table or f"| **{name}** |" in table
+               for name in ("before", "TRU", "Reset", "Retrain"))
+    assert "rank AUC" in table and "beats floors on" in table
+    assert report["audits"]["TRU"]["membership"]["flag"] in ("ok", "residual_memory", "over_forgetting")
