@@ -195,6 +195,10 @@ class UnlearnCLI(LightningCLI):
                             help="'callback': the UnlearningCallback in trainer.callbacks; 'retrain': Retrain")
         parser.add_argument("--compare_retrain", type=bool, default=False, help="also run Retrain and report it")
         parser.add_argument("--retrain_max_epochs", type=int, default=1000)
+        parser.add_argument("--retrain_strategy", type=str, default="auto",
+                            help="Retrain's Lightning strategy: 'ddp' retrains data-parallel on --retrain_devices "
+                                 "(under a DDP unlearning run every rank retrains; rank 0 evaluates and writes)")
+        parser.add_argument("--retrain_devices", type=int, default=1)
         parser.add_argument("--forget_batch_size", type=int, default=2048)
         parser.add_argument("--retain_batch_size", type=int, default=2048)
         parser.add_argument("--output_root", type=str, default="runs/unlearn")
@@ -237,7 +241,8 @@ class UnlearnCLI(LightningCLI):
             "checkpoint": cfg.ckpt_path,
             "trainer": self.trainer,
             "method": cfg.method,
-            "retrain_settings": RetrainSettings(cfg.retrain_max_epochs, es.patience, es.monitor, cfg.seed_everything),
+            "retrain_settings": RetrainSettings(cfg.retrain_max_epochs, es.patience, es.monitor, cfg.seed_everything,
+                                                cfg.retrain_strategy, cfg.retrain_devices),
             "compare_retrain": cfg.compare_retrain,
             "output_root": cfg.output_root,
             "ledger": cfg.ledger,

@@ -115,6 +115,7 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "tru.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "unlearn.py", "--config", "configs/train/mgcn_synthetic.yaml", "--config",
            str(tmp_path / "tru.yaml"), "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
+           "--compare_retrain", "true", "--retrain_strategy", "ddp", "--retrain_devices", "2", "--retrain_max_epochs", "2",
            "--trainer.max_epochs", "6", "--ckpt_path", str(trained), "--output_root", str(tmp_path / "out"),
            "--ledger", str(tmp_path / "ledger.jsonl"), "--deletions", str(tmp_path / "deletions")]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -122,7 +123,9 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
     assert len(lines) == 1  # written once, by rank 0
     run = Path(json.loads(lines[0])["run_dir"])
-    assert json.loads((run / "report.json").read_text())["details"]["TRU"]["steps"] >= 1
+    report = json.loads((run / "report.json").read_text())
+    assert report["details"]["TRU"]["steps"] >= 1
+    assert report["details"]["Retrain"]["world_size"] == 2 and "Retrain" in report["metrics"]  # Retrain under DDP too
 
 
 def test_publish_run_dir_is_atomic_and_never_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

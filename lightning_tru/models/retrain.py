@@ -78,4 +78,5 @@ def retrain(
         model.load_state_dict(best["state_dict"])
         best_epoch, best_score, epochs = int(best["epoch"]), float(best["score"]), int(best["epochs"])
         trainer.strategy.barrier("retrain-best-loaded")  # rank 0 removes its directory only after this
-    return model, {"seconds": seconds, "best_epoch": best_epoch, "best_score": best_score, "epochs": epochs}
+    return model, {"seconds": seconds, "best_epoch": best_epoch, "best_score": best_score, "epochs": epochs,
+                   "world_size": int(trainer.world_size)}
