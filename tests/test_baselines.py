@@ -129,7 +129,7 @@ def test_finetune_loss_does_not_depend_on_forget_pairs(setup: tuple) -> None:
         forget_neg=torch.randint(udm.num_items, batch.forget_neg.shape, generator=g),
     )
     cb = FineTune()
-    a, b = cb.training_losses(model, batch), cb.training_losses(model, other)
+    a, b = cb.training_losses(model, batch, udm), cb.training_losses(model, other, udm)
     assert set(a) == {"retain_bpr"}
     torch.testing.assert_close(a["retain_bpr"], b["retain_bpr"])
 
@@ -143,8 +143,8 @@ class _AscentProbe(NegGrad):
         self.ascent: list[float] = []
         self.reverse: list[float] = []
 
-    def training_losses(self, model: torch.nn.Module, batch: UnlearnBatch) -> dict[str, torch.Tensor]:
-        losses = super().training_losses(model, batch)
+    def training_losses(self, model: torch.nn.Module, batch: UnlearnBatch, dm: Any) -> dict[str, torch.Tensor]:
+        losses = super().training_losses(model, batch, dm)
         with torch.no_grad():
             fu, fi, fj = batch.forget_users, batch.forget_items, batch.forget_neg
             self.reverse.append(float(reverse_bpr_loss(model.score(fu, fi), model.score(fu, fj))))
@@ -171,7 +171,7 @@ def test_mmrecun_negates_the_contrastive_term(setup: tuple) -> None:
     batch = udm.make_batch(0, 0)
     fu, fi, fj = batch.forget_users, batch.forget_items, batch.forget_neg
     cb = MMRecUn(cl_weight=2.0)
-    losses = cb.training_losses(model, batch)
+    losses = cb.training_losses(model, batch, udm)
     cl = model.backbone.auxiliary_losses(model.backbone.propagate(), fu, fi, fj)["cl"]
     assert cb.contrastive_active is True
     assert float(cl) > 0
@@ -188,7 +188,7 @@ def test_mmrecun_negates_the_contrastive_term(setup: tuple) -> None:
     lg = RecommenderModule(partial(LightGCN, embedding_dim=8), udm.num_users, udm.num_items, udm.feature_dims)
     lg.attach(udm)
     cb2 = MMRecUn()
-    assert "neg_cl" not in cb2.training_losses(lg, batch) and cb2.contrastive_active is False
+    assert "neg_cl" not in cb2.training_losses(lg, batch, udm) and cb2.contrastive_active is False
 
 
 def test_mmrecun_parameter_anchor_and_validation(setup: tuple) -> None:
@@ -196,10 +196,10 @@ def test_mmrecun_parameter_anchor_and_validation(setup: tuple) -> None:
     model = _attached(trained, udm)
     cb = MMRecUn(regularization="parameter_change", reg_weight=1.0)
     cb.profile(None, model, udm)  # type: ignore[arg-type]
-    assert float(cb.training_losses(model, udm.make_batch(0, 0))["l2"]) == 0.0  # no change yet
+    assert float(cb.training_losses(model, udm.make_batch(0, 0), udm)["l2"]) == 0.0  # no change yet
     with torch.no_grad():
         model.backbone.user_embedding.weight.add_(0.1)
-    l2 = float(cb.training_losses(model, udm.make_batch(0, 0))["l2"])
+    l2 = float(cb.training_losses(model, udm.make_batch(0, 0), udm)["l2"])
     assert l2 == pytest.approx(0.5 * 0.01 * model.backbone.user_embedding.weight.numel(), rel=1e-4)
     with pytest.raises(RuntimeError, match="restart"):
         cb.restore_profile(model)
@@ -215,8 +215,8 @@ class _FirstLosses(MultiDelete):
         super().__init__(**kw)
         self.seen: list[dict[str, float]] = []
 
-    def training_losses(self, model: torch.nn.Module, batch: UnlearnBatch) -> dict[str, torch.Tensor]:
-        losses = super().training_losses(model, batch)
+    def training_losses(self, model: torch.nn.Module, batch: UnlearnBatch, dm: Any) -> dict[str, torch.Tensor]:
+        losses = super().training_losses(model, batch, dm)
         self.seen.append({k: float(v) for k, v in losses.items()})
         return losses
 

@@ -55,10 +55,10 @@ class SlotAveragedTask(UnlearningTask):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         dm = self.trainer.datamodule
-        self.model.train(self.callback.train_mode)
+        self.model.train(self.method.train_mode)
         total = []
         for slot in range(self.slots):
-            losses = self.callback.training_losses(self.model, dm.make_batch(self.current_epoch, slot))
+            losses = self.method.training_losses(self.model, dm.make_batch(self.current_epoch, slot), dm)
             total.append(torch.stack(list(losses.values())).sum())
         return torch.stack(total).mean()
 

@@ -147,7 +147,6 @@ def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     model = copy.deepcopy(trained)
     model.attach(udm)
     cb = TRU(gate_weight=1.0)
-    cb._datamodule = udm
     batch = udm.make_batch(0, 0)
     fu, fi = batch.forget_users, batch.forget_items
 
@@ -159,7 +158,7 @@ def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(20):
         opt.zero_grad()
-        cb.training_losses(model, batch)["gate"].backward()
+        cb.training_losses(model, batch, udm)["gate"].backward()
         opt.step()
     assert margin() < start - 0.05
 
@@ -170,8 +169,7 @@ def test_ablations_switch_interventions_off(setup: tuple) -> None:
     cb = TRU(ranking_gate=False, layer_isolation=False, modality_scaling=False, eval_every=100, target_recall=0.0)
     model = copy.deepcopy(trained)
     model.attach(udm)
-    cb._datamodule = udm
-    assert "gate" not in cb.training_losses(model, udm.make_batch(0, 0))
+    assert "gate" not in cb.training_losses(model, udm.make_batch(0, 0), udm)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     cb.branch_scales = {"id": 3.0}
@@ -360,9 +358,9 @@ class _ModeProbe(TRU):
         self.modes = [model.training]
         super().profile(trainer, model, dm)
 
-    def training_losses(self, model: torch.nn.Module, batch: Any) -> dict:
+    def training_losses(self, model: torch.nn.Module, batch: Any, dm: Any) -> dict:
         self.modes.append(model.training)
-        return super().training_losses(model, batch)
+        return super().training_losses(model, batch, dm)
 
 
 @pytest.mark.parametrize("train_mode", [False, True])

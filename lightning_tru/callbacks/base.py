@@ -27,7 +27,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     Life cycle: ``setup`` validates the run (datamodule, strategy, resumed fingerprint);
     ``on_fit_start`` *profiles* once (:meth:`profile`) and measures forget Recall@K;
-    each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
+    ``setup`` binds the callback to the task; each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
     :meth:`edit_gradients` runs; every ``eval_every`` steps the callback *verifies* and stops all
     ranks together once the forget pairs look like non-members. One step = one epoch of the
     unlearning datamodule.
@@ -129,7 +129,18 @@ class UnlearningCallback(Callback, abc.ABC):
                 "its gradient edits (masks, scales) and profiles need every parameter whole on every rank. "
                 "Use strategy='ddp' (the model is replicated; see README 'Cluster runs' for the size limit)"
             )
-        self._datamodule = dm
+        found = [c for c in trainer.callbacks if isinstance(c, UnlearningCallback)]  # type: ignore[attr-defined]
+        if len(found) != 1:
+            raise RuntimeError(
+                f"an unlearning run needs exactly one UnlearningCallback in trainer.callbacks, found {len(found)}: "
+                f"{[type(c).__name__ for c in found]}"
+            )
+        pl_module.bind(self)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if isinstance(pl_module, UnlearningTask) and pl_module._method is self:
+            pl_module.bind(None)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -269,7 +280,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     # ------------------------------------------------------------------- method surface
     @abc.abstractmethod
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         """The update objective of one step, by term (summed by the task)."""
 
     def prepare(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -284,7 +295,7 @@ class UnlearningCallback(Callback, abc.ABC):
     def edit_gradients(self, model: nn.Module) -> None:
         """Edit ``p.grad`` after each backward (masks, scales)."""
 
-    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
 
     # -------------------------------------------------------------------- verification

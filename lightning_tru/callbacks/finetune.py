@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
-from lightning_tru.datamodules.unlearning import UnlearnBatch
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -48,7 +48,7 @@ class FineTune(UnlearningCallback):
         )
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
         s = model.score(torch.cat([ru, ru]), torch.cat([ri, rj]))  # type: ignore[operator]
         pos, neg = s.split(len(ru))

@@ -98,7 +98,7 @@ class MMRecUn(UnlearningCallback):
 
     # --------------------------------------------------------------------------- update
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
         nf, nr = len(fu), len(ru)
         users, items = torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj])

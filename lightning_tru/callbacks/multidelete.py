@@ -163,7 +163,7 @@ class MultiDelete(UnlearningCallback):
 
     # --------------------------------------------------------------------------- update
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
         nf, nr = len(fu), len(ru)
         prop = self._propagate(model)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
-from lightning_tru.datamodules.unlearning import UnlearnBatch
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -53,7 +53,7 @@ class NegGrad(UnlearningCallback):
         self.forget_weight = forget_weight
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
         nf, nr = len(fu), len(ru)
         s = model.score(torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))  # type: ignore[operator]

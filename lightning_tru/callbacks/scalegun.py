@@ -229,7 +229,7 @@ class ScaleGUN(UnlearningCallback):
                 idx = np.sort(torch.randperm(len(pairs), generator=g)[: self.sample_size].numpy())
             u = torch.from_numpy(pairs[idx, 0]).long()
             i = torch.from_numpy(pairs[idx, 1]).long()
-            j = dm._forget_sampler.sample_negatives(u, generator=g)  # avoids every original train item
+            j = dm.forget_negatives(u, generator=g)  # avoids every original train item
             return u.to(device), i.to(device), j.to(device)
 
         nr, nf = len(dm.forget.retain_pairs), len(dm.forget.forget_pairs)
@@ -358,7 +358,7 @@ class ScaleGUN(UnlearningCallback):
             trainer.should_stop = True
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
         return {"retain_bpr": self.retain_weight * _bpr(self.margins(model, (ru, ri, rj)))}
 

@@ -51,7 +51,7 @@ class Surgery(UnlearningCallback):
         rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         raise RuntimeError(
             f"{type(self).__name__} makes no optimisation step; the run should have stopped at fit start "
             "(is trainer.min_epochs / min_steps set? remove it)"

@@ -168,20 +168,7 @@ class TRU(UnlearningCallback):
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
         rank, world = trainer.global_rank, trainer.world_size
-        g = torch.Generator().manual_seed(dm.seed)
-        batch = dm.make_batch(epoch=-1, index=0)  # the profiling draw, shared by all ranks
-        fu, fi, fj = batch.forget_users, batch.forget_items, batch.forget_neg
-        if len(dm.forget.forget_pairs) > len(fu):  # forget_batch_size < F: profile on up to profile_size pairs
-            n = min(self.profile_size, len(dm.forget.forget_pairs))
-            idx = torch.randperm(len(dm.forget.forget_pairs), generator=g)[:n]
-            fu = torch.from_numpy(dm.forget.forget_pairs[idx.numpy(), 0])
-            fi = torch.from_numpy(dm.forget.forget_pairs[idx.numpy(), 1])
-            fj = dm._forget_sampler.sample_negatives(fu, generator=g)
-        n = len(fu)
-        ridx = torch.randint(len(dm.forget.retain_pairs), (n,), generator=g)
-        ru = torch.from_numpy(dm.forget.retain_pairs[ridx.numpy(), 0])
-        ri = torch.from_numpy(dm.forget.retain_pairs[ridx.numpy(), 1])
-        rj = dm._retain_sampler.sample_negatives(ru, generator=g)
+        fu, fi, fj, ru, ri, rj = dm.profile_batch(self.profile_size)  # the profiling draw, shared by all ranks
         dev = next(model.parameters()).device
         shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
         fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
@@ -275,9 +262,9 @@ class TRU(UnlearningCallback):
             self._row_keep[n] = keep
 
     @override
-    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
         """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``."""
-        entity = {n for names in entity_groups(model, self._datamodule.num_users, self._datamodule.num_items).values() for n in names}
+        entity = {n for names in entity_groups(model, dm.num_users, dm.num_items).values() for n in names}
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in params if n in entity], "lr": self.lr},
                   {"params": [p for n, p in params if n not in entity], "lr": self.lr * self.shared_lr_scale}]
@@ -309,14 +296,13 @@ class TRU(UnlearningCallback):
         return kth[inv]
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
         nf, nr = len(fu), len(ru)
         s, parts = pair_scores(model, torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))
         s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.ranking_gate and self.gate_weight > 0:
-            dm = self._datamodule
             t = self._thresholds(model, fu, dm)
             tau = self.gate_temperature
             p = torch.sigmoid((s_fi.detach() - t) / tau)  # persistence (F,)
