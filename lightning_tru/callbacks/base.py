@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_tru.audit.forgetting import forget_metrics, random_recall
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import eval_mode
 from lightning_tru.models.unlearning import UnlearningTask
 
 log = logging.getLogger("lightning_tru")
@@ -366,12 +367,8 @@ class UnlearningCallback(Callback, abc.ABC):
     def heldout_recall(self, model: nn.Module, dm: UnlearningDataModule) -> float:
         """Recall@K of held-out test pairs (train and valid masked): what non-members score."""
         data = dm.source.data
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             res = forget_metrics(model, data.csr("train", "valid"), data.csr("test"), self.k)
-        finally:
-            model.train(was_training)
         return res[f"forget_recall@{self.k}"]
 
     # --------------------------------------------------------------------------- state

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import group_scores
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -50,6 +50,5 @@ class FineTune(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
-        s = model.score(torch.cat([ru, ru]), torch.cat([ri, rj]))  # type: ignore[operator]
-        pos, neg = s.split(len(ru))
+        pos, neg = group_scores(model, [(ru, ri), (ru, rj)])
         return {"retain_bpr": bpr_loss(pos, neg)}

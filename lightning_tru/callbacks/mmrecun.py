@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import group_scores, propagation
 from lightning_tru.nn.losses import bpr_loss, l2_penalty, reverse_bpr_loss
 
 Regularization = Literal["embedding", "parameter_change", "none"]
@@ -100,15 +101,9 @@ class MMRecUn(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        users, items = torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj])
         backbone = getattr(model, "backbone", None)
-        prop = backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
-        if prop is not None:
-            s = backbone.score(users, items, prop)  # type: ignore[union-attr]
-        else:
-            s = model.score(users, items)  # type: ignore[operator]
-        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        prop = propagation(model)
+        s_fi, s_fj, s_ri, s_rj = group_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)], prop)
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.alpha * bpr_loss(s_ri, s_rj)}
         if self.cl_weight > 0:
             aux = backbone.auxiliary_losses(prop, fu, fi, fj) if prop is not None else {}  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import eval_mode, group_scores, propagation
 
 ReferenceDevice = Literal["model", "cpu"]
 REFERENCE_DEVICES: tuple[str, ...] = ("model", "cpu")
@@ -103,31 +104,19 @@ class MultiDelete(UnlearningCallback):
         self._reference: Optional[nn.Module] = None  # score-only models
 
     # ------------------------------------------------------------------------ reference
-    @staticmethod
-    def _propagate(model: nn.Module) -> Any:
-        backbone = getattr(model, "backbone", None)
-        return backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
-
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
         dev = next(model.parameters()).device if self.reference_device == "model" else torch.device("cpu")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                prop = self._propagate(model)
-                if prop is not None:
-                    self._ref_user, self._ref_item = prop.user.detach().to(dev), prop.item.detach().to(dev)
-                    self._ref_branches = {
-                        b: (u.detach().to(dev), i.detach().to(dev)) for b, (u, i) in prop.branches.items()
-                    }
-                elif hasattr(model, "embeddings"):
-                    u, i = model.embeddings()  # type: ignore[operator]
-                    self._ref_user, self._ref_item = u.detach().to(dev), i.detach().to(dev)
-                else:
-                    self._reference = copy.deepcopy(model).to(dev).requires_grad_(False)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            prop = propagation(model)
+            if prop is not None:
+                self._ref_user, self._ref_item = prop.user.detach().to(dev), prop.item.detach().to(dev)
+                self._ref_branches = {b: (u.detach().to(dev), i.detach().to(dev)) for b, (u, i) in prop.branches.items()}
+            elif hasattr(model, "embeddings"):
+                u, i = model.embeddings()  # type: ignore[operator]
+                self._ref_user, self._ref_item = u.detach().to(dev), i.detach().to(dev)
+            else:
+                self._reference = copy.deepcopy(model).to(dev).requires_grad_(False)
         self.unimodal_active = bool(self._ref_branches)
         if not self.unimodal_active and self.unimodal_weight > 0:
             rank_zero_warn(
@@ -165,14 +154,8 @@ class MultiDelete(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        prop = self._propagate(model)
-        users, items = torch.cat([fu, fu, ru]), torch.cat([fi, fj, ri])
-        if prop is not None:
-            s = model.backbone.score(users, items, prop)  # type: ignore[union-attr,operator]
-        else:
-            s = model.score(users, items)  # type: ignore[operator]
-        s_fi, s_fj, s_r = s.split([nf, nf, nr])
+        prop = propagation(model)
+        s_fi, s_fj, s_r = group_scores(model, [(fu, fi), (fu, fj), (ru, ri)], prop)
         target = self._reference_scores(fu, fj)  # (F,) s^0(u, j)
         decouple = F.mse_loss(s_fi, target)
         if self.anchor_unconnected:

@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import group_scores
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -55,9 +56,7 @@ class NegGrad(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        s = model.score(torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))  # type: ignore[operator]
-        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        s_fi, s_fj, s_ri, s_rj = group_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         return {
             "forget_ascent": self.forget_weight * F.logsigmoid(s_fi - s_fj).mean(),  # = -gamma_f * BPR(F)
             "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj),

@@ -8,7 +8,6 @@ from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -16,7 +15,8 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import attach_graph, branch_groups
+from lightning_tru.models.protocol import attach_graph, branch_groups, group_scores
+from lightning_tru.nn.losses import bpr_loss
 
 
 class CGResult(NamedTuple):
@@ -65,10 +65,6 @@ def conjugate_gradient(
 
 Curvature = Literal["gauss_newton", "hessian"]
 CURVATURES: tuple[str, ...] = ("gauss_newton", "hessian")
-
-
-def _bpr(margins: Tensor) -> Tensor:
-    return -F.logsigmoid(margins).mean()
 
 
 class _Objective(NamedTuple):
@@ -236,20 +232,25 @@ class ScaleGUN(UnlearningCallback):
         return _Objective(part(dm.forget.retain_pairs), part(dm.forget.forget_pairs), nr, nf / nr)
 
     @staticmethod
-    def margins(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """``(B,)`` BPR margins :math:`s_{ui} - s_{uj}` of fixed triples on the installed graph."""
+    def scores(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(B,)`` scores :math:`s_{ui}` and :math:`s_{uj}` of fixed triples on the installed graph."""
         u, i, j = triples
-        s = model.score(torch.cat([u, u]), torch.cat([i, j]))  # type: ignore[operator]
-        pos, neg = s.split(len(u))
+        pos, neg = group_scores(model, [(u, i), (u, j)])
+        return pos, neg
+
+    @classmethod
+    def margins(cls, model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``(B,)`` BPR margins :math:`s_{ui} - s_{uj}` of fixed triples on the installed graph."""
+        pos, neg = cls.scores(model, triples)
         return pos - neg
 
     def old_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
         """:math:`\\mathcal L_{old} / |R|` on the graph currently installed (call with the original one)."""
-        return _bpr(self.margins(model, obj.retain)) + obj.forget_ratio * _bpr(self.margins(model, obj.forget))
+        return bpr_loss(*self.scores(model, obj.retain)) + obj.forget_ratio * bpr_loss(*self.scores(model, obj.forget))
 
     def new_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
         """:math:`\\mathcal L_{new} / |R|` on the graph currently installed (call with the retained one)."""
-        return _bpr(self.margins(model, obj.retain))
+        return bpr_loss(*self.scores(model, obj.retain))
 
     # --------------------------------------------------------------------------- solve
     def solve(self, margins_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor, damping: float) -> CGResult:
@@ -271,7 +272,7 @@ class ScaleGUN(UnlearningCallback):
         with torch.enable_grad():
             x = margins_fn()
             if self.curvature == "hessian":
-                grads = torch.autograd.grad(_bpr(x), params, create_graph=True)
+                grads = torch.autograd.grad(bpr_loss(x, torch.zeros_like(x)), params, create_graph=True)  # margins x
 
                 def matvec(v: Tensor) -> Tensor:
                     hv = torch.autograd.grad(grads, params, grad_outputs=split(v), retain_graph=True, allow_unused=True)
@@ -360,7 +361,7 @@ class ScaleGUN(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
-        return {"retain_bpr": self.retain_weight * _bpr(self.margins(model, (ru, ri, rj)))}
+        return {"retain_bpr": self.retain_weight * bpr_loss(*self.scores(model, (ru, ri, rj)))}
 
     # ---------------------------------------------------------------------------- state
     @override

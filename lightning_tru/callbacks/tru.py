@@ -14,7 +14,7 @@ from typing_extensions import override
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.callbacks.reset import Reset
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, layer_groups, pair_scores
+from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, group_pair_scores, layer_groups
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
 
 
@@ -172,10 +172,10 @@ class TRU(UnlearningCallback):
         dev = next(model.parameters()).device
         shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
         fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
-        s_f, _ = pair_scores(model, torch.cat([fu, fu]), torch.cat([fi, fj]))
-        g_f = self._gradients(model, reverse_bpr_loss(*s_f.split(len(fu))) * len(fu), trainer)
-        s_r, _ = pair_scores(model, torch.cat([ru, ru]), torch.cat([ri, rj]))
-        g_r = self._gradients(model, bpr_loss(*s_r.split(len(ru))) * len(ru), trainer)
+        s_f, _ = group_pair_scores(model, [(fu, fi), (fu, fj)])
+        g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
+        s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
+        g_r = self._gradients(model, bpr_loss(*s_r) * len(ru), trainer)
         self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
 
@@ -298,16 +298,14 @@ class TRU(UnlearningCallback):
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        s, parts = pair_scores(model, torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))
-        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.ranking_gate and self.gate_weight > 0:
             t = self._thresholds(model, fu, dm)
             tau = self.gate_temperature
             p = torch.sigmoid((s_fi.detach() - t) / tau)  # persistence (F,)
             if parts is not None and "id" in parts:
-                s_id = parts["id"][:nf]
+                s_id = parts["id"][0]
                 a = torch.zeros(dm.num_items, device=p.device).index_add_(0, fi, p)
                 a = (a / torch.zeros(dm.num_items, device=p.device).index_add_(0, fi, torch.ones_like(p)).clamp_min(1))[fi]
                 fused = (1 - a) * s_id + a * (s_fi - s_id)
