@@ -87,3 +87,27 @@ def test_profile_batch_is_deterministic_bounded_and_from_the_right_sets(tiny_dat
     all_fit.forget_batch_size = 100  # the forget batch holds every pair: the profile uses it whole
     p = all_fit.profile_batch(4)
     assert torch.equal(p.forget_users, all_fit.make_batch(-1, 0).forget_users) and len(p.forget_users) == 8
+
+
+@pytest.mark.parametrize("k", [0, -1, True, 2.5])
+def test_one_k_check_for_methods_metrics_and_writers(k: Any, tmp_path: Any) -> None:
+    from lightning_tru.callbacks import TRU
+    from lightning_tru.callbacks.topk_writer import TopKWriter
+    from lightning_tru.metrics import RecallAtK
+
+    for make in (lambda: TRU(k=k), lambda: FineTune(k=k), lambda: RecallAtK(k=k), lambda: TopKWriter(tmp_path / "r.tsv", k=k)):
+        with pytest.raises(ValueError, match=r"`k` to be a positive integer \(k >= 1\)"):
+            make()
+
+
+def test_retain_weight_belongs_to_the_methods_that_weigh_a_retain_term() -> None:
+    from lightning_tru.callbacks import TRU, MMRecUn, MultiDelete, ScaleGUN
+
+    for cls in (TRU, NegGrad, ScaleGUN):
+        assert cls(retain_weight=0.25).retain_weight == 0.25
+        with pytest.raises(ValueError, match="retain_weight=-1.0 must be >= 0"):
+            cls(retain_weight=-1.0)
+    for cls in (FineTune, MMRecUn, MultiDelete):  # no such knob (MMRecUn calls it alpha)
+        with pytest.raises(TypeError, match="retain_weight"):
+            cls(retain_weight=0.5)
+        assert not hasattr(cls(), "retain_weight")

@@ -17,10 +17,18 @@ from typing_extensions import override
 from lightning_tru.audit.forgetting import forget_metrics, random_recall
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.metrics.functional import check_k
 from lightning_tru.models.protocol import eval_mode
 from lightning_tru.models.unlearning import UnlearningTask
 
 log = logging.getLogger("lightning_tru")
+
+
+def check_retain_weight(retain_weight: float) -> float:
+    r""":math:`\lambda_r`, the weight of a method's retain BPR term, validated (``>= 0``)."""
+    if retain_weight < 0:
+        raise ValueError(f"retain_weight={retain_weight} must be >= 0 (0 drops the retain term)")
+    return float(retain_weight)
 
 
 class UnlearningCallback(Callback, abc.ABC):
@@ -59,7 +67,6 @@ class UnlearningCallback(Callback, abc.ABC):
         audit_pairs: most forget pairs (and as many non-members) the verification scores.
         bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
         eval_every: steps between verifications.
-        retain_weight: :math:`\lambda_r`, weight of retain BPR.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
             edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
@@ -74,17 +81,15 @@ class UnlearningCallback(Callback, abc.ABC):
         k: int = 20,
         target_recall: Optional[float] = None,
         eval_every: int = 5,
-        retain_weight: float = 1.0,
         train_mode: bool = True,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
         audit_pairs: int = 20000,
         bisect_steps: int = 6,
     ) -> None:
-        if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
-            raise ValueError(
-                f"lr={lr} must be > 0, k={k} >= 1, eval_every={eval_every} >= 1, retain_weight={retain_weight} >= 0"
-            )
+        check_k(k)
+        if lr <= 0 or eval_every < 1:
+            raise ValueError(f"lr={lr} must be > 0, eval_every={eval_every} >= 1")
         if target_recall is not None and not 0.0 <= target_recall <= 1.0:
             raise ValueError(
                 f"target_recall={target_recall} must be in [0, 1] (a forget Recall@K), or None to calibrate it "
@@ -98,7 +103,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
         self.overshoot = False
-        self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
+        self.lr, self.k, self.eval_every = lr, k, eval_every
         self.target_recall = target_recall
         self.train_mode = train_mode
         self.steps = 0

@@ -44,7 +44,7 @@ class FineTune(UnlearningCallback):
         train_mode: bool = True,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=1.0, train_mode=train_mode
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode
         )
 
     @override

@@ -68,7 +68,7 @@ class MMRecUn(UnlearningCallback):
         if alpha < 0:
             raise ValueError(f"alpha={alpha} must be >= 0 (the weight of forward BPR on retained pairs)")
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=alpha, train_mode=train_mode
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode
         )
         if regularization not in REGULARIZATIONS:
             raise ValueError(f"regularization={regularization!r}; choose one of {REGULARIZATIONS}")

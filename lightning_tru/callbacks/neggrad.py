@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import group_scores
 from lightning_tru.nn.losses import bpr_loss
@@ -46,9 +46,9 @@ class NegGrad(UnlearningCallback):
         train_mode: bool = True,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode,
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode,
         )
+        self.retain_weight = check_retain_weight(retain_weight)
         if forget_weight <= 0:
             raise ValueError(f"forget_weight={forget_weight} must be > 0 (the ascent term is the method)")
         self.forget_weight = forget_weight

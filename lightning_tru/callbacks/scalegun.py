@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import attach_graph, branch_groups, group_scores
 from lightning_tru.nn.losses import bpr_loss
@@ -132,9 +132,10 @@ class ScaleGUN(UnlearningCallback):
     calibration. Report the measured gradient residual instead.
 
     Args:
-        lr, k, target_recall, eval_every, retain_weight, train_mode: see
+        lr, k, target_recall, eval_every, train_mode: see
             :class:`~lightning_tru.callbacks.UnlearningCallback`
             (used by the optional fine-tuning steps only).
+        retain_weight: :math:`\lambda_r`, weight of the fine-tuning steps' retain BPR.
         damping: :math:`\lambda > 0`, L2 weight of the summed retained objective.
         curvature: ``"gauss_newton"`` or ``"hessian"``.
         cg_iters: most CG iterations.
@@ -171,9 +172,9 @@ class ScaleGUN(UnlearningCallback):
         train_mode: bool = True,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode,
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode,
         )
+        self.retain_weight = check_retain_weight(retain_weight)
         if damping <= 0 or cg_iters < 1 or not 0 < cg_tol < 1:
             raise ValueError(f"damping={damping} must be > 0, cg_iters={cg_iters} >= 1 and cg_tol={cg_tol} in (0, 1)")
         if (sample_size is not None and sample_size < 1) or noise_std < 0 or finetune_steps < 0:

@@ -26,7 +26,7 @@ class Surgery(UnlearningCallback):
     """
 
     def __init__(self, k: int = 20) -> None:
-        super().__init__(lr=1.0, k=k, target_recall=None, eval_every=1, retain_weight=0.0, train_mode=False)
+        super().__init__(lr=1.0, k=k, target_recall=None, eval_every=1, train_mode=False)
         self.edits: dict[str, Any] = {}
 
     def edit(self, model: nn.Module, dm: UnlearningDataModule) -> str:

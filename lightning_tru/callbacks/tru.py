@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.callbacks.reset import Reset
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, group_pair_scores, layer_groups
@@ -51,7 +51,8 @@ class TRU(UnlearningCallback):
     **Update**: :math:`\mathcal L = \mathrm{revBPR}(F) + \lambda_r \mathrm{BPR}(R) + \lambda_g \mathcal L_{gate}`.
 
     Args:
-        lr, k, target_recall, eval_every, retain_weight, train_mode: see :class:`UnlearningCallback`.
+        lr, k, target_recall, eval_every, train_mode, stop_rule, tolerance: see :class:`UnlearningCallback`.
+        retain_weight: :math:`\lambda_r`, weight of retain BPR.
         gate_weight: :math:`\lambda_g`.
         gate_temperature: :math:`\tau`.
         scale_clip: clipping range of the branch scales.
@@ -94,8 +95,9 @@ class TRU(UnlearningCallback):
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance,
+            train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance,
         )
+        self.retain_weight = check_retain_weight(retain_weight)
         if not 0 < shared_lr_scale <= 1:
             raise ValueError(f"shared_lr_scale={shared_lr_scale} must be in (0, 1]")
         self.shared_lr_scale, self.entity_first = shared_lr_scale, entity_first
