@@ -1,7 +1,6 @@
 """Tests of the seeded synthetic data generator."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -24,10 +23,8 @@ def _r2(x: np.ndarray, y: np.ndarray) -> float:
     return float(1 - (resid**2).sum() / ((y - y.mean(axis=0)) ** 2).sum())
 
 
-def test_defaults_sizes_dtypes_and_speed() -> None:
-    start = time.perf_counter()
+def test_defaults_sizes_and_dtypes() -> None:
     data = make_synthetic()
-    assert time.perf_counter() - start < 2.0
     assert (data.num_users, data.num_items, data.name) == (2000, 1000, "synthetic")
     assert data.pairs.dtype == np.int64 and data.split.dtype == np.int8
     assert data.feature_dims == {"image": 64, "text": 32}

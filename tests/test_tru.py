@@ -312,6 +312,15 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
     switches = ("modality_scaling", "layer_isolation", "row_isolation", "ranking_gate")
     assert cb["class_path"] == "lightning_tru.callbacks.TRU" and cb["init_args"] in [{s: False} for s in switches]
     monkeypatch.chdir(REPO)
+    runs: list[tuple[TRU, set[str]]] = []  # the callback the run used, and the loss terms of its steps
+    losses = TRU.training_losses
+
+    def record(self: TRU, model: torch.nn.Module, batch: Any, dm: Any) -> dict:
+        out = losses(self, model, batch, dm)
+        runs.append((self, set(out)))
+        return out
+
+    monkeypatch.setattr(TRU, "training_losses", record)
     size = ["--data.init_args.num_users", "200", "--data.init_args.num_items", "100"]
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     cli = train_cli(["fit", "--config", "configs/train/lightgcn_synthetic.yaml", "--trainer.max_epochs", "1",
@@ -319,9 +328,12 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
     report = unlearn_cli(["--config", "configs/train/lightgcn_synthetic.yaml", "--config", str(config),
                           "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path, "--output_root",
                           str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.jsonl"), "--trainer.max_epochs", "2",
-                          *size, *quiet])
-    # user-wise: the reset rows may already be Retrain's (0 steps); never more than the budget
-    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] <= 2
+                          "--trainer.callbacks.init_args.target_recall", "0.0", *size, *quiet])  # never reached: 2 steps
+    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] == len(runs) >= 1, len(runs)
+    (off,) = cb["init_args"]
+    for used, terms in runs:  # the switch reached the run's callback and only that one is off
+        assert {s: getattr(used, s) for s in switches} == {s: s != off for s in switches}
+        assert ("gate" in terms) == (off != "ranking_gate")
 
 
 BACKBONES = {
