@@ -5,16 +5,15 @@ import copy
 import json
 from functools import partial
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 
-from conftest import REPO
+from conftest import REPO, quiet_trainer, unlearn
 from lightning_tru.audit.forgetting import forget_metrics
-from lightning_tru.callbacks import FineTune, MMRecUn, MultiDelete, NegGrad, ScaleGUN, UnlearningCallback
+from lightning_tru.callbacks import FineTune, MMRecUn, MultiDelete, NegGrad, ScaleGUN
 from lightning_tru.callbacks.scalegun import conjugate_gradient
 from lightning_tru.cli import train_cli, unlearn_cli
 from lightning_tru.datamodules import SyntheticDataModule
@@ -28,21 +27,6 @@ from lightning_tru.nn.losses import reverse_bpr_loss
 K = 20
 
 
-def _trainer(**kw: Any) -> Trainer:
-    return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", limit_val_batches=0, num_sanity_val_steps=0, **kw)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny graphs: intra-op threads only add synchronisation, and on a busy shared machine
-    spinning OpenMP workers slow these tests down by an order of magnitude."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup() -> tuple[SyntheticDataModule, RecommenderModule, UnlearningDataModule]:
     """A planted data set, an MGCN trained on it, and a user-wise request of 10% of the users."""
@@ -50,7 +34,7 @@ def setup() -> tuple[SyntheticDataModule, RecommenderModule, UnlearningDataModul
     dm = SyntheticDataModule(num_users=300, num_items=150, seed=1, batch_size=1024, eval_batch_size=300)
     model = RecommenderModule(partial(MGCN, embedding_dim=16), dm.num_users, dm.num_items, dm.feature_dims,
                               optimizer=partial(torch.optim.Adam, lr=2e-2))
-    _trainer(max_epochs=12).fit(model, datamodule=dm)
+    quiet_trainer(max_epochs=12).fit(model, datamodule=dm)
     udm = UnlearningDataModule(dm, ForgetRequest("user", 0.1, seed=0), retain_batch_size=1024, seed=0)
     return dm, model, udm
 
@@ -66,16 +50,9 @@ def _recall(model: RecommenderModule, udm: UnlearningDataModule, original: bool 
 def _ndcg(model: RecommenderModule, udm: UnlearningDataModule, original: bool = False) -> float:
     """Test NDCG@K (train and valid masked), on the retained data or the original one."""
     dm = udm.deployed if original else udm.retained
-    return float(_trainer().test(copy.deepcopy(model), datamodule=dm, verbose=False)[0][f"test/ndcg@{K}"])
+    return float(quiet_trainer().test(copy.deepcopy(model), datamodule=dm, verbose=False)[0][f"test/ndcg@{K}"])
 
 
-def _unlearn(
-    trained: RecommenderModule, udm: UnlearningDataModule, cb: UnlearningCallback, steps: int
-) -> RecommenderModule:
-    model = copy.deepcopy(trained)
-    model.train()
-    _trainer(max_epochs=steps, callbacks=[cb]).fit(UnlearningTask(model), datamodule=udm)
-    return model
 
 
 def _attached(trained: RecommenderModule, udm: UnlearningDataModule) -> RecommenderModule:
@@ -107,7 +84,7 @@ def test_baseline_lowers_forget_recall_and_keeps_utility(
     before = _recall(trained, udm, original=True)
     surgery, ndcg_before = _recall(trained, udm), _ndcg(trained, udm)  # graph surgery alone
     cb = make()
-    model = _unlearn(trained, udm, cb, steps)
+    model = unlearn(trained, udm, cb, steps)
     after, ndcg_after = _recall(model, udm), _ndcg(model, udm)
     print(f"{type(cb).__name__} ({regime}): forget recall {before:.3f} (surgery {surgery:.3f}) -> {after:.3f}, "
           f"test ndcg {ndcg_before:.3f} -> {ndcg_after:.3f}, {cb.steps} steps, {cb.stopping_reason}")
@@ -158,7 +135,7 @@ class _AscentProbe(NegGrad):
 def test_neggrad_loss_is_unbounded_where_reverse_bpr_is_not(setup: tuple) -> None:
     _, trained, udm = setup
     cb = _AscentProbe(lr=0.2, retain_weight=0.0, target_recall=0.0, eval_every=100)  # never verifies, never stops on recall
-    _unlearn(trained, udm, cb, steps=15)
+    unlearn(trained, udm, cb, steps=15)
     a = cb.ascent
     assert all(x <= 0 for x in a) and all(r >= 0 for r in cb.reverse)
     assert all(y < x for x, y in zip(a[3:], a[4:]))  # keeps decreasing, step after step ...
@@ -231,14 +208,14 @@ def test_a_nan_loss_is_an_error_and_the_model_is_not_updated(setup: tuple) -> No
     model = copy.deepcopy(trained)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match=r"step 0: the loss is nan .*'forget.*empty batch"):
-        _trainer(max_epochs=3, callbacks=[NegGrad(lr=5e-2, eval_every=100)]).fit(UnlearningTask(model), datamodule=empty)
+        quiet_trainer(max_epochs=3, callbacks=[NegGrad(lr=5e-2, eval_every=100)]).fit(UnlearningTask(model), datamodule=empty)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_multidelete_retention_terms_start_at_zero(setup: tuple) -> None:
     _, trained, udm = setup
     cb = _FirstLosses(lr=2e-2, eval_every=100, target_recall=0.0)
-    _unlearn(trained, udm, cb, steps=3)
+    unlearn(trained, udm, cb, steps=3)
     first, last = cb.seen[0], cb.seen[-1]
     assert first["multimodal_retention"] == 0.0 and first["unimodal_retention"] == 0.0
     assert first["decouple"] > 0
@@ -305,7 +282,7 @@ def test_scalegun_cg_matches_dense_solve(curvature: str) -> None:
 def test_scalegun_one_shot_step_forgets_and_stops(setup: tuple) -> None:
     _, trained, udm = setup
     cb = ScaleGUN()
-    model = _unlearn(trained, udm, cb, steps=5)
+    model = unlearn(trained, udm, cb, steps=5)
     newton = cb.newton
     after = _recall(model, udm)
     print(f"ScaleGUN: forget recall {newton['forget_recall_before_step']:.3f} -> {after:.3f}, {newton}")
@@ -323,13 +300,13 @@ def test_scalegun_one_shot_step_forgets_and_stops(setup: tuple) -> None:
 def test_scalegun_optional_finetuning_steps_then_stops(setup: tuple) -> None:
     _, trained, udm = setup
     cb = ScaleGUN(cg_iters=2, finetune_steps=3, target_recall=0.0, eval_every=100)
-    _unlearn(trained, udm, cb, steps=50)
+    unlearn(trained, udm, cb, steps=50)
     assert cb.steps == 3 and "3 fine-tuning steps" in str(cb.stopping_reason)
 
 
 def test_scalegun_noise_is_seeded_and_selection_validated(setup: tuple) -> None:
     _, trained, udm = setup
-    runs = [_unlearn(trained, udm, ScaleGUN(cg_iters=1, noise_std=0.1, noise_seed=s), steps=1) for s in (7, 7, 8)]
+    runs = [unlearn(trained, udm, ScaleGUN(cg_iters=1, noise_std=0.1, noise_seed=s), steps=1) for s in (7, 7, 8)]
     w = [m.backbone.user_embedding.weight.detach() for m in runs]
     torch.testing.assert_close(w[0], w[1], rtol=0, atol=1e-4)  # same seed, same noise
     assert float((w[0] - w[2]).std()) == pytest.approx(0.1 * 2**0.5, rel=0.1)  # N(0, 0.1^2) each

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import REPO
+from conftest import REPO, unlearn
 from lightning_tru.audit.report import evaluate
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import SyntheticDataModule
@@ -24,9 +24,6 @@ from lightning_tru.models.unlearning import UnlearningTask
 from lightning_tru.nn import MGCN, MIGGT, LightGCN
 
 
-def _trainer(**kw: Any) -> Trainer:
-    return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", limit_val_batches=0, num_sanity_val_steps=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +38,7 @@ def setup() -> tuple[SyntheticDataModule, RecommenderModule, RecommenderModule]:
 
 
 def _unlearn(trained: RecommenderModule, udm: UnlearningDataModule, cb: TRU, steps: int = 200, **kw: Any) -> RecommenderModule:
-    model = copy.deepcopy(trained)
-    model.train()
-    _trainer(max_epochs=steps, callbacks=[cb], **kw).fit(UnlearningTask(model), datamodule=udm)
-    return model
+    return unlearn(trained, udm, cb, steps, **kw)
 
 
 def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from conftest import quiet_trainer
 from lightning_tru.callbacks import FineTune, NegGrad
 from lightning_tru.datamodules import ForgetRequest, InteractionData, RecDataModule, UnlearningDataModule
 from lightning_tru.datamodules.unlearning import UnlearnBatch
@@ -17,8 +18,7 @@ from lightning_tru.nn import LightGCN
 
 
 def _trainer(callbacks: list, steps: int = 3) -> Trainer:
-    return Trainer(accelerator="cpu", max_epochs=steps, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    return quiet_trainer(max_epochs=steps, callbacks=callbacks)
 
 
 def _setup(tiny_data: InteractionData, **kw: Any) -> tuple[UnlearningTask, UnlearningDataModule]:
