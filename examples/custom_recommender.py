@@ -21,11 +21,7 @@ from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch import Tensor, nn
 
 from lightning_tru.audit import forget_metrics
-from lightning_tru.callbacks import TRU
-from lightning_tru.datamodules import SyntheticDataModule
-from lightning_tru.datamodules.forget import ForgetRequest
-from lightning_tru.datamodules.unlearning import UnlearningDataModule
-from lightning_tru.models.unlearning import UnlearningTask
+from lightning_tru import TRU, ForgetRequest, SyntheticDataModule, UnlearningDataModule, UnlearningTask
 
 
 class MatrixFactorization(LightningModule):
