@@ -14,7 +14,7 @@ from lightning.pytorch import seed_everything
 from conftest import REPO, quiet_trainer, unlearn
 from lightning_tru.audit.forgetting import forget_metrics
 from lightning_tru.callbacks import FineTune, MMRecUn, MultiDelete, NegGrad, ScaleGUN
-from lightning_tru.callbacks.scalegun import conjugate_gradient
+from lightning_tru.nn.newton import conjugate_gradient
 from lightning_tru.cli import train_cli, unlearn_cli
 from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.datamodules.forget import ForgetRequest
