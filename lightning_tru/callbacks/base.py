@@ -69,10 +69,8 @@ class UnlearningCallback(Callback, abc.ABC):
         eval_every: steps between verifications.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
-            edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
-            user-wise 5%): ``False`` reached the target in 36 steps instead of 74 at the same utility,
-            but on the planted set of ``tests/test_tru.py``'s MIG-GT case it lost 39% of test NDCG@20
-            where ``True`` lost none, so the default stays ``True``.
+            edits the deployed, deterministic function instead (why ``True`` is the default:
+            ``benchmarks/RESULTS.md``, "Behind the defaults").
     """
 
     def __init__(

@@ -27,8 +27,7 @@ class FineTune(UnlearningCallback):
 
     Expect it to forget item-wise (items that lost their interactions sink as training goes on)
     but not user-wise: no retained pair involves a forgotten user, so their own embedding never
-    changes (on ``mgcn_synthetic``, 5% of the users, forget Recall@20 went 0.43 before, 0.46
-    after graph surgery, 0.48 after 200 steps).
+    changes (``benchmarks/RESULTS.md``, "Behind the defaults").
 
     Args:
         lr: Adam learning rate (the training run's own rate is the natural choice).

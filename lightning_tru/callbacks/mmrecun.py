@@ -42,7 +42,7 @@ class MMRecUn(UnlearningCallback):
       weights :math:`\theta_0`, snapshotted at profile time and not checkpointed: a resumed run
       raises); ``"none"`` drops it. A score-only model (no ``embeddings``) skips ``"embedding"``.
       The paper's text available to us (abstract and overviews) names reverse + forward BPR
-      only; the contrastive and L2 forms and all weights follow METHOD.md and are our choice,
+      only; the contrastive and L2 forms and all weights follow docs/method.md and are our choice,
       each configurable.
 
     Args:

@@ -47,8 +47,7 @@ class MultiDelete(UnlearningCallback):
     unconnected pair's own score at the original's. A score is a scalar, unlike the joint
     image-text embedding MultiDelete matches, and without the anchor the decoupling term is
     met by shrinking the forgetting user's whole score profile, which leaves the ranking as it
-    was: measured on ``mgcn_synthetic`` (5% of the users), forget Recall@20 *rose* from 0.46 to
-    0.56 in 60 steps. With the anchor a forgotten item is pushed to the level of a random item
+    was (``benchmarks/RESULTS.md``, "Behind the defaults"). With the anchor a forgotten item is pushed to the level of a random item
     while the random items stay where they were.
 
     The frozen reference is the model at profile time (the trained weights) *after* graph

@@ -1,4 +1,4 @@
-r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see METHOD.md)."""
+r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see docs/method.md)."""
 from __future__ import annotations
 
 import math
