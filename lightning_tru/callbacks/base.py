@@ -375,12 +375,17 @@ class UnlearningCallback(Callback, abc.ABC):
         return res[f"forget_recall@{self.k}"]
 
     # --------------------------------------------------------------------------- state
+    state_attributes: tuple[str, ...] = ()
+    """Plain attributes checkpointed as they are by the default :meth:`extra_state`."""
+
     def extra_state(self) -> dict[str, Any]:
-        """Method-specific state to checkpoint (plain values)."""
-        return {}
+        """Method-specific state to checkpoint (plain values): by default the :attr:`state_attributes`."""
+        return {a: getattr(self, a) for a in self.state_attributes}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
+        for a in self.state_attributes:
+            setattr(self, a, state.get(a))
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class MMRecUn(UnlearningCallback):
         regularization: ``"embedding"``, ``"parameter_change"`` or ``"none"``.
     """
 
+    state_attributes = ("contrastive_active",)
+
     def __init__(
         self,
         lr: float = 1e-2,
@@ -136,12 +138,3 @@ class MMRecUn(UnlearningCallback):
         if hasattr(model, "embeddings"):
             return model.embeddings()  # type: ignore[operator,no-any-return]
         return None
-
-    # ---------------------------------------------------------------------------- state
-    @override
-    def extra_state(self) -> dict[str, Any]:
-        return {"contrastive_active": self.contrastive_active}
-
-    @override
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.contrastive_active = state.get("contrastive_active")

@@ -70,6 +70,8 @@ class MultiDelete(UnlearningCallback):
         anchor_unconnected: add :math:`(s_{uj} - s^0_{uj})^2` to the decoupling term (:math:`a = 1`).
     """
 
+    state_attributes = ("unimodal_active",)
+
     def __init__(
         self,
         lr: float = 1e-2,
@@ -178,12 +180,3 @@ class MultiDelete(UnlearningCallback):
             ) / max(len(names), 1)
             losses["unimodal_retention"] = self.unimodal_weight * um  # type: ignore[operator]
         return losses
-
-    # ---------------------------------------------------------------------------- state
-    @override
-    def extra_state(self) -> dict[str, Any]:
-        return {"unimodal_active": self.unimodal_active}
-
-    @override
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.unimodal_active = state.get("unimodal_active")
