@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lightning_tru"
-LAYERS = {"datamodules": 0, "nn": 0, "metrics": 0, "models": 1, "audit": 2, "callbacks": 3}
+LAYERS = {"io": 0, "datamodules": 0, "nn": 0, "metrics": 0, "models": 1, "audit": 2, "callbacks": 3}
 TOP = 4  # cli, lifecycle, ledger, report, ...: may import anything
 
 

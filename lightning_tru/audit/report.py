@@ -12,6 +12,7 @@ from lightning.pytorch import Trainer
 
 from lightning_tru.audit.forgetting import forget_metrics
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
+from lightning_tru.io import atomic_write_bytes
 
 REPORT_KEYS = ("val/recall@20", "val/ndcg@20", "test/recall@20", "test/ndcg@20", "forget_recall@20", "exposure@20")
 
@@ -43,21 +44,6 @@ def evaluate(model: Any, udm: UnlearningDataModule, original_graph: bool = False
     model.eval()
     out.update(forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), k))
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
