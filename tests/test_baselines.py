@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import seed_everything
 
 from conftest import REPO, quiet_trainer, unlearn
-from lightning_tru.audit.forgetting import forget_metrics
+from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.callbacks import FineTune, MMRecUn, MultiDelete, NegGrad, ScaleGUN
 from lightning_tru.nn.newton import conjugate_gradient
 from lightning_tru.cli import train_cli, unlearn_cli
@@ -44,7 +44,7 @@ def _recall(model: RecommenderModule, udm: UnlearningDataModule, original: bool 
     model = copy.deepcopy(model)
     model.attach(udm.source if original else udm)
     model.eval()
-    return forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), K)[f"forget_recall@{K}"]
+    return recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), K)[f"forget_recall@{K}"]
 
 
 def _ndcg(model: RecommenderModule, udm: UnlearningDataModule, original: bool = False) -> float:

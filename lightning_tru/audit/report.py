@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_tru.audit.forgetting import forget_metrics
+from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
 from lightning_tru.io import atomic_write_bytes
 
@@ -42,7 +42,7 @@ def evaluate(model: Any, udm: UnlearningDataModule, original_graph: bool = False
         out.update({key: float(v) for key, v in res[0].items()})
     model.attach(dm)  # the graph the metrics above used
     model.eval()
-    out.update(forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), k))
+    out.update(recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), k))
     return out
 
 

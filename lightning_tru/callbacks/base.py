@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.audit.forgetting import forget_metrics, random_recall
+from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.metrics.functional import check_k
@@ -309,7 +309,7 @@ class UnlearningCallback(Callback, abc.ABC):
         was_training = model.training
         model.eval()
         try:
-            res = forget_metrics(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+            res = recall_exposure_at_k(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
             if self._audit is not None:
                 mia = pair_membership(model, *self._audit, dm.retained_train_csr())
                 res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
@@ -371,7 +371,7 @@ class UnlearningCallback(Callback, abc.ABC):
         """Recall@K of held-out test pairs (train and valid masked): what non-members score."""
         data = dm.source.data
         with eval_mode(model):
-            res = forget_metrics(model, data.csr("train", "valid"), data.csr("test"), self.k)
+            res = recall_exposure_at_k(model, data.csr("train", "valid"), data.csr("test"), self.k)
         return res[f"forget_recall@{self.k}"]
 
     # --------------------------------------------------------------------------- state
