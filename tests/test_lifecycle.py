@@ -14,7 +14,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import RecDataModule, SyntheticDataModule
-from lightning_tru.datamodules.datamodule import BPRDataset, RankingDataset
+from lightning_tru.datamodules.datasets import BPRDataset, RankingDataset
 from lightning_tru.datamodules.deletions import (
     LINEAGE_KEY,
     DeletionStore,

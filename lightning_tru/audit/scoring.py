@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from lightning_tru.datamodules.datamodule import RankingDataset
+from lightning_tru.datamodules.datasets import dense
 from lightning_tru.models.protocol import all_scores, eval_mode
 
 
@@ -20,7 +20,7 @@ def model_device(model: Any) -> torch.device:
 
 def dense_rows(m: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> Tensor:
     """``(len(rows), I)`` bool tensor of the given rows of a binary CSR matrix."""
-    return RankingDataset.dense(m.tocsr()[rows]).to(device)
+    return dense(m.tocsr()[rows]).to(device)
 
 
 def score_batches(

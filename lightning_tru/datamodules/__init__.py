@@ -1,13 +1,6 @@
 """Data: the shared :class:`InteractionData` container, MMRec folders, synthetic data, datamodules."""
-from lightning_tru.datamodules.datamodule import (
-    BPRDataset,
-    BPRShardSampler,
-    EvalShardSampler,
-    MMRecDataModule,
-    RankingDataset,
-    RecDataModule,
-    SyntheticDataModule,
-)
+from lightning_tru.datamodules.datamodule import MMRecDataModule, RecDataModule, SyntheticDataModule
+from lightning_tru.datamodules.datasets import BPRDataset, BPRShardSampler, EvalShardSampler, RankingDataset
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError, ForgetSet
 from lightning_tru.datamodules.interactions import DataFormatError, InteractionData
 from lightning_tru.datamodules.mmrec import load_mmrec

@@ -10,7 +10,8 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_tru.datamodules.datamodule import BPRDataset, RecDataModule, _passthrough
+from lightning_tru.datamodules.datamodule import RecDataModule
+from lightning_tru.datamodules.datasets import BPRDataset, identity_collate
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 
 
@@ -146,7 +147,7 @@ class UnlearningDataModule(LightningDataModule):
         trainer = self.trainer
         world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
         sampler = StepSampler(num_replicas=world, rank=rank)
-        return DataLoader(UnlearnSteps(self.make_batch), sampler=sampler, batch_size=None, collate_fn=_passthrough)
+        return DataLoader(UnlearnSteps(self.make_batch), sampler=sampler, batch_size=None, collate_fn=identity_collate)
 
     def forget_negatives(self, users: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One uniform negative per forget user, outside every item of the user's original train set."""
