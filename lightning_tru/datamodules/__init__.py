@@ -4,7 +4,7 @@ from lightning_tru.datamodules.datasets import BPRDataset, BPRShardSampler, Eval
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError, ForgetSet
 from lightning_tru.datamodules.interactions import DataFormatError, InteractionData
 from lightning_tru.datamodules.mmrec import load_mmrec
-from lightning_tru.datamodules.synthetic import make_synthetic
+from lightning_tru.datamodules.synthetic import make_synthetic, planted_factors
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "UnlearningDataModule",
     "load_mmrec",
     "make_synthetic",
+    "planted_factors",
 ]
