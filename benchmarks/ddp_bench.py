@@ -108,7 +108,7 @@ def worker_unlearn(a: argparse.Namespace) -> None:
     import torch
     from lightning.pytorch import seed_everything
 
-    from lightning_tru.audit.forgetting import forget_metrics
+    from lightning_tru.audit.forgetting import recall_exposure_at_k
     from lightning_tru.callbacks import TRU
     from lightning_tru.datamodules import ForgetRequest, UnlearningDataModule
     from lightning_tru.models.unlearning import UnlearningTask
@@ -126,7 +126,7 @@ def worker_unlearn(a: argparse.Namespace) -> None:
         UnlearningTask(model), datamodule=udm)
     model.attach(udm)
     model.eval()
-    recall = forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"]
+    recall = recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"]
     _report(a, {"s_step": med(timer.train[1:] or timer.train), "forget_recall": recall,
                 "peak_mib": _peak_mib(a.accelerator)})
 

@@ -46,7 +46,7 @@ def main() -> None:
     import torch
     from lightning.pytorch import Trainer, seed_everything
 
-    from lightning_tru.audit import forget_metrics
+    from lightning_tru.audit import recall_exposure_at_k
     from lightning_tru.audit.membership import matched_nonmembers, pair_membership
     from lightning_tru.audit.report import evaluate
     from lightning_tru.callbacks import TRU, Reset, Surgery
@@ -124,8 +124,8 @@ def main() -> None:
                 def heldout(m: object) -> tuple[float, float]:
                     m.eval()  # type: ignore[attr-defined]
                     d = udm.retained.data
-                    return (forget_metrics(m, d.csr("train", "valid"), d.csr("test"), 20)["forget_recall@20"],
-                            forget_metrics(m, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"])
+                    return (recall_exposure_at_k(m, d.csr("train", "valid"), d.csr("test"), 20)["forget_recall@20"],
+                            recall_exposure_at_k(m, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"])
 
                 seed_everything(seed, verbose=False)
                 gold = copy.deepcopy(init)

@@ -110,9 +110,11 @@ def test_sharded_strategies_are_refused_by_every_callback(tiny_data) -> None:
     udm = UnlearningDataModule(dm, ForgetRequest("user", 0.25, seed=0))
     task = UnlearningTask(_model(dm))
     for cls in (TRU, FineTune, NegGrad, MMRecUn, MultiDelete, ScaleGUN):
+        cb = cls()
         with pytest.raises(ValueError, match="not FSDPStrategy.*strategy='ddp'"):
-            cls().setup(SimpleNamespace(datamodule=udm, strategy=FSDPStrategy()), task, "fit")  # type: ignore[arg-type]
-        cls().setup(SimpleNamespace(datamodule=udm, strategy=DDPStrategy()), task, "fit")  # type: ignore[arg-type]
+            cb.setup(SimpleNamespace(datamodule=udm, strategy=FSDPStrategy(), callbacks=[cb]), task, "fit")  # type: ignore[arg-type]
+        cb.setup(SimpleNamespace(datamodule=udm, strategy=DDPStrategy(), callbacks=[cb]), task, "fit")  # type: ignore[arg-type]
+        assert task.method is cb  # the callback bound itself to the task
 
 
 @pytest.mark.slow

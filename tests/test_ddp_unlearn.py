@@ -25,7 +25,7 @@ from lightning.pytorch import Trainer, seed_everything
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the script run by torchrun imports the package from the checkout
 
-from lightning_tru.audit.forgetting import forget_metrics  # noqa: E402
+from lightning_tru.audit.forgetting import recall_exposure_at_k  # noqa: E402
 from lightning_tru.callbacks import TRU, FineTune, MMRecUn, MultiDelete, NegGrad, ScaleGUN, UnlearningCallback  # noqa: E402
 from lightning_tru.datamodules import ForgetRequest, SyntheticDataModule, UnlearningDataModule  # noqa: E402
 from lightning_tru.models import RecommenderModule  # noqa: E402
@@ -55,10 +55,10 @@ class SlotAveragedTask(UnlearningTask):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         dm = self.trainer.datamodule
-        self.model.train(self.callback.train_mode)
+        self.model.train(self.method.train_mode)
         total = []
         for slot in range(self.slots):
-            losses = self.callback.training_losses(self.model, dm.make_batch(self.current_epoch, slot))
+            losses = self.method.training_losses(self.model, dm.make_batch(self.current_epoch, slot), dm)
             total.append(torch.stack(list(losses.values())).sum())
         return torch.stack(total).mean()
 
@@ -99,7 +99,7 @@ def run_all(weights: Path, devices: int) -> dict[str, Any]:
         _trainer(devices, max_epochs=STEPS, callbacks=[cb]).fit(task, datamodule=udm)
         model.attach(udm)
         model.eval()
-        recall = forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), K)[f"forget_recall@{K}"]
+        recall = recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), K)[f"forget_recall@{K}"]
         out[name] = {"weights": model.state_dict(), "state": cb.state_dict(), "fingerprint": udm.forget.fingerprint,
                      "stopping_reason": cb.stopping_reason, "recall": recall}
     gold, info = retrain(initial, udm.retained, max_epochs=3, patience=2, seed=0, accelerator="cpu",

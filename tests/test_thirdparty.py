@@ -15,7 +15,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_tru.audit import forget_metrics
+from lightning_tru.audit import recall_exposure_at_k
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.datamodules.forget import ForgetRequest
@@ -38,9 +38,9 @@ def data() -> SyntheticDataModule:
 def _measure(model: Any, udm: UnlearningDataModule) -> tuple[float, float]:
     """(forget Recall@20 of the forget pairs, held-out test Recall@20 of the retained data)."""
     model.eval()
-    forget = forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"]
+    forget = recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"]
     data = udm.retained.data
-    test = forget_metrics(model, data.csr("train", "valid"), data.csr("test"), 20)["forget_recall@20"]
+    test = recall_exposure_at_k(model, data.csr("train", "valid"), data.csr("test"), 20)["forget_recall@20"]
     return forget, test
 
 

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import REPO
+from conftest import REPO, unlearn
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.audit.report import evaluate
 from lightning_tru.callbacks import TRU
@@ -26,9 +26,6 @@ from lightning_tru.models.unlearning import UnlearningTask
 from lightning_tru.nn import MGCN, MIGGT, LightGCN
 
 
-def _trainer(**kw: Any) -> Trainer:
-    return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", limit_val_batches=0, num_sanity_val_steps=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +40,7 @@ def setup() -> tuple[SyntheticDataModule, RecommenderModule, RecommenderModule]:
 
 
 def _unlearn(trained: RecommenderModule, udm: UnlearningDataModule, cb: TRU, steps: int = 200, **kw: Any) -> RecommenderModule:
-    model = copy.deepcopy(trained)
-    model.train()
-    _trainer(max_epochs=steps, callbacks=[cb], **kw).fit(UnlearningTask(model), datamodule=udm)
-    return model
+    return unlearn(trained, udm, cb, steps, **kw)
 
 
 def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:
@@ -154,7 +148,6 @@ def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     model = copy.deepcopy(trained)
     model.attach(udm)
     cb = TRU(gate_weight=1.0)
-    cb._datamodule = udm
     batch = udm.make_batch(0, 0)
     fu, fi = batch.forget_users, batch.forget_items
 
@@ -166,7 +159,7 @@ def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(20):
         opt.zero_grad()
-        cb.training_losses(model, batch)["gate"].backward()
+        cb.training_losses(model, batch, udm)["gate"].backward()
         opt.step()
     assert margin() < start - 0.05
 
@@ -177,8 +170,7 @@ def test_ablations_switch_interventions_off(setup: tuple) -> None:
     cb = TRU(ranking_gate=False, layer_isolation=False, modality_scaling=False, eval_every=100, target_recall=0.0)
     model = copy.deepcopy(trained)
     model.attach(udm)
-    cb._datamodule = udm
-    assert "gate" not in cb.training_losses(model, udm.make_batch(0, 0))
+    assert "gate" not in cb.training_losses(model, udm.make_batch(0, 0), udm)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     cb.branch_scales = {"id": 3.0}
@@ -321,6 +313,15 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
     switches = ("modality_scaling", "layer_isolation", "row_isolation", "ranking_gate")
     assert cb["class_path"] == "lightning_tru.callbacks.TRU" and cb["init_args"] in [{s: False} for s in switches]
     monkeypatch.chdir(REPO)
+    runs: list[tuple[TRU, set[str]]] = []  # the callback the run used, and the loss terms of its steps
+    losses = TRU.training_losses
+
+    def record(self: TRU, model: torch.nn.Module, batch: Any, dm: Any) -> dict:
+        out = losses(self, model, batch, dm)
+        runs.append((self, set(out)))
+        return out
+
+    monkeypatch.setattr(TRU, "training_losses", record)
     size = ["--data.init_args.num_users", "200", "--data.init_args.num_items", "100"]
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     cli = train_cli(["fit", "--config", "configs/train/lightgcn_synthetic.yaml", "--trainer.max_epochs", "1",
@@ -328,9 +329,12 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
     report = unlearn_cli(["--config", "configs/train/lightgcn_synthetic.yaml", "--config", str(config),
                           "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path, "--output_root",
                           str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.jsonl"), "--trainer.max_epochs", "2",
-                          *size, *quiet])
-    # user-wise: the reset rows may already be Retrain's (0 steps); never more than the budget
-    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] <= 2
+                          "--trainer.callbacks.init_args.target_recall", "0.0", *size, *quiet])  # never reached: 2 steps
+    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] == len(runs) >= 1, len(runs)
+    (off,) = cb["init_args"]
+    for used, terms in runs:  # the switch reached the run's callback and only that one is off
+        assert {s: getattr(used, s) for s in switches} == {s: s != off for s in switches}
+        assert ("gate" in terms) == (off != "ranking_gate")
 
 
 BACKBONES = {
@@ -367,9 +371,9 @@ class _ModeProbe(TRU):
         self.modes = [model.training]
         super().profile(trainer, model, dm)
 
-    def training_losses(self, model: torch.nn.Module, batch: Any) -> dict:
+    def training_losses(self, model: torch.nn.Module, batch: Any, dm: Any) -> dict:
         self.modes.append(model.training)
-        return super().training_losses(model, batch)
+        return super().training_losses(model, batch, dm)
 
 
 @pytest.mark.parametrize("train_mode", [False, True])

@@ -15,12 +15,21 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.audit.forgetting import forget_metrics, random_recall
+from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.metrics.functional import check_k
+from lightning_tru.models.protocol import eval_mode
 from lightning_tru.models.unlearning import UnlearningTask
 
 log = logging.getLogger("lightning_tru")
+
+
+def check_retain_weight(retain_weight: float) -> float:
+    r""":math:`\lambda_r`, the weight of a method's retain BPR term, validated (``>= 0``)."""
+    if retain_weight < 0:
+        raise ValueError(f"retain_weight={retain_weight} must be >= 0 (0 drops the retain term)")
+    return float(retain_weight)
 
 
 class UnlearningCallback(Callback, abc.ABC):
@@ -28,7 +37,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     Life cycle: ``setup`` validates the run (datamodule, strategy, resumed fingerprint);
     ``on_fit_start`` *profiles* once (:meth:`profile`) and measures forget Recall@K;
-    each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
+    ``setup`` binds the callback to the task; each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
     :meth:`edit_gradients` runs; every ``eval_every`` steps the callback *verifies* and stops all
     ranks together once the forget pairs look like non-members. One step = one epoch of the
     unlearning datamodule.
@@ -64,13 +73,10 @@ class UnlearningCallback(Callback, abc.ABC):
             reports the request as not reached (``None``: no guard). A method that cannot forget without
             wrecking the model says so instead of doing it.
         eval_every: steps between verifications.
-        retain_weight: :math:`\lambda_r`, weight of retain BPR.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
-            edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
-            user-wise 5%): ``False`` reached the target in 36 steps instead of 74 at the same utility,
-            but on the planted set of ``tests/test_tru.py``'s MIG-GT case it lost 39% of test NDCG@20
-            where ``True`` lost none, so the default stays ``True``.
+            edits the deployed, deterministic function instead (why ``True`` is the default:
+            ``benchmarks/RESULTS.md``, "Behind the defaults").
     """
 
     def __init__(
@@ -79,7 +85,6 @@ class UnlearningCallback(Callback, abc.ABC):
         k: int = 20,
         target_recall: Optional[float] = None,
         eval_every: int = 5,
-        retain_weight: float = 1.0,
         train_mode: bool = True,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
@@ -88,10 +93,9 @@ class UnlearningCallback(Callback, abc.ABC):
         max_utility_loss: Optional[float] = None,
         guard_users: int = 2000,
     ) -> None:
-        if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
-            raise ValueError(
-                f"lr={lr} must be > 0, k={k} >= 1, eval_every={eval_every} >= 1, retain_weight={retain_weight} >= 0"
-            )
+        check_k(k)
+        if lr <= 0 or eval_every < 1:
+            raise ValueError(f"lr={lr} must be > 0, eval_every={eval_every} >= 1")
         if target_recall is not None and not 0.0 <= target_recall <= 1.0:
             raise ValueError(
                 f"target_recall={target_recall} must be in [0, 1] (a forget Recall@K), or None to calibrate it "
@@ -111,7 +115,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self._guard: Optional[sp.csr_matrix] = None  # valid rows of the sampled retained users
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
         self.overshoot = False
-        self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
+        self.lr, self.k, self.eval_every = lr, k, eval_every
         self.target_recall = target_recall
         self.train_mode = train_mode
         self.steps = 0
@@ -143,7 +147,18 @@ class UnlearningCallback(Callback, abc.ABC):
                 "its gradient edits (masks, scales) and profiles need every parameter whole on every rank. "
                 "Use strategy='ddp' (the model is replicated; see README 'Cluster runs' for the size limit)"
             )
-        self._datamodule = dm
+        found = [c for c in trainer.callbacks if isinstance(c, UnlearningCallback)]  # type: ignore[attr-defined]
+        if len(found) != 1:
+            raise RuntimeError(
+                f"an unlearning run needs exactly one UnlearningCallback in trainer.callbacks, found {len(found)}: "
+                f"{[type(c).__name__ for c in found]}"
+            )
+        pl_module.bind(self)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if isinstance(pl_module, UnlearningTask) and pl_module._method is self:
+            pl_module.bind(None)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -298,7 +313,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     # ------------------------------------------------------------------- method surface
     @abc.abstractmethod
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         """The update objective of one step, by term (summed by the task)."""
 
     def prepare(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -313,7 +328,7 @@ class UnlearningCallback(Callback, abc.ABC):
     def edit_gradients(self, model: nn.Module) -> None:
         """Edit ``p.grad`` after each backward (masks, scales)."""
 
-    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
 
     # -------------------------------------------------------------------- verification
@@ -323,13 +338,13 @@ class UnlearningCallback(Callback, abc.ABC):
         was_training = model.training
         model.eval()
         try:
-            res = forget_metrics(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+            res = recall_exposure_at_k(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
             if self._audit is not None:
                 mia = pair_membership(model, *self._audit, dm.retained_train_csr())
                 res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
             if self._guard is not None:
                 retained = dm.retained_train_csr()
-                res["guard_recall"] = forget_metrics(model, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
+                res["guard_recall"] = recall_exposure_at_k(model, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
             return res
         finally:
             model.train(was_training)
@@ -398,21 +413,22 @@ class UnlearningCallback(Callback, abc.ABC):
     def heldout_recall(self, model: nn.Module, dm: UnlearningDataModule) -> float:
         """Recall@K of held-out test pairs (train and valid masked): what non-members score."""
         data = dm.source.data
-        was_training = model.training
-        model.eval()
-        try:
-            res = forget_metrics(model, data.csr("train", "valid"), data.csr("test"), self.k)
-        finally:
-            model.train(was_training)
+        with eval_mode(model):
+            res = recall_exposure_at_k(model, data.csr("train", "valid"), data.csr("test"), self.k)
         return res[f"forget_recall@{self.k}"]
 
     # --------------------------------------------------------------------------- state
+    state_attributes: tuple[str, ...] = ()
+    """Plain attributes checkpointed as they are by the default :meth:`extra_state`."""
+
     def extra_state(self) -> dict[str, Any]:
-        """Method-specific state to checkpoint (plain values)."""
-        return {}
+        """Method-specific state to checkpoint (plain values): by default the :attr:`state_attributes`."""
+        return {a: getattr(self, a) for a in self.state_attributes}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
+        for a in self.state_attributes:
+            setattr(self, a, state.get(a))
 
     @override
     def state_dict(self) -> dict[str, Any]:
