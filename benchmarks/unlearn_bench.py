@@ -1,17 +1,18 @@
-"""Unlearning benchmark: every method on the same deletion request, beside Retrain.
+"""Unlearning benchmark: every method and both floors on the same deletion request, beside Retrain, with the audits.
 
     python benchmarks/unlearn_bench.py --data tiktok baby --model mgcn --regime user --share 0.05
 
-Per data set: train the model once with its training config (or reuse ``--ckpt``), then run each
-``configs/unlearn/<method>.yaml`` fragment through ``unlearn.py``'s CLI on one request (same
-fingerprint for all), Retrain included (``--compare_retrain`` on the first method). The table
-(retain valid/test Recall/NDCG@20, forget Recall@20, exposure@20, seconds, speed-up over Retrain)
-goes to stdout and to the "Unlearning" section of benchmarks/RESULTS.md.
+Per data set: train the model once with its training config (or reuse ``--ckpt``); Retrain the
+request once (and once more with the next seed: the noise floor of the distance to Retrain, unless
+``--no-retrain-floor``); then answer the request with each ``configs/unlearn/<method>.yaml`` fragment
+(Surgery and Reset, the zero-cost floors, included) through ``lightning_tru.lifecycle.answer_request``,
+every method compared with the same two Retrains. Each run writes its ``report.json`` (audits
+included); the table is rendered by ``lightning_tru.report`` and goes to stdout and to a section of
+benchmarks/RESULTS.md, the retain/forget plot (when matplotlib is installed) to benchmarks/.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,36 +21,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, REPO, machine_header, write_section  # noqa: E402
 
 QUIET = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+METHODS = ["surgery", "reset", "tru", "ablations/tru_no_row", "ablations/tru_no_layer", "ablations/tru_no_scaling",
+           "ablations/tru_no_gate", "finetune", "neggrad", "mmrecun", "multidelete", "scalegun"]
 
 
-def _run_method(unlearn_cli, cfg: str, method: str, common: list[str], ckpt: str, a: argparse.Namespace, i: int,
-                work: Path, data: str) -> dict:
-    """One method through ``lightning_tru.lifecycle.answer_request``, configured by the unlearn CLI's
-    parser; each method gets its own deletion store, so every one answers the same request from ``ckpt``."""
-    from lightning_tru.lifecycle import answer_request
+def _args(cfg: str, extra: list[str], common: list[str], ckpt: str, a: argparse.Namespace, work: Path, tag: str) -> list[str]:
+    """The unlearn CLI's arguments of one run; each run gets its own deletion store, so every method
+    answers the same request from ``ckpt``."""
+    return ["--config", cfg, *extra, *common, *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
+            "--request.share", str(a.share), "--request.seed", str(a.seed), "--request.selection", a.selection,
+            "--retrain_max_epochs", str(a.max_epochs), "--output_root", str(work / "runs"),
+            "--ledger", str(work / "ledger.jsonl"), "--deletions", str(work / f"deletions-{tag}")]
 
-    cli = unlearn_cli(["--config", cfg, "--config", str(REPO / f"configs/unlearn/{method}.yaml"), *common,
-                       *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
-                       "--request.share", str(a.share), "--request.seed", str(a.seed),
-                       "--compare_retrain", str(i == 0).lower(), "--retrain_max_epochs", str(a.max_epochs),
-                       "--output_root", str(work / data / "unlearn"), "--ledger", str(work / "ledger.jsonl"),
-                       "--deletions", str(work / data / f"deletions-{i}")], run=False)
-    return answer_request(**cli.job())
+
+def _retrain(unlearn_cli, answer_request, args: list[str], seed: int):
+    """Retrain through ``answer_request(method="retrain")``; returns ``(model, info, run_dir)``."""
+    import torch
+
+    cli = unlearn_cli([*args, "--method", "retrain", "--seed_everything", str(seed), "--audit", "false"], run=False)
+    report = answer_request(**cli.job(), verbose=False)
+    ckpt = torch.load(Path(report["run_dir"]) / "model.ckpt", map_location="cpu", weights_only=True)
+    cli.model.load_state_dict(ckpt["state_dict"])
+    return cli.model, report["details"]["Retrain"], report["run_dir"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=["tiktok", "baby"])
     ap.add_argument("--model", default="mgcn")
-    ap.add_argument("--methods", nargs="+", default=["tru", "finetune", "neggrad", "mmrecun", "multidelete", "scalegun"],
-                    help="configs/unlearn/<name>.yaml fragments, e.g. ablations/tru_no_row")
+    ap.add_argument("--methods", nargs="+", default=METHODS, help="configs/unlearn/<name>.yaml fragments")
     ap.add_argument("--regime", default="user")
+    ap.add_argument("--selection", default="random")
     ap.add_argument("--share", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--patience", type=int, default=20, help="early stopping of the original training and Retrain")
-    ap.add_argument("--max-epochs", type=int, default=1000)
+    ap.add_argument("--max-epochs", type=int, default=1000, help="cap of the original training and of Retrain")
     ap.add_argument("--ckpt", default=None, help="reuse a trained checkpoint (one data set only)")
+    ap.add_argument("--no-retrain-floor", action="store_true", help="skip the second Retrain (distance noise floor)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     a = ap.parse_args()
 
@@ -57,72 +66,76 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from lightning_tru.cli import train_cli, unlearn_cli
+    from lightning_tru.lifecycle import answer_request
+    from lightning_tru.report import group_runs, load_run, render_markdown, render_plot
 
-    work = Path(tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
+    root = Path(tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
     sections = []
     for data in a.data:
         if data != "synthetic" and not (DATA / data).is_dir():
             print(f"skip {data}: {DATA / data} not found")
             continue
+        work = root / data
         cfg = str(REPO / f"configs/train/{a.model}_{data}.yaml")
-        root = [] if data == "synthetic" else ["--data.init_args.root", str(DATA / data)]
-        common = ["--seed_everything", str(a.seed), "--early_stopping.patience", str(a.patience), *root]
+        data_root = [] if data == "synthetic" else ["--data.init_args.root", str(DATA / data)]
+        common = ["--seed_everything", str(a.seed), "--early_stopping.patience", str(a.patience), *data_root]
         ckpt = a.ckpt
         if ckpt is None:
             cli = train_cli(["fit", "--config", cfg, *common, *QUIET, "--trainer.max_epochs", str(a.max_epochs),
-                             "--trainer.default_root_dir", str(work / data), "--test_after_fit", "false"])
+                             "--trainer.default_root_dir", str(work), "--test_after_fit", "false"])
             ckpt = cli.trainer.checkpoint_callback.best_model_path
-        rows, retrain_s, fp = {}, None, None
-        failed = []
-        for i, method in enumerate(a.methods):
+        gold, info, gold_dir = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain"), a.seed)
+        second = None
+        if not a.no_retrain_floor:
+            second, _, _ = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain2"),
+                                    a.seed + 1)
+        runs, failed = [gold_dir], []
+        for method in a.methods:
+            extra = ["--config", str(REPO / f"configs/unlearn/{method}.yaml")]
             try:
-                report = _run_method(unlearn_cli, cfg, method, common, ckpt, a, i, work, data)
-            except Exception as e:  # a broken baseline must not lose the others' measurements
-                if i == 0:
-                    raise
+                cli = unlearn_cli(_args(cfg, extra, common, ckpt, a, work, method.replace("/", "-")), run=False)
+                report = answer_request(**cli.job(), retrained=(gold, info), retrained_seed2=second, verbose=False)
+            except Exception as e:  # a broken method must not lose the others' measurements
                 failed.append(f"{method}: {type(e).__name__}: {e}"[:300])
                 print("FAILED", data, method, e, flush=True)
                 continue
-            key = report["method"]
-            name = key if key not in rows else Path(method).name  # ablations of a method: their config name
-            if fp is not None and report["request"]["fingerprint"] != fp:
-                raise RuntimeError("methods saw different requests")
-            fp = report["request"]["fingerprint"]
-            if i == 0:
-                rows["before"] = (report["metrics"]["before"], None)
-                rows["Retrain"] = (report["metrics"]["Retrain"], report["seconds"]["Retrain"])
-                retrain_s = report["seconds"]["Retrain"]
-            rows[name] = (report["metrics"][key], report["seconds"][key])
-            print(data, name, json.dumps({k: round(v, 4) for k, v in report["metrics"][key].items() if "@20" in k}),
-                  report["seconds"].get(key), flush=True)
-        ref = rows["Retrain"][0]
-        lines = []
-        for name, (m, s) in rows.items():
-            speed = f"{retrain_s / s:.0f}x" if s and retrain_s else "-"
-            lines.append(
-                f"| {name} | {m['val/recall@20']:.4f} | {m['test/recall@20']:.4f} | {m['test/ndcg@20']:.4f} | "
-                f"{m['test/ndcg@20'] / ref['test/ndcg@20']:.1%} | {m['forget_recall@20']:.4f} | "
-                f"{m['forget_recall@20'] / max(ref['forget_recall@20'], 1e-12):.2f} | {m['exposure@20']:.4f} | "
-                f"{'-' if s is None else f'{s:.2f}'} | {speed} |"
-            )
+            run = Path(report["run_dir"])
+            if Path(method).name.startswith("tru_no"):  # an ablation: its own column name
+                rep = load_run(run)
+                for part in ("metrics", "audits", "seconds", "details", "efficiency"):
+                    if "TRU" in rep.get(part, {}):
+                        rep[part][Path(method).name] = rep[part].pop("TRU")
+                (run / "report.json").write_text(__import__("json").dumps({k: v for k, v in rep.items() if k != "_path"},
+                                                                           indent=2, default=str))
+            runs.append(str(run))
+            col = report["metrics"][report["method"]]
+            print(data, method, {k: round(v, 4) for k, v in col.items() if "@20" in k}, report["seconds"].get(report["method"]),
+                  report["status"]["stopping_reason"], flush=True)
+        groups = group_runs([load_run(r) for r in runs])
+        table = render_markdown(groups).split("\n", 2)[2]  # without the report's own title
+        plot = render_plot(groups)
+        png = REPO / "benchmarks" / f"unlearn_{a.model}_{data}_{a.regime}.png"
+        if plot is not None:
+            png.write_bytes(plot)
         notes = "".join(f"\n- failed: {x}" for x in failed)
-        sections.append(
-            f"### {a.model} on {data}, {a.regime}-wise {a.share:.0%} (request {fp[:12]})\n\n"
-            "| method | val R@20 | test R@20 | test N@20 | N@20 vs Retrain | forget R@20 | forget vs Retrain | exposure@20 | seconds | speed-up vs Retrain |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(lines) + "\n" + notes + "\n"
-        )
+        sections.append(f"### {a.model} on {data}, {a.regime}-wise {a.share:.0%} ({a.selection})\n\n{table}{notes}\n"
+                        + (f"\n![trade-off]({png.name})\n" if plot is not None else ""))
+        print(sections[-1], flush=True)
     body = (
         f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --methods {' '.join(a.methods)} "
-        f"--regime {a.regime} "
-        f"--share {a.share} --seed {a.seed} --patience {a.patience} --max-epochs {a.max_epochs} --threads {a.threads}"
-        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}`\n\n{machine_header()}\n"
+        f"--regime {a.regime} --selection {a.selection} --share {a.share} --seed {a.seed} --patience {a.patience} "
+        f"--max-epochs {a.max_epochs} --threads {a.threads}"
+        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}{' --no-retrain-floor' if a.no_retrain_floor else ''}`\n\n"
+        f"{machine_header()}\n"
         "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
-        "scratch on the retained data with the training config (early stopping on valid Recall@20) and its seconds "
-        "are to convergence; seconds of a method = its unlearning `Trainer.fit` (profiling included)\n\n"
+        "scratch on the retained data with the training config (early stopping on valid Recall@20, capped at "
+        "--max-epochs) and its seconds are to convergence (or the cap); a second Retrain with seed+1 gives the "
+        "Jaccard noise floor (`Jaccard ratio` = Jaccard to Retrain / Jaccard between the two Retrains); "
+        "seconds of a method = its unlearning `Trainer.fit` (profiling and verification included); peak MiB = growth "
+        "of the process's peak RSS during the run (0 when an earlier phase already peaked higher)\n\n"
         + "\n".join(sections)
     )
-    print(body)
-    write_section(Path(a.out), f"Unlearning ({', '.join(a.data)})", body)
+    write_section(Path(a.out), f"Unlearning ({a.model}, {a.regime}-wise, {', '.join(a.data)})", body)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,8 @@ import torch
 from lightning.pytorch import LightningModule, Trainer, seed_everything
 from torch import Tensor, nn
 
-from lightning_tru.audit import forget_metrics
-from lightning_tru.callbacks import TRU
-from lightning_tru.datamodules import SyntheticDataModule
-from lightning_tru.datamodules.forget import ForgetRequest
-from lightning_tru.datamodules.unlearning import UnlearningDataModule
-from lightning_tru.models.unlearning import UnlearningTask
+from lightning_tru.audit import recall_exposure_at_k
+from lightning_tru import TRU, ForgetRequest, SyntheticDataModule, UnlearningDataModule, UnlearningTask
 
 
 class MatrixFactorization(LightningModule):
@@ -141,8 +137,8 @@ def main(
 
     def measure() -> tuple[float, float]:
         # forget pairs ranked with the retained train items masked; held-out test pairs with train + valid masked
-        forget = forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), k)[f"forget_recall@{k}"]
-        test = forget_metrics(model, data.csr("train", "valid"), data.csr("test"), k)[f"forget_recall@{k}"]
+        forget = recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), k)[f"forget_recall@{k}"]
+        test = recall_exposure_at_k(model, data.csr("train", "valid"), data.csr("test"), k)[f"forget_recall@{k}"]
         return forget, test
 
     forget_before, test_before = measure()

@@ -18,6 +18,7 @@ from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError
 from lightning_tru.datamodules.interactions import DataFormatError
 from lightning_tru.ledger import LedgerError
 from lightning_tru.lifecycle import (
+    AuditSettings,
     OutputPathError,
     RetrainSettings,
     answer_request,
@@ -194,12 +195,23 @@ class UnlearnCLI(LightningCLI):
                             help="'callback': the UnlearningCallback in trainer.callbacks; 'retrain': Retrain")
         parser.add_argument("--compare_retrain", type=bool, default=False, help="also run Retrain and report it")
         parser.add_argument("--retrain_max_epochs", type=int, default=1000)
+        parser.add_argument("--retrain_strategy", type=str, default="auto",
+                            help="Retrain's Lightning strategy: 'ddp' retrains data-parallel on --retrain_devices "
+                                 "(under a DDP unlearning run every rank retrains; rank 0 evaluates and writes)")
+        parser.add_argument("--retrain_devices", type=int, default=1)
         parser.add_argument("--forget_batch_size", type=int, default=2048)
         parser.add_argument("--retain_batch_size", type=int, default=2048)
         parser.add_argument("--output_root", type=str, default="runs/unlearn")
         parser.add_argument("--ledger", type=str, default="runs/deletion_ledger.jsonl")
         parser.add_argument("--write_retained", type=Optional[str], default=None,
                             help="new folder: write the retained interactions there (MMRec format) once answered")
+        parser.add_argument("--audit", type=bool, default=True,
+                            help="add the cheap audits (pair-level MIA, global exposure, fairness, distance to Retrain) "
+                                 "to report.json and the ledger")
+        parser.add_argument("--audit_user_level", type=bool, default=False,
+                            help="also the user-level membership attack (trains a shadow model)")
+        parser.add_argument("--audit_retrain_floor", type=bool, default=False,
+                            help="also a second Retrain (another seed): the noise floor of the distance to Retrain")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="accepted for stacking train configs; unused")
 
     def before_instantiate_classes(self) -> None:
@@ -229,7 +241,8 @@ class UnlearnCLI(LightningCLI):
             "checkpoint": cfg.ckpt_path,
             "trainer": self.trainer,
             "method": cfg.method,
-            "retrain_settings": RetrainSettings(cfg.retrain_max_epochs, es.patience, es.monitor, cfg.seed_everything),
+            "retrain_settings": RetrainSettings(cfg.retrain_max_epochs, es.patience, es.monitor, cfg.seed_everything,
+                                                cfg.retrain_strategy, cfg.retrain_devices),
             "compare_retrain": cfg.compare_retrain,
             "output_root": cfg.output_root,
             "ledger": cfg.ledger,
@@ -237,6 +250,7 @@ class UnlearnCLI(LightningCLI):
             "forget_batch_size": cfg.forget_batch_size,
             "retain_batch_size": cfg.retain_batch_size,
             "seed": int(cfg.seed_everything or 0),
+            "audit": AuditSettings(cfg.audit, cfg.audit_user_level, cfg.audit_retrain_floor),
         }
 
     def unlearn(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -31,7 +31,9 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
 from lightning_tru.audit.report import checkpoint_bytes, evaluate, format_table, publish_run_dir
+from lightning_tru.audit.suite import run_audits
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.datamodule import RecDataModule
 from lightning_tru.datamodules.deletions import LINEAGE_KEY, LineageError, check_answered, check_lineage
@@ -45,8 +47,6 @@ from lightning_tru.models.retrain import retrain
 from lightning_tru.models.unlearning import UnlearningTask
 
 PathLike = Union[str, Path]
-#: an audit adds named results to one column of the report: ``audit(model, udm) -> {name: value}``
-Audit = Callable[[Any, UnlearningDataModule], Mapping[str, float]]
 
 
 class OutputPathError(ValueError):
@@ -55,12 +55,34 @@ class OutputPathError(ValueError):
 
 @dataclass
 class RetrainSettings:
-    """How Retrain runs: from the untrained model, early stopping on ``monitor`` (the training config)."""
+    """How Retrain runs: from the untrained model, early stopping on ``monitor`` (the training config),
+    on one device or, with ``strategy="ddp"`` and ``devices``, data-parallel like an unlearning run under
+    DDP (every rank retrains, rank 0 evaluates and writes)."""
 
     max_epochs: int = 1000
     patience: int = 20
     monitor: str = "val/recall@20"
     seed: Optional[int] = None
+    strategy: str = "auto"
+    devices: Union[int, str] = 1
+
+
+@dataclass
+class AuditSettings:
+    """Which audits :func:`answer_request` adds to ``report.json`` and the ledger (see
+    :func:`~lightning_tru.audit.run_audits`).
+
+    Attributes:
+        enabled: the cheap audits (pair-level membership inference, global exposure, fairness gap,
+            distance to Retrain when Retrain runs, efficiency).
+        user_level: the user-level membership attack (trains a shadow model: a Retrain's cost).
+        retrain_floor: a second Retrain with another seed, the noise floor of the distance to Retrain
+            (needs ``compare_retrain``; costs one more Retrain).
+    """
+
+    enabled: bool = True
+    user_level: bool = False
+    retrain_floor: bool = False
 
 
 # ------------------------------------------------------------------------------- checks
@@ -154,20 +176,6 @@ def load_trained_weights(
 
 
 # ------------------------------------------------------------------------------ answer
-def evaluate_column(
-    model: Any, udm: UnlearningDataModule, original_graph: bool = False, audits: Sequence[Audit] = ()
-) -> dict[str, float]:
-    """One column of the report: retain and forget metrics (:func:`evaluate`), then every audit's results.
-
-    This is the single place where audits join the report: each ``audit(model, udm)`` returns a
-    ``{name: value}`` dict, measured on the model as the column describes it.
-    """
-    out = evaluate(model, udm, original_graph=original_graph)
-    for audit in audits:
-        out.update({k: float(v) for k, v in audit(model, udm).items()})
-    return out
-
-
 def _finite(obj: Any) -> Any:
     """``obj`` with non-finite floats as ``None`` (the ledger holds strict JSON)."""
     if isinstance(obj, dict):
@@ -182,6 +190,11 @@ def _finite(obj: Any) -> Any:
 def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
     after = model.state_dict()
     return any(not torch.equal(v, after[k].cpu()) for k, v in before.items() if torch.is_floating_point(v))
+
+
+def _retrain(initial: Any, udm: UnlearningDataModule, rs: RetrainSettings) -> tuple[Any, dict[str, Any]]:
+    return retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=rs.seed,
+                   strategy=rs.strategy, devices=rs.devices)
 
 
 def answer_request(
@@ -200,7 +213,9 @@ def answer_request(
     forget_batch_size: int = 2048,
     retain_batch_size: int = 2048,
     seed: int = 0,
-    audits: Sequence[Audit] = (),
+    audit: Optional[AuditSettings] = None,
+    retrained: Optional[tuple[Any, dict[str, Any]]] = None,
+    retrained_seed2: Optional[Any] = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Answer one deletion request end to end and return the report (``{}`` on ranks other than 0).
@@ -214,7 +229,10 @@ def answer_request(
     deletion store; append the ledger entry; optionally write the retained data (MMRec folder).
 
     Status: the request counts as answered (``status.target_reached``) only when the method changed
-    the weights and the forget Recall@K is at most its target (Retrain: always). Otherwise the report
+    the weights and its stopping rule was met (``UnlearningCallback.target_reached``: the forget pairs
+    look like non-members as much as Retrain's would, or forget Recall@K at most its target with
+    ``stop_rule="recall"``; Retrain: always). The floors Surgery and Reset have no stopping rule: they
+    are reference points, never answers. Otherwise the report
     and the ledger say ``target_reached: false``, the store does not record
     the request, so it is never taken for a completed deletion; its ``model.ckpt`` is kept for
     inspection but refused by every loader (serving, a later request, ``train.py test``).
@@ -232,7 +250,13 @@ def answer_request(
         write_retained: a new folder for the retained interactions (MMRec format), written when the
             request is answered.
         forget_batch_size, retain_batch_size, seed: the unlearning batches.
-        audits: extra per-column measurements (see :func:`evaluate_column`).
+        audit: which audits go into ``report["audits"]`` (per column, :func:`~lightning_tru.audit.run_audits`'s
+            schema), ``report["efficiency"]`` and the ledger line; default :class:`AuditSettings` (cheap ones on).
+        retrained: ``(model, info)`` of a Retrain of this very request made earlier (e.g. by a benchmark
+            comparing several methods): used as the Retrain column (``info["seconds"]``, ``info["epochs"]``)
+            instead of training again; implies ``compare_retrain``.
+        retrained_seed2: a Retrain with another seed, for the distance-to-Retrain noise floor (instead of
+            ``audit.retrain_floor`` training one).
         verbose: print the table.
     """
     if datamodule.deletions is None:
@@ -251,6 +275,9 @@ def answer_request(
     if method not in ("callback", "retrain"):
         raise ValueError(f"method={method!r}: choose 'callback' or 'retrain'")
     rs = retrain_settings or RetrainSettings()
+    distributed_retrain = rs.strategy not in ("auto", "single_device") and retrained is None and (
+        method == "retrain" or compare_retrain)
+    prior: Optional[tuple[Any, dict[str, Any]]] = None
     initial = copy.deepcopy(model)  # seeded like the original run: Retrain's starting point
     ckpt = load_trained_weights(model, checkpoint, datamodule)
     udm = UnlearningDataModule(datamodule, request, forget_batch_size, retain_batch_size, seed=seed)
@@ -260,18 +287,27 @@ def answer_request(
     columns: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     details: dict[str, Any] = {}
+    au = audit or AuditSettings()
     if is_zero:
-        columns["before"] = evaluate_column(model, udm, original_graph=True, audits=audits)
+        columns["before"] = evaluate(model, udm, original_graph=True)
+    deployed = copy.deepcopy(model) if au.enabled and is_zero else None  # the model as served before the request
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    efficiency: dict[str, dict[str, float]] = {}
     status: dict[str, Any]
     if method == "callback":
         assert trainer is not None
         cb = callbacks[0]
         name = type(cb).__name__
         weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if hasattr(cb, "use_initial"):  # Reset / TRU: deleted rows exactly as Retrain leaves them
+            cb.use_initial(initial)
         model.train()
-        start = time.perf_counter()
-        trainer.fit(UnlearningTask(model), datamodule=udm)
-        seconds[name] = time.perf_counter() - start
+        with Efficiency(device) as eff:
+            trainer.fit(UnlearningTask(model), datamodule=udm)
+        seconds[name] = eff.seconds
+        if distributed_retrain:  # every rank retrains before the process group goes
+            with Efficiency(device) as eff_retrain:
+                prior = _retrain(initial, udm, rs)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # the DDP run is over: rank 0 evaluates and writes alone, without collectives
             torch.distributed.destroy_process_group()
@@ -280,26 +316,56 @@ def answer_request(
         details[name] = {"steps": cb.steps, "stopping_reason": cb.stopping_reason, "target_recall": cb.target_recall,
                          **cb.extra_state()}
         changed = _changed(weights, model)
-        final = cb.verify(model, udm)[f"forget_recall@{cb.k}"]
-        reached = changed and cb.target_recall is not None and final <= float(cb.target_recall)
+        final = cb.verify(model, udm)
+        reached = changed and cb.target_reached
         reason = cb.stopping_reason if changed else f"the weights did not change ({cb.steps} steps): nothing was unlearned"
-        steps = cb.steps if cb.steps or not changed else 1  # a one-shot edit (ScaleGUN's Newton step) is one update
+        steps = cb.steps if cb.steps or not changed else 1  # a one-shot edit (a reset, a Newton step) is one update
         status = {"target_reached": bool(reached), "stopping_reason": reason, "steps": steps,
-                  "target_recall": cb.target_recall, f"forget_recall@{cb.k}": final}
+                  "stop_rule": cb.stop_rule, "target_recall": cb.target_recall, "expected_retrain_mia_auc": cb.reference,
+                  "overshoot": cb.overshoot, **final}
+        efficiency[name] = eff.result(cb.steps)
     else:
         name = "Retrain"
+    compare_retrain = compare_retrain or retrained is not None
     if method == "retrain" or compare_retrain:
-        retrained, info = retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=rs.seed)
+        if retrained is not None:
+            retrained, info = retrained
+            efficiency["Retrain"] = {"seconds": float(info["seconds"]), "steps": float(info.get("epochs", 0))}
+        elif prior is not None:
+            retrained, info = prior
+            efficiency["Retrain"] = eff_retrain.result(info["epochs"])
+        else:
+            with Efficiency(device) as eff:
+                retrained, info = _retrain(initial, udm, rs)
+            efficiency["Retrain"] = eff.result(info["epochs"])
         seconds["Retrain"], details["Retrain"] = info["seconds"], info
-        columns["Retrain"] = evaluate_column(retrained, udm, audits=audits)
+        columns["Retrain"] = evaluate(retrained, udm)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # a DDP Retrain is over
+            rank = torch.distributed.get_rank()
+            torch.distributed.destroy_process_group()
+            if rank != 0:
+                return {}
         if method == "retrain":
             model = retrained
             status = {"target_reached": True, "stopping_reason": "retrained from scratch on the retained data (exact)",
                       "steps": info["epochs"]}
     if method == "callback":
-        columns[name] = evaluate_column(model, udm, audits=audits)
+        columns[name] = evaluate(model, udm)
         columns = {"before": columns["before"], name: columns[name],
                    **{k: v for k, v in columns.items() if k not in ("before", name)}}
+    audits: dict[str, Any] = {}
+    if au.enabled:
+        gold = retrained if (method == "retrain" or compare_retrain) else None
+        second = retrained_seed2
+        if second is None and au.retrain_floor and gold is not None:
+            second, _ = retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=int(rs.seed or 0) + 1)
+        audits = run_audits(model, udm, retrain=gold if method != "retrain" else None, retrain_seed2=second,
+                            before=deployed, name="method" if method == "retrain" else name,
+                            user_level=au.user_level, initial=initial, seed=seed)
+        if method == "retrain":  # the run's own model is the Retrain column
+            audits["Retrain"] = audits.pop("method")
+        if name in efficiency and "Retrain" in efficiency:
+            efficiency[name].update(efficiency_ratio(efficiency[name], efficiency["Retrain"]))
     reached = bool(status["target_reached"])
     lineage = udm.retained.lineage()
     source = str(Path(checkpoint).resolve())
@@ -313,6 +379,8 @@ def answer_request(
         "metrics": columns,
         "seconds": seconds,
         "details": details,
+        "audits": audits,
+        "efficiency": efficiency,
         "retrain_settings": asdict(rs) if (method == "retrain" or compare_retrain) else None,
     }
     files = {"report.json": json.dumps(report, indent=2, default=str).encode()}
@@ -338,6 +406,9 @@ def answer_request(
         "status": status, "request": fs.summary(), "chain": lineage["deletions"],
         "train_fingerprint": lineage["train_fingerprint"], "source_checkpoint": source,
         "metrics": columns[name], "seconds": seconds.get(name),
+        "audits": {col: {"pair_mia_auc_rank": a.get("membership", {}).get("auc_rank"),
+                         "pair_mia_flag": a.get("membership", {}).get("flag_rank"),
+                         "global_exposure": a.get("global_exposure", {})} for col, a in audits.items()},
     }))
     if verbose:
         print(format_table(columns, seconds))

@@ -76,6 +76,7 @@ def group_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "audits": (rep.get("audits") or {}).get(col, {}),
                 "seconds": (rep.get("seconds") or {}).get(col),
                 "details": (rep.get("details") or {}).get(col, {}),
+                "efficiency": (rep.get("efficiency") or {}).get(col, {}),
                 "run": rep["_path"],
             }
     for g in groups.values():  # order: before, methods, floors, Retrain
@@ -136,13 +137,13 @@ def render_markdown(groups: dict[str, dict[str, Any]], k: int = 20) -> str:
     """The Markdown report: one section and table per request."""
     lines = ["# Unlearning report", ""]
     columns = [
-        (f"test R@{k}", f"test/recall@{k}"), (f"test N@{k}", f"test/ndcg@{k}"),
+        (f"test R@{k}", f"test/recall@{k}"), (f"test N@{k}", f"test/ndcg@{k}"), (f"N@{k} vs Retrain", None),
         (f"forget R@{k}", f"forget_recall@{k}"), (f"exposure@{k}", f"exposure@{k}"),
         ("pair AUC", "membership.auc"), ("rank AUC", "membership.auc_rank"), ("MIA verdict", None),
         ("user AUC", "user_mia.auc"), (f"global exp.@{k}", f"global_exposure.exposure@{k}"),
         ("exp. reduction", "global_exposure.reduction"), (f"Jaccard@{k}", f"distance.jaccard@{k}"),
         ("Jaccard ratio", f"distance.ratio_jaccard@{k}"), ("NDCG gap", f"fairness.ndcg@{k}_gap"),
-        ("seconds", None), ("speed-up vs Retrain", None), ("steps", None), ("beats floors on", None),
+        ("seconds", None), ("speed-up vs Retrain", None), ("peak MiB", None), ("steps", None), ("beats floors on", None),
     ]
     for fp, g in groups.items():
         req = g["request"]
@@ -160,8 +161,14 @@ def render_markdown(groups: dict[str, dict[str, Any]], k: int = 20) -> str:
                     cells.append(_fmt(_get(col, key)))
                 elif label == "MIA verdict":
                     cells.append(_fmt(col["audits"].get("membership", {}).get("flag")))
+                elif label.startswith("N@"):
+                    mine, ref = _get(col, f"test/ndcg@{k}"), _get(cols["Retrain"], f"test/ndcg@{k}") if "Retrain" in cols else None
+                    cells.append("-" if mine is None or not ref else f"{mine / ref:.1%}")
                 elif label == "seconds":
                     cells.append(_fmt(col["seconds"], 2))
+                elif label == "peak MiB":
+                    peak = col.get("efficiency", {}).get("peak_memory_bytes")
+                    cells.append("-" if peak is None else f"{peak / 2**20:.0f}")
                 elif label == "speed-up vs Retrain":
                     rs = cols["Retrain"]["seconds"] if "Retrain" in cols else None
                     fast = rs / col["seconds"] if rs and col["seconds"] and name != "Retrain" else None

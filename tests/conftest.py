@@ -1,19 +1,39 @@
 """Tiny seeded fixtures shared by the test suite."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch import Callback, Trainer
 
-from lightning_tru.datamodules import InteractionData, SyntheticDataModule
+from lightning_tru.datamodules import InteractionData, SyntheticDataModule, UnlearningDataModule
+from lightning_tru.models.unlearning import UnlearningTask
 
 # tiny tensors: one thread avoids OpenMP overhead (measured up to 10x faster on 2 shared cores)
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def quiet_trainer(**kw: Any) -> Trainer:
+    """A CPU ``Trainer`` without logger, checkpoints, progress bar, model summary or validation (``kw`` overrides)."""
+    defaults: dict[str, Any] = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                    enable_model_summary=False, accelerator="cpu", limit_val_batches=0,
+                                    num_sanity_val_steps=0)
+    return Trainer(**{**defaults, **kw})
+
+
+def unlearn(trained: torch.nn.Module, udm: UnlearningDataModule, cb: Callback, steps: int, **kw: Any) -> Any:
+    """A copy of ``trained`` (in training mode) unlearned by ``cb`` for at most ``steps`` steps."""
+    model = copy.deepcopy(trained)
+    model.train()
+    quiet_trainer(max_epochs=steps, callbacks=[cb], **kw).fit(UnlearningTask(model), datamodule=udm)
+    return model
 
 
 def shared_data(name: str) -> Path:

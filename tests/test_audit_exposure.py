@@ -68,3 +68,27 @@ def test_efficiency_measures_and_ratios() -> None:
     assert r["seconds"] > 0 and r["steps"] == 3 and r["peak_memory_bytes"] >= 0
     ratio = efficiency_ratio({"seconds": 2.0, "steps": 10.0}, {"seconds": 40.0, "steps": 500.0})
     assert ratio == {"seconds_ratio": 0.05, "steps_ratio": 0.02, "speedup": 20.0}
+
+
+def test_random_recall_matches_enumerated_random_rankings() -> None:
+    from itertools import permutations
+
+    import scipy.sparse as sp
+
+    from lightning_tru.audit.forgetting import random_recall
+
+    num_items, k = 6, 2
+    retained = {0: [0, 1], 1: [], 2: [3]}  # user -> retained train items (masked from the ranking)
+    forgotten = {0: [2, 5], 1: [4], 2: []}  # user 2 forgot nothing: not averaged
+    csr = lambda rows: sp.csr_matrix(  # noqa: E731
+        (np.ones(sum(map(len, rows.values()))), ([u for u, r in rows.items() for _ in r], [i for r in rows.values() for i in r])),
+        shape=(3, num_items))
+    expected = []
+    for u, f in forgotten.items():
+        if not f:
+            continue
+        candidates = [i for i in range(num_items) if i not in retained[u]]
+        recalls = [len(set(p[:k]) & set(f)) / len(f) for p in permutations(candidates)]  # every ranking equally likely
+        expected.append(np.mean(recalls))
+    assert random_recall(csr(retained), csr(forgotten), k) == pytest.approx(float(np.mean(expected)))
+    assert random_recall(csr(retained), csr({0: [], 1: [], 2: []}), k) == 0.0

@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 
-from lightning_tru.audit.forgetting import forget_metrics
+from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import RecDataModule, SyntheticDataModule
-from lightning_tru.datamodules.datamodule import BPRDataset, RankingDataset
+from lightning_tru.datamodules.datasets import BPRDataset, RankingDataset
 from lightning_tru.datamodules.deletions import (
     LINEAGE_KEY,
     DeletionStore,
@@ -123,7 +123,8 @@ def test_three_successive_requests_never_resurrect_deleted_data(tmp_path: Path, 
         assert not earlier & _pairs(dm.data.csr("train", "valid", "test"))
         last = n == len(requests) - 1
         report = answer_request(
-            _model(dm), dm, request, ckpt, trainer=_quiet(max_epochs=60, callbacks=[TRU(lr=0.05, eval_every=2)]),
+            _model(dm), dm, request, ckpt,
+            trainer=_quiet(max_epochs=60, callbacks=[TRU(lr=0.05, eval_every=2, max_utility_loss=None)]),  # lifecycle, not TRU
             compare_retrain=last, output_root=tmp_path / "out", ledger=tmp_path / "ledger.jsonl", seed=0,
             verbose=False,
         )
@@ -152,10 +153,11 @@ def test_three_successive_requests_never_resurrect_deleted_data(tmp_path: Path, 
     model.eval()
     first = UnlearningDataModule(_dm(), requests[0])  # resolved on the raw data, as the first run did
     assert first.forget.fingerprint == fps[0]
-    r1 = forget_metrics(model, dm.data.csr("train"), first.forget_csr(), 20)["forget_recall@20"]
-    before = forget_metrics(_loaded(tmp_path / "trained.ckpt"), first.retained_train_csr(), first.forget_csr(),
+    r1 = recall_exposure_at_k(model, dm.data.csr("train"), first.forget_csr(), 20)["forget_recall@20"]
+    before = recall_exposure_at_k(_loaded(tmp_path / "trained.ckpt"), first.retained_train_csr(), first.forget_csr(),
                             20)["forget_recall@20"]
-    assert r1 < 0.5 * before, (r1, before)  # measured 0.17 vs 0.49 before (final test NDCG@20 98.6% of Retrain's)
+    answered = reports[0]["metrics"]["TRU"]["forget_recall@20"]  # what the first answer left
+    assert r1 <= answered + 0.05 and r1 < 0.7 * before, (r1, answered, before)  # not resurrected by later runs
     # the probe would see them: a load without the store brings every deleted pair back
     seen = _Seen(monkeypatch)
     plain = _dm()

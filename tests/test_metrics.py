@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 from torchmetrics import MetricCollection
-from torchmetrics.utilities.data import dim_zero_sum
 
 from lightning_tru.metrics import (
+    ExposureAtK,
     HitRateAtK,
     NDCGAtK,
     PrecisionAtK,
@@ -271,8 +271,6 @@ def test_states_are_sum_reduced(
     per_user: Callable[[list[int], set[int], int], float],
 ) -> None:
     metric = metric_cls(k=5)
-    assert metric._reductions["accum"] is dim_zero_sum
-    assert metric._reductions["total"] is dim_zero_sum
     assert metric_cls.full_state_update is False
     assert metric_cls.higher_is_better is True
     assert metric_cls.is_differentiable is False
@@ -282,7 +280,10 @@ def test_states_are_sum_reduced(
     rank0, rank1 = metric_cls(k=5), metric_cls(k=5)
     rank0.update(topk[:9], target[:9])
     rank1.update(topk[9:], target[9:])
+    parts = [{n: v.clone() for n, v in m.metric_state.items()} for m in (rank0, rank1)]
     rank0.merge_state(rank1)
+    for name, merged in rank0.metric_state.items():  # every state is a sum over ranks
+        torch.testing.assert_close(merged, parts[0][name] + parts[1][name])
     single = metric_cls(k=5)
     single.update(topk, target)
     torch.testing.assert_close(rank0.compute(), single.compute())
@@ -395,3 +396,19 @@ def test_forward_returns_batch_value() -> None:
     metric(topk_b, target_b)
     expected = _reference(_ref_ndcg, torch.cat([topk_a, topk_b]), torch.cat([target_a, target_b]), 5)
     assert metric.compute().item() == pytest.approx(expected, rel=1e-6, abs=1e-7)
+
+
+# ------------------------------------------------------------------------------- exposure
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exposure_matches_a_naive_pair_count(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    num_users, num_items, k = 7, 15, 4
+    topk = torch.stack([torch.randperm(num_items, generator=g)[:6] for _ in range(num_users)])  # K_max = 6
+    target = torch.rand(num_users, num_items, generator=g) < 0.3
+    target[0] = False  # a user without targets counts for nothing
+    metric = ExposureAtK(k=k)
+    metric.update(topk[:3], target[:3])
+    metric.update(topk[3:], target[3:])
+    shown = sum(int(target[u, i]) for u in range(num_users) for i in topk[u, :k].tolist())
+    assert metric.compute().item() == pytest.approx(shown / int(target.sum()), rel=1e-6)
+    assert ExposureAtK(k=k).compute().item() == 0.0  # nothing seen: 0, not NaN

@@ -14,7 +14,7 @@ from lightning_tru.cli import train_cli
 from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.models import RecommenderModule
 from lightning_tru.nn import MIGGT
-from lightning_tru.nn.miggt import _SampledMix
+from lightning_tru.nn.graph import SampledMix
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -200,8 +200,8 @@ def test_sampled_mix_gradients() -> None:
     samples = torch.randint(7, (11, 4))
     samples[0] = 2  # repeated samples within a row
     ref = (w.unsqueeze(-1) * x[samples]).sum(1)
-    torch.testing.assert_close(_SampledMix.apply(x, w, samples), ref)
-    assert torch.autograd.gradcheck(lambda a, b: _SampledMix.apply(a, b, samples), (x, w))
+    torch.testing.assert_close(SampledMix.apply(x, w, samples), ref)
+    assert torch.autograd.gradcheck(lambda a, b: SampledMix.apply(a, b, samples), (x, w))
 
 
 def test_unsmooth_loss_position_zero_is_the_final_item() -> None:

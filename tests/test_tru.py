@@ -7,12 +7,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import REPO
+from conftest import REPO, unlearn
+from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.audit.report import evaluate
 from lightning_tru.callbacks import TRU
 from lightning_tru.datamodules import SyntheticDataModule
@@ -24,9 +26,6 @@ from lightning_tru.models.unlearning import UnlearningTask
 from lightning_tru.nn import MGCN, MIGGT, LightGCN
 
 
-def _trainer(**kw: Any) -> Trainer:
-    return Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   accelerator="cpu", limit_val_batches=0, num_sanity_val_steps=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +40,7 @@ def setup() -> tuple[SyntheticDataModule, RecommenderModule, RecommenderModule]:
 
 
 def _unlearn(trained: RecommenderModule, udm: UnlearningDataModule, cb: TRU, steps: int = 200, **kw: Any) -> RecommenderModule:
-    model = copy.deepcopy(trained)
-    model.train()
-    _trainer(max_epochs=steps, callbacks=[cb], **kw).fit(UnlearningTask(model), datamodule=udm)
-    return model
+    return unlearn(trained, udm, cb, steps, **kw)
 
 
 def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:
@@ -52,13 +48,18 @@ def test_tru_forgets_like_retrain_and_keeps_utility(setup: tuple) -> None:
     udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0), seed=0)
     before = evaluate(copy.deepcopy(trained), udm, original_graph=True)
     cb = TRU(eval_every=2)
-    after = evaluate(_unlearn(trained, udm, cb), udm)
+    model = _unlearn(trained, udm, cb)
+    after = evaluate(model, udm)
     seed_everything(0)
     gold, _ = retrain(initial, udm.retained, max_epochs=30, patience=5, seed=0, accelerator="cpu")
     ref = evaluate(gold, udm)
     assert cb.target_reached, cb.stopping_reason
     assert before["forget_recall@20"] > 2 * ref["forget_recall@20"]  # the planted signal is there to forget
-    assert after["forget_recall@20"] <= 1.1 * ref["forget_recall@20"]
+    assert 0.8 * ref["forget_recall@20"] <= after["forget_recall@20"] <= 1.25 * ref["forget_recall@20"]  # two-sided
+    pop = np.asarray(udm.retained_train_csr().sum(0)).ravel()
+    pairs = matched_nonmembers(udm.forget.forget_pairs, dm.data.csr("train", "valid", "test"), pop, seed=1)
+    mia = {name: pair_membership(m, *pairs, udm.retained_train_csr())["auc_rank"] for name, m in (("tru", model), ("gold", gold))}
+    assert abs(mia["tru"] - mia["gold"]) <= 0.05, mia  # as hard to tell from Retrain by a pair-level attack
     assert after["exposure@20"] <= 1.1 * ref["exposure@20"]
     assert after["test/ndcg@20"] >= 0.97 * ref["test/ndcg@20"]  # issue 4 aims at 98%; measured 99.3% here
 
@@ -147,7 +148,6 @@ def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     model = copy.deepcopy(trained)
     model.attach(udm)
     cb = TRU(gate_weight=1.0)
-    cb._datamodule = udm
     batch = udm.make_batch(0, 0)
     fu, fi = batch.forget_users, batch.forget_items
 
@@ -159,7 +159,7 @@ def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(20):
         opt.zero_grad()
-        cb.training_losses(model, batch)["gate"].backward()
+        cb.training_losses(model, batch, udm)["gate"].backward()
         opt.step()
     assert margin() < start - 0.05
 
@@ -170,8 +170,7 @@ def test_ablations_switch_interventions_off(setup: tuple) -> None:
     cb = TRU(ranking_gate=False, layer_isolation=False, modality_scaling=False, eval_every=100, target_recall=0.0)
     model = copy.deepcopy(trained)
     model.attach(udm)
-    cb._datamodule = udm
-    assert "gate" not in cb.training_losses(model, udm.make_batch(0, 0))
+    assert "gate" not in cb.training_losses(model, udm.make_batch(0, 0), udm)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     cb.branch_scales = {"id": 3.0}
@@ -314,6 +313,15 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
     switches = ("modality_scaling", "layer_isolation", "row_isolation", "ranking_gate")
     assert cb["class_path"] == "lightning_tru.callbacks.TRU" and cb["init_args"] in [{s: False} for s in switches]
     monkeypatch.chdir(REPO)
+    runs: list[tuple[TRU, set[str]]] = []  # the callback the run used, and the loss terms of its steps
+    losses = TRU.training_losses
+
+    def record(self: TRU, model: torch.nn.Module, batch: Any, dm: Any) -> dict:
+        out = losses(self, model, batch, dm)
+        runs.append((self, set(out)))
+        return out
+
+    monkeypatch.setattr(TRU, "training_losses", record)
     size = ["--data.init_args.num_users", "200", "--data.init_args.num_items", "100"]
     quiet = ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
     cli = train_cli(["fit", "--config", "configs/train/lightgcn_synthetic.yaml", "--trainer.max_epochs", "1",
@@ -321,9 +329,12 @@ def test_ablation_configs_switch_one_intervention_off(config: Path, tmp_path: Pa
     report = unlearn_cli(["--config", "configs/train/lightgcn_synthetic.yaml", "--config", str(config),
                           "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path, "--output_root",
                           str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.jsonl"), "--trainer.max_epochs", "2",
-                          *size, *quiet])
-    # user-wise: the reset rows may already be Retrain's (0 steps); never more than the budget
-    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] <= 2
+                          "--trainer.callbacks.init_args.target_recall", "0.0", *size, *quiet])  # never reached: 2 steps
+    assert report["method"] == "TRU" and report["details"]["TRU"]["steps"] == len(runs) >= 1, len(runs)
+    (off,) = cb["init_args"]
+    for used, terms in runs:  # the switch reached the run's callback and only that one is off
+        assert {s: getattr(used, s) for s in switches} == {s: s != off for s in switches}
+        assert ("gate" in terms) == (off != "ranking_gate")
 
 
 BACKBONES = {
@@ -360,9 +371,9 @@ class _ModeProbe(TRU):
         self.modes = [model.training]
         super().profile(trainer, model, dm)
 
-    def training_losses(self, model: torch.nn.Module, batch: Any) -> dict:
+    def training_losses(self, model: torch.nn.Module, batch: Any, dm: Any) -> dict:
         self.modes.append(model.training)
-        return super().training_losses(model, batch)
+        return super().training_losses(model, batch, dm)
 
 
 @pytest.mark.parametrize("train_mode", [False, True])

@@ -76,7 +76,8 @@ def test_retrain_method(trained: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(REPO)
     report = _unlearn(trained, tmp_path, "--retrain_max_epochs", "3", method_config="configs/unlearn/retrain.yaml")
     assert report["method"] == "Retrain" and set(report["metrics"]) == {"before", "Retrain"}
-    assert report["details"]["Retrain"]["epochs"] <= 3
+    retrained = report["details"]["Retrain"]
+    assert retrained["epochs"] == 3 and 0 <= retrained["best_epoch"] < 3  # patience 20: the whole budget runs
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +116,7 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "tru.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "unlearn.py", "--config", "configs/train/mgcn_synthetic.yaml", "--config",
            str(tmp_path / "tru.yaml"), "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
+           "--compare_retrain", "true", "--retrain_strategy", "ddp", "--retrain_devices", "2", "--retrain_max_epochs", "2",
            "--trainer.max_epochs", "6", "--ckpt_path", str(trained), "--output_root", str(tmp_path / "out"),
            "--ledger", str(tmp_path / "ledger.jsonl"), "--deletions", str(tmp_path / "deletions")]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -122,7 +124,9 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
     assert len(lines) == 1  # written once, by rank 0
     run = Path(json.loads(lines[0])["run_dir"])
-    assert json.loads((run / "report.json").read_text())["details"]["TRU"]["steps"] >= 1
+    report = json.loads((run / "report.json").read_text())
+    assert report["details"]["TRU"]["steps"] >= 1
+    assert report["details"]["Retrain"]["world_size"] == 2 and "Retrain" in report["metrics"]  # Retrain under DDP too
 
 
 def test_publish_run_dir_is_atomic_and_never_reuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,7 +201,7 @@ def test_unlearn_logs_under_output_root_and_train_test_honours_the_store(trained
     cfg = str(REPO / "configs/train/mgcn_synthetic.yaml")
     report = unlearn_cli(["--config", cfg, "--config", str(REPO / "configs/unlearn/tru.yaml"), *SMALL,
                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-                          "--trainer.max_epochs", "20", "--ckpt_path", str(trained), "--output_root", "out",
+                          "--trainer.max_epochs", "20", "--request.regime", "item", "--ckpt_path", str(trained), "--output_root", "out",
                           "--ledger", "out/ledger.jsonl"])  # the store defaults to out/deletions, beside the ledger
     assert report["status"]["target_reached"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -5,7 +5,7 @@ from lightning_tru.audit.distance import RankCorrelation, TopKJaccard, distance_
 from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
 from lightning_tru.audit.exposure import GlobalExposure, exposure_reduction, global_exposure
 from lightning_tru.audit.fairness import active_users, ndcg_gap
-from lightning_tru.audit.forgetting import forget_metrics, random_recall
+from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
 from lightning_tru.audit.membership import mann_whitney_auc, matched_nonmembers, membership_verdict, pair_membership
 from lightning_tru.audit.suite import run_audits
 from lightning_tru.audit.user_mia import user_mia
@@ -21,7 +21,7 @@ __all__ = [
     "efficiency_ratio",
     "exposure_reduction",
     "fake_user_request",
-    "forget_metrics",
+    "recall_exposure_at_k",
     "global_exposure",
     "mann_whitney_auc",
     "matched_nonmembers",

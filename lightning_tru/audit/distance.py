@@ -36,8 +36,8 @@ def _ranks(scores: Tensor) -> Tensor:
     return ranks
 
 
-class TopKJaccard(Metric):
-    r"""Mean over users of the Jaccard overlap of two top-K lists (sum states ``accum``, ``total``)."""
+class _UserMean(Metric):
+    """A mean over users of a per-user agreement (sum states ``accum``, ``total``)."""
 
     is_differentiable = False
     higher_is_better = True
@@ -49,6 +49,13 @@ class TopKJaccard(Metric):
         super().__init__(**kwargs)
         self.add_state("accum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def compute(self) -> Tensor:
+        return self.accum / self.total.clamp_min(1)
+
+
+class TopKJaccard(_UserMean):
+    r"""Mean over users of the Jaccard overlap of two top-K lists (sum states ``accum``, ``total``)."""
 
     def update(self, top_a: Tensor, top_b: Tensor) -> None:
         """``top_a``, ``top_b``: ``(B, K)`` item ids of the same users."""
@@ -59,24 +66,10 @@ class TopKJaccard(Metric):
         self.accum = self.accum + (inter / (2 * k - inter)).sum()
         self.total = self.total + top_a.shape[0]
 
-    def compute(self) -> Tensor:
-        return self.accum / self.total.clamp_min(1)
 
-
-class RankCorrelation(Metric):
+class RankCorrelation(_UserMean):
     r"""Mean over users of the Spearman correlation of two score rows over the candidate items
     (finite in both; sum states ``accum``, ``total``)."""
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    accum: Tensor
-    total: Tensor
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("accum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, scores_a: Tensor, scores_b: Tensor) -> None:
         """``(B, I)`` scores of the same users; ``-inf`` marks excluded items (the same in both)."""
@@ -89,9 +82,6 @@ class RankCorrelation(Metric):
             den = (ra.norm() * rb.norm()).clamp_min(1e-12)
             self.accum = self.accum + (ra * rb).sum() / den
             self.total = self.total + 1
-
-    def compute(self) -> Tensor:
-        return self.accum / self.total.clamp_min(1)
 
 
 def ranking_distance(

@@ -1,4 +1,4 @@
-r"""Forgetting audits: forget-pair recall and target-item exposure under full ranking."""
+r"""Forgetting audits: recall and exposure of target pairs (forgotten, or held out) under full ranking."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,41 +7,39 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from lightning_tru.datamodules.datamodule import RankingDataset
+from lightning_tru.audit.scoring import dense_rows
 from lightning_tru.metrics import RecallAtK
 from lightning_tru.metrics.exposure import ExposureAtK
 from lightning_tru.models.protocol import all_scores
 
 
-def _dense_rows(m: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    return RankingDataset.dense(m[rows]).to(device)
-
-
-def forget_metrics(
-    model: Any, retained_train: sp.csr_matrix, forget: sp.csr_matrix, k: int = 20, batch_users: int = 1024
+def recall_exposure_at_k(
+    model: Any, exclude: sp.csr_matrix, target: sp.csr_matrix, k: int = 20, batch_users: int = 1024
 ) -> dict[str, float]:
-    r"""Recall@K and exposure@K of the forget pairs for the users who forgot them.
+    r"""Recall@K and exposure@K of the ``target`` pairs, each user with targets ranking all items
+    with its ``exclude`` items masked.
 
-    Each forgetting user ranks all items with their *retained* train items masked (the
-    ranking a deployed model would serve). ``forget_recall`` is the user-averaged share of
-    their forgotten items in the top-K; ``exposure`` the pair-level share
-    :math:`\sum_u |\mathrm{top}_K(u) \cap F_u| / \sum_u |F_u|`.
+    ``recall`` is the user-averaged share of a user's targets in its top-K; ``exposure`` the
+    pair-level share :math:`\sum_u |\mathrm{top}_K(u) \cap T_u| / \sum_u |T_u|`. With
+    ``exclude`` = retained train pairs and ``target`` = forget pairs: how much of the deleted data
+    a deployed model still serves (keys ``forget_recall@K``, ``exposure@K``); with train + valid and
+    test pairs: the held-out recall non-members get.
     """
-    forget = forget.tocsr()
-    users = np.flatnonzero(np.diff(forget.indptr) > 0)
+    target = target.tocsr()
+    users = np.flatnonzero(np.diff(target.indptr) > 0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    # every rank ranks all forgetting users: no cross-rank sync (identical on every rank)
+    # every rank ranks all target users: no cross-rank sync (identical on every rank)
     recall = RecallAtK(k, sync_on_compute=False).to(device)
     exposure = ExposureAtK(k, sync_on_compute=False).to(device)
-    num_items = forget.shape[1]
+    num_items = target.shape[1]
     for s in range(0, len(users), batch_users):
         ub = users[s : s + batch_users]
         ut = torch.from_numpy(ub).to(device)
-        scores = all_scores(model, ut, num_items).masked_fill(_dense_rows(retained_train, ub, device), float("-inf"))
+        scores = all_scores(model, ut, num_items).masked_fill(dense_rows(exclude, ub, device), float("-inf"))
         top = torch.topk(scores, min(k, num_items), dim=1).indices
-        target = _dense_rows(forget, ub, device)
-        recall.update(top, target)
-        exposure.update(top, target)
+        hits = dense_rows(target, ub, device)
+        recall.update(top, hits)
+        exposure.update(top, hits)
     return {f"forget_recall@{k}": float(recall.compute()), f"exposure@{k}": float(exposure.compute())}
 
 

@@ -10,8 +10,9 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_tru.audit.forgetting import forget_metrics
+from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
+from lightning_tru.io import atomic_write_bytes
 
 REPORT_KEYS = ("val/recall@20", "val/ndcg@20", "test/recall@20", "test/ndcg@20", "forget_recall@20", "exposure@20")
 
@@ -41,23 +42,8 @@ def evaluate(model: Any, udm: UnlearningDataModule, original_graph: bool = False
         out.update({key: float(v) for key, v in res[0].items()})
     model.attach(dm)  # the graph the metrics above used
     model.eval()
-    out.update(forget_metrics(model, udm.retained_train_csr(), udm.forget_csr(), k))
+    out.update(recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), k))
     return out
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:

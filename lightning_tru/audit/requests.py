@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_tru.datamodules.forget import ForgetSet, fingerprint
+from lightning_tru.datamodules.forget import ForgetSet
 from lightning_tru.datamodules.interactions import TRAIN, InteractionData
 
 
@@ -14,12 +14,4 @@ def users_forget_set(data: InteractionData, users: np.ndarray) -> ForgetSet:
     if not mask.any() or mask.all():
         raise ValueError(f"the users hold {int(mask.sum())} of {len(train)} train interactions; "
                          "name users with train rows, and not all of them")
-    forget = np.unique(train[mask], axis=0)
-    return ForgetSet(
-        forget_pairs=forget,
-        retain_pairs=train[~mask],
-        users=np.unique(forget[:, 0]),
-        items=np.unique(forget[:, 1]),
-        fingerprint=fingerprint(forget),
-        regime="user",
-    )
+    return ForgetSet.split(train, mask, "user")

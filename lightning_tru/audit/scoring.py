@@ -9,8 +9,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from lightning_tru.datamodules.datamodule import RankingDataset
-from lightning_tru.models.protocol import all_scores
+from lightning_tru.datamodules.datasets import dense
+from lightning_tru.models.protocol import all_scores, eval_mode
 
 
 def model_device(model: Any) -> torch.device:
@@ -20,7 +20,7 @@ def model_device(model: Any) -> torch.device:
 
 def dense_rows(m: sp.csr_matrix, rows: np.ndarray, device: torch.device) -> Tensor:
     """``(len(rows), I)`` bool tensor of the given rows of a binary CSR matrix."""
-    return RankingDataset.dense(m.tocsr()[rows]).to(device)
+    return dense(m.tocsr()[rows]).to(device)
 
 
 def score_batches(
@@ -35,20 +35,14 @@ def score_batches(
     Items where ``exclude`` is set get :math:`-\infty` (e.g. the user's retained train items, so
     that a top-K is what a deployed model would serve).
     """
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
     device = model_device(model)
-    try:
+    with eval_mode(model):
         for s in range(0, len(users), batch_users):
             ub = np.asarray(users[s : s + batch_users], dtype=np.int64)
             scores = all_scores(model, torch.from_numpy(ub).to(device), num_items).float()
             if exclude is not None:
                 scores = scores.masked_fill(dense_rows(exclude, ub, device), float("-inf"))
             yield ub, scores
-    finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
 
 
 def top_k(

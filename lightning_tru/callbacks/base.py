@@ -6,20 +6,30 @@ import logging
 from typing import Any, Literal, Optional
 
 import numpy as np
+import scipy.sparse as sp
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.audit.forgetting import forget_metrics, random_recall
+from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.metrics.functional import check_k
+from lightning_tru.models.protocol import eval_mode
 from lightning_tru.models.unlearning import UnlearningTask
 
 log = logging.getLogger("lightning_tru")
+
+
+def check_retain_weight(retain_weight: float) -> float:
+    r""":math:`\lambda_r`, the weight of a method's retain BPR term, validated (``>= 0``)."""
+    if retain_weight < 0:
+        raise ValueError(f"retain_weight={retain_weight} must be >= 0 (0 drops the retain term)")
+    return float(retain_weight)
 
 
 class UnlearningCallback(Callback, abc.ABC):
@@ -27,7 +37,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     Life cycle: ``setup`` validates the run (datamodule, strategy, resumed fingerprint);
     ``on_fit_start`` *profiles* once (:meth:`profile`) and measures forget Recall@K;
-    each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
+    ``setup`` binds the callback to the task; each step the task asks for :meth:`training_losses` (the *update*) and, after backward,
     :meth:`edit_gradients` runs; every ``eval_every`` steps the callback *verifies* and stops all
     ranks together once the forget pairs look like non-members. One step = one epoch of the
     unlearning datamodule.
@@ -38,9 +48,9 @@ class UnlearningCallback(Callback, abc.ABC):
     :mod:`lightning_tru.audit.membership`) is compared with :math:`A^*`, what Retrain is expected to
     give (:meth:`reference_auc`): stop once :math:`A \le A^* + \delta`; a verification that lands
     below :math:`A^* - \delta` is an *overshoot* (the deleted pairs pushed below non-members, as
-    visible to an attacker as residual memory): the run goes back to the previous verified
-    parameters when they were closer to :math:`A^*` and reports it. Already inside the band at
-    step 0: no step is taken. ``"recall"``: the one-sided rule of earlier versions, forget
+    visible to an attacker as residual memory): the last step is scaled back by bisection along it
+    until the AUC is inside the band (``bisect_steps`` verifications); if no point is, the closest is
+    kept and the run reports an overshoot. Already inside the band at step 0: no step is taken. ``"recall"``: the one-sided rule of earlier versions, forget
     Recall@K :math:`\le` ``target_recall``.
 
     Subclasses override :meth:`training_losses` and optionally :meth:`profile`,
@@ -56,14 +66,17 @@ class UnlearningCallback(Callback, abc.ABC):
         tolerance: :math:`\delta`, least half-width of the band around :math:`A^*`; the band is
             :math:`\max(\delta, 2\,\mathrm{SE})` with SE the AUC's null standard error (few pairs, wide band).
         audit_pairs: most forget pairs (and as many non-members) the verification scores.
+        bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
+        max_utility_loss: utility guard: at every verification, valid Recall@K of up to ``guard_users``
+            retained users (seeded sample) may fall at most this share below its value before the first
+            step; otherwise the run goes back to the previous verified parameters, stops, warns and
+            reports the request as not reached (``None``: no guard). A method that cannot forget without
+            wrecking the model says so instead of doing it.
         eval_every: steps between verifications.
-        retain_weight: :math:`\lambda_r`, weight of retain BPR.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
-            edits the deployed, deterministic function instead. Measured on MIG-GT (TikTok, TRU,
-            user-wise 5%): ``False`` reached the target in 36 steps instead of 74 at the same utility,
-            but on the planted set of ``tests/test_tru.py``'s MIG-GT case it lost 39% of test NDCG@20
-            where ``True`` lost none, so the default stays ``True``.
+            edits the deployed, deterministic function instead (why ``True`` is the default:
+            ``benchmarks/RESULTS.md``, "Behind the defaults").
     """
 
     def __init__(
@@ -72,16 +85,17 @@ class UnlearningCallback(Callback, abc.ABC):
         k: int = 20,
         target_recall: Optional[float] = None,
         eval_every: int = 5,
-        retain_weight: float = 1.0,
         train_mode: bool = True,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
         audit_pairs: int = 20000,
+        bisect_steps: int = 6,
+        max_utility_loss: Optional[float] = None,
+        guard_users: int = 2000,
     ) -> None:
-        if lr <= 0 or k < 1 or eval_every < 1 or retain_weight < 0:
-            raise ValueError(
-                f"lr={lr} must be > 0, k={k} >= 1, eval_every={eval_every} >= 1, retain_weight={retain_weight} >= 0"
-            )
+        check_k(k)
+        if lr <= 0 or eval_every < 1:
+            raise ValueError(f"lr={lr} must be > 0, eval_every={eval_every} >= 1")
         if target_recall is not None and not 0.0 <= target_recall <= 1.0:
             raise ValueError(
                 f"target_recall={target_recall} must be in [0, 1] (a forget Recall@K), or None to calibrate it "
@@ -92,10 +106,16 @@ class UnlearningCallback(Callback, abc.ABC):
         if not 0 <= tolerance < 0.5 or audit_pairs < 1:
             raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), audit_pairs={audit_pairs} >= 1")
         self.stop_rule = stop_rule or ("recall" if target_recall is not None else "membership")
-        self.tolerance, self.audit_pairs = tolerance, audit_pairs
+        self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
+        if max_utility_loss is not None and not 0 < max_utility_loss < 1 or guard_users < 1:
+            raise ValueError(f"max_utility_loss={max_utility_loss} must be in (0, 1) or None, guard_users={guard_users} >= 1")
+        self.max_utility_loss, self.guard_users = max_utility_loss, guard_users
+        self.utility_guard_tripped = False
+        self.utility0: Optional[float] = None  # guard recall before the first step
+        self._guard: Optional[sp.csr_matrix] = None  # valid rows of the sampled retained users
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
         self.overshoot = False
-        self.lr, self.k, self.eval_every, self.retain_weight = lr, k, eval_every, retain_weight
+        self.lr, self.k, self.eval_every = lr, k, eval_every
         self.target_recall = target_recall
         self.train_mode = train_mode
         self.steps = 0
@@ -122,8 +142,23 @@ class UnlearningCallback(Callback, abc.ABC):
         from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
         if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            raise ValueError(f"{type(self).__name__} supports single-device and DDP strategies, not sharded ones")
-        self._datamodule = dm
+            raise ValueError(
+                f"{type(self).__name__} supports single-device and DDP strategies, not {type(trainer.strategy).__name__}: "
+                "its gradient edits (masks, scales) and profiles need every parameter whole on every rank. "
+                "Use strategy='ddp' (the model is replicated; see README 'Cluster runs' for the size limit)"
+            )
+        found = [c for c in trainer.callbacks if isinstance(c, UnlearningCallback)]  # type: ignore[attr-defined]
+        if len(found) != 1:
+            raise RuntimeError(
+                f"an unlearning run needs exactly one UnlearningCallback in trainer.callbacks, found {len(found)}: "
+                f"{[type(c).__name__ for c in found]}"
+            )
+        pl_module.bind(self)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if isinstance(pl_module, UnlearningTask) and pl_module._method is self:
+            pl_module.bind(None)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -136,8 +171,13 @@ class UnlearningCallback(Callback, abc.ABC):
                 f"{dm.forget.fingerprint[:12]}: resume with the same deletion request"
             )
         self._fingerprint = dm.forget.fingerprint
+        if trainer.max_epochs == 0 or trainer.max_steps == 0:  # no budget: no edit either (never a silent answer)
+            self.stopping_reason = "no step budget (max_epochs or max_steps is 0): nothing was done"
+            return
         if self.stop_rule == "membership":
             self._audit = self.membership_pairs(dm.forget.forget_pairs, dm)
+        if self.max_utility_loss is not None:
+            self._guard = self._guard_rows(dm)
         if self._profiled:
             self.restore_profile(model)
             return
@@ -152,6 +192,8 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = True
         res = self.verify(model, dm)
         self.history.append({"step": 0.0, **res})
+        if self.max_utility_loss is not None:
+            self.utility0 = res["guard_recall"]
         target = f"target {self.target_recall:.4f}" if self.stop_rule == "recall" else (
             f"pair-MIA AUC {res['mia_auc']:.4f}, expected Retrain AUC {self.reference:.4f} +- {res['mia_band']:.3f}")
         rank_zero_info(
@@ -177,6 +219,17 @@ class UnlearningCallback(Callback, abc.ABC):
         res = self.verify(pl_module.model, dm)  # type: ignore[attr-defined]
         self.history.append({"step": float(self.steps), **res})
         pl_module.log_dict({f"unlearn/{k}": v for k, v in res.items()}, batch_size=1)
+        if self._guard is not None and res["guard_recall"] < (1 - self.max_utility_loss) * self.utility0:  # type: ignore[operator]
+            if self._previous is not None:
+                self._restore(pl_module.model, self._previous)  # type: ignore[attr-defined]
+            self.utility_guard_tripped = trainer.should_stop = True
+            self.stopping_reason = (
+                f"utility guard after {self.steps} steps: retained valid recall@{self.k} fell from {self.utility0:.4f} to "
+                f"{res['guard_recall']:.4f} (more than {self.max_utility_loss:.0%}); went back to step "
+                f"{int(self.history[-2]['step'])}, the request is NOT answered by this method on this model"
+            )
+            rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
+            return
         if not trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
             self._previous = self._snapshot(pl_module.model)  # type: ignore[attr-defined]
             return
@@ -184,25 +237,50 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.stop_rule == "recall":
             self.stopping_reason = f"forget recall@{self.k} reached the target after {self.steps} steps"
             return
-        delta = res["mia_auc"] - float(self.reference)  # type: ignore[arg-type]
-        previous = self.history[-2]["mia_auc"] - float(self.reference)  # type: ignore[arg-type]
         band = res["mia_band"]
-        if delta >= -band:
+        if res["mia_auc"] - float(self.reference) >= -band:  # type: ignore[arg-type]
             self.stopping_reason = f"pair-MIA AUC within {band:.3f} of the expected Retrain AUC after {self.steps} steps"
-        elif abs(previous) < abs(delta) and self._previous is not None:
-            self._restore(pl_module.model, self._previous)  # type: ignore[attr-defined]
-            self.history.append({**self.history[-2], "step": float(self.steps), "rolled_back": 1.0})
-            self.overshoot = True
+            return
+        model = pl_module.model  # type: ignore[attr-defined]
+        found = self._bisect(model, trainer.datamodule) if self._previous is not None else None
+        if found is not None:
+            t, res = found
+            self.history.append({"step": float(self.steps), "interpolated": t, **res})
             self.stopping_reason = (
-                f"overshoot after {self.steps} steps (AUC {res['mia_auc']:.4f} < {self.reference:.4f} - {band:.3f}); "
-                f"went back to step {self.steps - self.eval_every} (AUC {self.history[-2]['mia_auc']:.4f})"
+                f"pair-MIA AUC within {res['mia_band']:.3f} of the expected Retrain AUC after {self.steps} steps, "
+                f"the last step scaled by {t:.3f} (the full step overshot)"
             )
-        else:
-            self.overshoot = True
-            self.stopping_reason = (
-                f"overshoot after {self.steps} steps: pair-MIA AUC {res['mia_auc']:.4f} below the expected Retrain AUC "
-                f"{self.reference:.4f} - {band:.3f} (over-forgetting)"
-            )
+            return
+        self.overshoot = True
+        self.stopping_reason = (
+            f"overshoot after {self.steps} steps: pair-MIA AUC {self.history[-1]['mia_auc']:.4f} outside "
+            f"{self.reference:.4f} +- {band:.3f} and no point of the last step inside it (over-forgetting)"
+        )
+
+    def _bisect(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[tuple[float, dict[str, float]]]:
+        r"""The last step overshot: find :math:`t \in (0, 1)` with :math:`\theta_{prev} + t(\theta - \theta_{prev})`
+        inside the band by bisection (``bisect_steps`` verifications; the AUC falls along the step). Leaves the
+        model at the point found, or at the verified point closest to :math:`A^*` when none is inside."""
+        assert self._previous is not None
+        current = self._snapshot(model)
+        ref = float(self.reference)  # type: ignore[arg-type]
+        lo, hi = 0.0, 1.0
+        best = (abs(self.history[-1]["mia_auc"] - ref), 1.0, self.history[-1])
+        prev_res = self.history[-2] if len(self.history) > 1 else None
+        if prev_res is not None and abs(prev_res["mia_auc"] - ref) < best[0]:
+            best = (abs(prev_res["mia_auc"] - ref), 0.0, prev_res)
+        for _ in range(self.bisect_steps):
+            t = (lo + hi) / 2
+            self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
+            res = self.verify(model, dm)
+            if abs(res["mia_auc"] - ref) <= res["mia_band"]:
+                return t, res
+            if abs(res["mia_auc"] - ref) < best[0]:
+                best = (abs(res["mia_auc"] - ref), t, res)
+            lo, hi = (t, hi) if res["mia_auc"] > ref else (lo, t)
+        _, t, _ = best
+        self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
+        return None
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -215,7 +293,7 @@ class UnlearningCallback(Callback, abc.ABC):
     def target_reached(self) -> bool:
         """Whether the run ended inside the stopping band (an overshoot or a spent budget is not)."""
         reason = self.stopping_reason or ""
-        return not self.overshoot and ("within" in reason or "reached" in reason or "already" in reason)
+        return not self.overshoot and not self.utility_guard_tripped and ("within" in reason or "reached" in reason or "already" in reason)
 
     def _reached(self, res: dict[str, float]) -> bool:
         if self.stop_rule == "recall":
@@ -235,7 +313,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     # ------------------------------------------------------------------- method surface
     @abc.abstractmethod
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         """The update objective of one step, by term (summed by the task)."""
 
     def prepare(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -250,7 +328,7 @@ class UnlearningCallback(Callback, abc.ABC):
     def edit_gradients(self, model: nn.Module) -> None:
         """Edit ``p.grad`` after each backward (masks, scales)."""
 
-    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
 
     # -------------------------------------------------------------------- verification
@@ -260,13 +338,27 @@ class UnlearningCallback(Callback, abc.ABC):
         was_training = model.training
         model.eval()
         try:
-            res = forget_metrics(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+            res = recall_exposure_at_k(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
             if self._audit is not None:
                 mia = pair_membership(model, *self._audit, dm.retained_train_csr())
                 res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
+            if self._guard is not None:
+                retained = dm.retained_train_csr()
+                res["guard_recall"] = recall_exposure_at_k(model, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
             return res
         finally:
             model.train(was_training)
+
+    def _guard_rows(self, dm: UnlearningDataModule) -> sp.csr_matrix:
+        """Valid rows of up to ``guard_users`` retained users (seeded: identical on every rank and on resume)."""
+        valid = dm.retained.data.csr("valid").tocsr()
+        users = np.flatnonzero(np.diff(valid.indptr) > 0)
+        rng = np.random.default_rng(dm.seed)
+        if len(users) > self.guard_users:
+            users = np.sort(rng.choice(users, self.guard_users, replace=False))
+        keep = np.zeros(valid.shape[0], dtype=np.float32)
+        keep[users] = 1.0
+        return (sp.diags(keep) @ valid).tocsr()
 
     def membership_pairs(self, members: np.ndarray, dm: UnlearningDataModule) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``audit_pairs`` of ``members`` and one popularity-matched non-member each (seeded by
@@ -321,21 +413,22 @@ class UnlearningCallback(Callback, abc.ABC):
     def heldout_recall(self, model: nn.Module, dm: UnlearningDataModule) -> float:
         """Recall@K of held-out test pairs (train and valid masked): what non-members score."""
         data = dm.source.data
-        was_training = model.training
-        model.eval()
-        try:
-            res = forget_metrics(model, data.csr("train", "valid"), data.csr("test"), self.k)
-        finally:
-            model.train(was_training)
+        with eval_mode(model):
+            res = recall_exposure_at_k(model, data.csr("train", "valid"), data.csr("test"), self.k)
         return res[f"forget_recall@{self.k}"]
 
     # --------------------------------------------------------------------------- state
+    state_attributes: tuple[str, ...] = ()
+    """Plain attributes checkpointed as they are by the default :meth:`extra_state`."""
+
     def extra_state(self) -> dict[str, Any]:
-        """Method-specific state to checkpoint (plain values)."""
-        return {}
+        """Method-specific state to checkpoint (plain values): by default the :attr:`state_attributes`."""
+        return {a: getattr(self, a) for a in self.state_attributes}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
+        for a in self.state_attributes:
+            setattr(self, a, state.get(a))
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -345,6 +438,7 @@ class UnlearningCallback(Callback, abc.ABC):
             "profiled": self._profiled,
             "target_recall": self.target_recall,
             "reference": self.reference,
+            "utility0": self.utility0,
             "history": list(self.history),
             "extra": self.extra_state(),
         }
@@ -356,6 +450,8 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = bool(state_dict.get("profiled", False))
         self.target_recall = state_dict.get("target_recall", self.target_recall)
         self.reference = state_dict.get("reference", self.reference)
+        if state_dict.get("utility0") is not None:
+            self.utility0 = float(state_dict["utility0"])
         self.history = list(state_dict.get("history", []))
         self.load_extra_state(state_dict.get("extra", {}))
 

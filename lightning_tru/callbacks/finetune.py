@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
-from lightning_tru.datamodules.unlearning import UnlearnBatch
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import group_scores
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -27,8 +27,7 @@ class FineTune(UnlearningCallback):
 
     Expect it to forget item-wise (items that lost their interactions sink as training goes on)
     but not user-wise: no retained pair involves a forgotten user, so their own embedding never
-    changes (on ``mgcn_synthetic``, 5% of the users, forget Recall@20 went 0.43 before, 0.46
-    after graph surgery, 0.48 after 200 steps).
+    changes (``benchmarks/RESULTS.md``, "Behind the defaults").
 
     Args:
         lr: Adam learning rate (the training run's own rate is the natural choice).
@@ -44,12 +43,11 @@ class FineTune(UnlearningCallback):
         train_mode: bool = True,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=1.0, train_mode=train_mode
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode
         )
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
-        s = model.score(torch.cat([ru, ru]), torch.cat([ri, rj]))  # type: ignore[operator]
-        pos, neg = s.split(len(ru))
+        pos, neg = group_scores(model, [(ru, ri), (ru, rj)])
         return {"retain_bpr": bpr_loss(pos, neg)}

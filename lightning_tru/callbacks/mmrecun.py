@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import group_scores, propagation
 from lightning_tru.nn.losses import bpr_loss, l2_penalty, reverse_bpr_loss
 
 Regularization = Literal["embedding", "parameter_change", "none"]
@@ -41,7 +42,7 @@ class MMRecUn(UnlearningCallback):
       weights :math:`\theta_0`, snapshotted at profile time and not checkpointed: a resumed run
       raises); ``"none"`` drops it. A score-only model (no ``embeddings``) skips ``"embedding"``.
       The paper's text available to us (abstract and overviews) names reverse + forward BPR
-      only; the contrastive and L2 forms and all weights follow METHOD.md and are our choice,
+      only; the contrastive and L2 forms and all weights follow docs/method.md and are our choice,
       each configurable.
 
     Args:
@@ -51,6 +52,8 @@ class MMRecUn(UnlearningCallback):
         reg_weight: :math:`\lambda`.
         regularization: ``"embedding"``, ``"parameter_change"`` or ``"none"``.
     """
+
+    state_attributes = ("contrastive_active",)
 
     def __init__(
         self,
@@ -67,7 +70,7 @@ class MMRecUn(UnlearningCallback):
         if alpha < 0:
             raise ValueError(f"alpha={alpha} must be >= 0 (the weight of forward BPR on retained pairs)")
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, retain_weight=alpha, train_mode=train_mode
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode
         )
         if regularization not in REGULARIZATIONS:
             raise ValueError(f"regularization={regularization!r}; choose one of {REGULARIZATIONS}")
@@ -98,17 +101,11 @@ class MMRecUn(UnlearningCallback):
 
     # --------------------------------------------------------------------------- update
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        users, items = torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj])
         backbone = getattr(model, "backbone", None)
-        prop = backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
-        if prop is not None:
-            s = backbone.score(users, items, prop)  # type: ignore[union-attr]
-        else:
-            s = model.score(users, items)  # type: ignore[operator]
-        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        prop = propagation(model)
+        s_fi, s_fj, s_ri, s_rj = group_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)], prop)
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.alpha * bpr_loss(s_ri, s_rj)}
         if self.cl_weight > 0:
             aux = backbone.auxiliary_losses(prop, fu, fi, fj) if prop is not None else {}  # type: ignore[union-attr]
@@ -141,12 +138,3 @@ class MMRecUn(UnlearningCallback):
         if hasattr(model, "embeddings"):
             return model.embeddings()  # type: ignore[operator,no-any-return]
         return None
-
-    # ---------------------------------------------------------------------------- state
-    @override
-    def extra_state(self) -> dict[str, Any]:
-        return {"contrastive_active": self.contrastive_active}
-
-    @override
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.contrastive_active = state.get("contrastive_active")

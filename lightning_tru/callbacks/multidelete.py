@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import eval_mode, group_scores, propagation
 
 ReferenceDevice = Literal["model", "cpu"]
 REFERENCE_DEVICES: tuple[str, ...] = ("model", "cpu")
@@ -46,8 +47,7 @@ class MultiDelete(UnlearningCallback):
     unconnected pair's own score at the original's. A score is a scalar, unlike the joint
     image-text embedding MultiDelete matches, and without the anchor the decoupling term is
     met by shrinking the forgetting user's whole score profile, which leaves the ranking as it
-    was: measured on ``mgcn_synthetic`` (5% of the users), forget Recall@20 *rose* from 0.46 to
-    0.56 in 60 steps. With the anchor a forgotten item is pushed to the level of a random item
+    was (``benchmarks/RESULTS.md``, "Behind the defaults"). With the anchor a forgotten item is pushed to the level of a random item
     while the random items stay where they were.
 
     The frozen reference is the model at profile time (the trained weights) *after* graph
@@ -69,6 +69,8 @@ class MultiDelete(UnlearningCallback):
         reference_device: ``"model"`` (the model's device) or ``"cpu"`` for the frozen reference.
         anchor_unconnected: add :math:`(s_{uj} - s^0_{uj})^2` to the decoupling term (:math:`a = 1`).
     """
+
+    state_attributes = ("unimodal_active",)
 
     def __init__(
         self,
@@ -103,31 +105,19 @@ class MultiDelete(UnlearningCallback):
         self._reference: Optional[nn.Module] = None  # score-only models
 
     # ------------------------------------------------------------------------ reference
-    @staticmethod
-    def _propagate(model: nn.Module) -> Any:
-        backbone = getattr(model, "backbone", None)
-        return backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
-
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
         dev = next(model.parameters()).device if self.reference_device == "model" else torch.device("cpu")
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                prop = self._propagate(model)
-                if prop is not None:
-                    self._ref_user, self._ref_item = prop.user.detach().to(dev), prop.item.detach().to(dev)
-                    self._ref_branches = {
-                        b: (u.detach().to(dev), i.detach().to(dev)) for b, (u, i) in prop.branches.items()
-                    }
-                elif hasattr(model, "embeddings"):
-                    u, i = model.embeddings()  # type: ignore[operator]
-                    self._ref_user, self._ref_item = u.detach().to(dev), i.detach().to(dev)
-                else:
-                    self._reference = copy.deepcopy(model).to(dev).requires_grad_(False)
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            prop = propagation(model)
+            if prop is not None:
+                self._ref_user, self._ref_item = prop.user.detach().to(dev), prop.item.detach().to(dev)
+                self._ref_branches = {b: (u.detach().to(dev), i.detach().to(dev)) for b, (u, i) in prop.branches.items()}
+            elif hasattr(model, "embeddings"):
+                u, i = model.embeddings()  # type: ignore[operator]
+                self._ref_user, self._ref_item = u.detach().to(dev), i.detach().to(dev)
+            else:
+                self._reference = copy.deepcopy(model).to(dev).requires_grad_(False)
         self.unimodal_active = bool(self._ref_branches)
         if not self.unimodal_active and self.unimodal_weight > 0:
             rank_zero_warn(
@@ -163,16 +153,10 @@ class MultiDelete(UnlearningCallback):
 
     # --------------------------------------------------------------------------- update
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        prop = self._propagate(model)
-        users, items = torch.cat([fu, fu, ru]), torch.cat([fi, fj, ri])
-        if prop is not None:
-            s = model.backbone.score(users, items, prop)  # type: ignore[union-attr,operator]
-        else:
-            s = model.score(users, items)  # type: ignore[operator]
-        s_fi, s_fj, s_r = s.split([nf, nf, nr])
+        prop = propagation(model)
+        s_fi, s_fj, s_r = group_scores(model, [(fu, fi), (fu, fj), (ru, ri)], prop)
         target = self._reference_scores(fu, fj)  # (F,) s^0(u, j)
         decouple = F.mse_loss(s_fi, target)
         if self.anchor_unconnected:
@@ -196,12 +180,3 @@ class MultiDelete(UnlearningCallback):
             ) / max(len(names), 1)
             losses["unimodal_retention"] = self.unimodal_weight * um  # type: ignore[operator]
         return losses
-
-    # ---------------------------------------------------------------------------- state
-    @override
-    def extra_state(self) -> dict[str, Any]:
-        return {"unimodal_active": self.unimodal_active}
-
-    @override
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.unimodal_active = state.get("unimodal_active")

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.callbacks.base import UnlearningCallback
-from lightning_tru.datamodules.unlearning import UnlearnBatch
+from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
+from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
+from lightning_tru.models.protocol import group_scores
 from lightning_tru.nn.losses import bpr_loss
 
 
@@ -45,19 +46,17 @@ class NegGrad(UnlearningCallback):
         train_mode: bool = True,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode,
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode,
         )
+        self.retain_weight = check_retain_weight(retain_weight)
         if forget_weight <= 0:
             raise ValueError(f"forget_weight={forget_weight} must be > 0 (the ascent term is the method)")
         self.forget_weight = forget_weight
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        s = model.score(torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))  # type: ignore[operator]
-        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        s_fi, s_fj, s_ri, s_rj = group_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         return {
             "forget_ascent": self.forget_weight * F.logsigmoid(s_fi - s_fj).mean(),  # = -gamma_f * BPR(F)
             "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj),

@@ -2,73 +2,21 @@ r"""ScaleGUN (Yi & Wei, ICLR 2025), adapted: a one-shot damped Newton (influence
 from __future__ import annotations
 
 import fnmatch
-import math
 from collections.abc import Sequence
-from typing import Any, Callable, Literal, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import attach_graph, branch_groups
-
-
-class CGResult(NamedTuple):
-    """Output of :func:`conjugate_gradient`: the solution, iterations run, relative residual
-    :math:`\\lVert b - (H + \\lambda I)x\\rVert / \\lVert b\\rVert` and whether non-positive curvature stopped it."""
-
-    x: Tensor
-    iterations: int
-    residual: float
-    negative_curvature: bool
-
-
-def conjugate_gradient(
-    matvec: Callable[[Tensor], Tensor], b: Tensor, damping: float = 0.0, max_iter: int = 100, tol: float = 1e-6
-) -> CGResult:
-    r"""Solve :math:`(H + \lambda I)\,x = b` by conjugate gradients, with :math:`H` given as ``matvec``.
-
-    Stops when :math:`\lVert r\rVert \le \mathrm{tol}\,\lVert b\rVert`, after ``max_iter`` iterations,
-    or at a direction :math:`p` with :math:`p^\top (H + \lambda I) p \le 0` (the damped matrix is not
-    positive definite there: the iterate so far is returned and ``negative_curvature`` is set;
-    raise the damping).
-
-    Shapes: ``b``: ``(n,)``; ``matvec``: ``(n,) -> (n,)``.
-    """
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = r.clone()
-    rs = float(r @ r)
-    b_norm = math.sqrt(rs) or 1.0
-    it, negative = 0, False
-    while it < max_iter and math.sqrt(rs) > tol * b_norm:
-        ap = matvec(p) + damping * p
-        curv = float(p @ ap)
-        if curv <= 0.0:
-            negative = True
-            break
-        step = rs / curv
-        x.add_(p, alpha=step)
-        r.sub_(ap, alpha=step)
-        rs_new = float(r @ r)
-        p = r + (rs_new / rs) * p
-        rs = rs_new
-        it += 1
-    return CGResult(x, it, math.sqrt(rs) / b_norm, negative)
-
-
-Curvature = Literal["gauss_newton", "hessian"]
-CURVATURES: tuple[str, ...] = ("gauss_newton", "hessian")
-
-
-def _bpr(margins: Tensor) -> Tensor:
-    return -F.logsigmoid(margins).mean()
+from lightning_tru.models.protocol import attach_graph, branch_groups, group_scores
+from lightning_tru.nn.losses import bpr_loss
+from lightning_tru.nn.newton import CURVATURES, CGResult, Curvature, flat_grad, solve_damped
 
 
 class _Objective(NamedTuple):
@@ -136,9 +84,10 @@ class ScaleGUN(UnlearningCallback):
     calibration. Report the measured gradient residual instead.
 
     Args:
-        lr, k, target_recall, eval_every, retain_weight, train_mode: see
+        lr, k, target_recall, eval_every, train_mode: see
             :class:`~lightning_tru.callbacks.UnlearningCallback`
             (used by the optional fine-tuning steps only).
+        retain_weight: :math:`\lambda_r`, weight of the fine-tuning steps' retain BPR.
         damping: :math:`\lambda > 0`, L2 weight of the summed retained objective.
         curvature: ``"gauss_newton"`` or ``"hessian"``.
         cg_iters: most CG iterations.
@@ -175,9 +124,9 @@ class ScaleGUN(UnlearningCallback):
         train_mode: bool = True,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode,
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode,
         )
+        self.retain_weight = check_retain_weight(retain_weight)
         if damping <= 0 or cg_iters < 1 or not 0 < cg_tol < 1:
             raise ValueError(f"damping={damping} must be > 0, cg_iters={cg_iters} >= 1 and cg_tol={cg_tol} in (0, 1)")
         if (sample_size is not None and sample_size < 1) or noise_std < 0 or finetune_steps < 0:
@@ -229,69 +178,38 @@ class ScaleGUN(UnlearningCallback):
                 idx = np.sort(torch.randperm(len(pairs), generator=g)[: self.sample_size].numpy())
             u = torch.from_numpy(pairs[idx, 0]).long()
             i = torch.from_numpy(pairs[idx, 1]).long()
-            j = dm._forget_sampler.sample_negatives(u, generator=g)  # avoids every original train item
+            j = dm.forget_negatives(u, generator=g)  # avoids every original train item
             return u.to(device), i.to(device), j.to(device)
 
         nr, nf = len(dm.forget.retain_pairs), len(dm.forget.forget_pairs)
         return _Objective(part(dm.forget.retain_pairs), part(dm.forget.forget_pairs), nr, nf / nr)
 
     @staticmethod
-    def margins(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """``(B,)`` BPR margins :math:`s_{ui} - s_{uj}` of fixed triples on the installed graph."""
+    def scores(model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(B,)`` scores :math:`s_{ui}` and :math:`s_{uj}` of fixed triples on the installed graph."""
         u, i, j = triples
-        s = model.score(torch.cat([u, u]), torch.cat([i, j]))  # type: ignore[operator]
-        pos, neg = s.split(len(u))
+        pos, neg = group_scores(model, [(u, i), (u, j)])
+        return pos, neg
+
+    @classmethod
+    def margins(cls, model: nn.Module, triples: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """``(B,)`` BPR margins :math:`s_{ui} - s_{uj}` of fixed triples on the installed graph."""
+        pos, neg = cls.scores(model, triples)
         return pos - neg
 
     def old_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
         """:math:`\\mathcal L_{old} / |R|` on the graph currently installed (call with the original one)."""
-        return _bpr(self.margins(model, obj.retain)) + obj.forget_ratio * _bpr(self.margins(model, obj.forget))
+        return bpr_loss(*self.scores(model, obj.retain)) + obj.forget_ratio * bpr_loss(*self.scores(model, obj.forget))
 
     def new_objective(self, model: nn.Module, obj: _Objective) -> Tensor:
         """:math:`\\mathcal L_{new} / |R|` on the graph currently installed (call with the retained one)."""
-        return _bpr(self.margins(model, obj.retain))
+        return bpr_loss(*self.scores(model, obj.retain))
 
     # --------------------------------------------------------------------------- solve
     def solve(self, margins_fn: Callable[[], Tensor], params: list[Tensor], b: Tensor, damping: float) -> CGResult:
-        r"""Solve :math:`(C + \lambda I)\,x = b` (:math:`\lambda` = ``damping``) over ``params`` (flattened) by CG.
-
-        :math:`C` is the curvature of :math:`\mathcal L = \frac1M\sum_m -\log\sigma(x_m)`, :math:`x` = ``margins_fn()``:
-        its Hessian (``curvature="hessian"``; products by double backward) or its Gauss-Newton
-        matrix :math:`\frac1M J^\top \mathrm{diag}(\sigma(x)\sigma(-x))\,J`, :math:`J = \partial x / \partial\theta`
-        (``"gauss_newton"``; :math:`Jv` by the double-vjp trick, then a vjp).
-        """
-        sizes = [p.numel() for p in params]
-
-        def flat(gs: Sequence[Optional[Tensor]]) -> Tensor:
-            return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, params)])
-
-        def split(v: Tensor) -> list[Tensor]:
-            return [c.view_as(p) for c, p in zip(v.split(sizes), params)]
-
-        with torch.enable_grad():
-            x = margins_fn()
-            if self.curvature == "hessian":
-                grads = torch.autograd.grad(_bpr(x), params, create_graph=True)
-
-                def matvec(v: Tensor) -> Tensor:
-                    hv = torch.autograd.grad(grads, params, grad_outputs=split(v), retain_graph=True, allow_unused=True)
-                    return flat(hv)
-
-            else:
-                weight = (torch.sigmoid(x) * torch.sigmoid(-x)).detach() / len(x)  # (M,) loss curvature in x
-                dummy = torch.zeros_like(x, requires_grad=True)
-                jt = torch.autograd.grad(x, params, grad_outputs=dummy, create_graph=True)  # J^T dummy, linear in dummy
-
-                def matvec(v: Tensor) -> Tensor:
-                    jv = torch.autograd.grad(jt, dummy, grad_outputs=split(v), retain_graph=True)[0]  # (M,) J v
-                    return flat(torch.autograd.grad(x, params, weight * jv, retain_graph=True, allow_unused=True))
-
-            return conjugate_gradient(matvec, b, damping, self.cg_iters, self.cg_tol)
-
-    @staticmethod
-    def _flat_grad(loss: Tensor, params: list[Tensor]) -> Tensor:
-        gs = torch.autograd.grad(loss, params, allow_unused=True)
-        return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, params)])
+        r"""Solve :math:`(C + \lambda I)\,x = b` over ``params`` with this callback's curvature and CG
+        settings (:func:`~lightning_tru.nn.newton.solve_damped`)."""
+        return solve_damped(margins_fn, params, b, damping, self.curvature, self.cg_iters, self.cg_tol)
 
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -304,10 +222,10 @@ class ScaleGUN(UnlearningCallback):
         with torch.enable_grad():
             attach_graph(model, dm.source)  # the original graph, for the old objective
             try:
-                g_old = self._flat_grad(self.old_objective(model, obj), params)
+                g_old = flat_grad(self.old_objective(model, obj), params)
             finally:
                 attach_graph(model, dm)  # back to the retained graph
-            g_new = self._flat_grad(self.new_objective(model, obj), params)
+            g_new = flat_grad(self.new_objective(model, obj), params)
         res = self.solve(lambda: self.margins(model, obj.retain), params, g_old - g_new, self.damping / obj.num_retain)
         if res.negative_curvature:
             rank_zero_warn(
@@ -325,7 +243,7 @@ class ScaleGUN(UnlearningCallback):
             for p, d in zip(params, step.split([p.numel() for p in params])):
                 p.add_(d.view_as(p))
         with torch.enable_grad():
-            g_after = self._flat_grad(self.new_objective(model, obj), params)
+            g_after = flat_grad(self.new_objective(model, obj), params)
         self.newton = {
             "parameters": int(sum(p.numel() for p in params)),
             "cg_iterations": res.iterations,
@@ -358,9 +276,9 @@ class ScaleGUN(UnlearningCallback):
             trainer.should_stop = True
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         ru, ri, rj = batch.retain_users, batch.retain_items, batch.retain_neg
-        return {"retain_bpr": self.retain_weight * _bpr(self.margins(model, (ru, ri, rj)))}
+        return {"retain_bpr": self.retain_weight * bpr_loss(*self.scores(model, (ru, ri, rj)))}
 
     # ---------------------------------------------------------------------------- state
     @override

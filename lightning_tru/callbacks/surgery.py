@@ -26,7 +26,7 @@ class Surgery(UnlearningCallback):
     """
 
     def __init__(self, k: int = 20) -> None:
-        super().__init__(lr=1.0, k=k, target_recall=None, eval_every=1, retain_weight=0.0, train_mode=False)
+        super().__init__(lr=1.0, k=k, target_recall=None, eval_every=1, train_mode=False)
         self.edits: dict[str, Any] = {}
 
     def edit(self, model: nn.Module, dm: UnlearningDataModule) -> str:
@@ -51,7 +51,7 @@ class Surgery(UnlearningCallback):
         rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         raise RuntimeError(
             f"{type(self).__name__} makes no optimisation step; the run should have stopped at fit start "
             "(is trainer.min_epochs / min_steps set? remove it)"

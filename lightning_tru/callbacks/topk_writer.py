@@ -12,6 +12,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_tru.metrics.functional import check_k
+
 
 class TopKWriter(BasePredictionWriter):
     """Writes ``userID  rank  itemID  score`` rows (rank 1 = best) for every predicted user.
@@ -28,8 +30,7 @@ class TopKWriter(BasePredictionWriter):
 
     def __init__(self, output: Union[str, Path], k: int = 20) -> None:
         super().__init__(write_interval="batch")
-        if k < 1:
-            raise ValueError(f"k={k} must be >= 1")
+        check_k(k)
         self.output = Path(output).expanduser()
         if self.output.is_dir():
             raise ValueError(f"output {self.output} is a folder; pass a file path such as recs.tsv")

@@ -1,4 +1,4 @@
-r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see METHOD.md)."""
+r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see docs/method.md)."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.callbacks.reset import Reset
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, layer_groups, pair_scores
+from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, group_pair_scores, layer_groups
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
 
 
@@ -50,8 +50,20 @@ class TRU(UnlearningCallback):
 
     **Update**: :math:`\mathcal L = \mathrm{revBPR}(F) + \lambda_r \mathrm{BPR}(R) + \lambda_g \mathcal L_{gate}`.
 
+    **Exact where exact is free** (``reset_deleted``): before profiling, the rows of deleted users
+    and of items left without interactions are set to the untrained model's (:class:`Reset`; exact
+    for users, Retrain's starting point for items). User-wise, the expected Retrain AUC of the
+    stopping rule is then the reset model's own (those rows *are* Retrain's), so a request the reset
+    already answers takes no reverse step.
+
+    **Where the update goes**: entity tables (row-isolated) are selected before shared layers
+    (``entity_first``); shared layers step at ``shared_lr_scale`` of the lr; an entity row moves
+    only the forgotten share :math:`f_r` of its interactions of each optimiser step
+    (``row_share_steps``, see :meth:`on_train_batch_end`).
+
     Args:
-        lr, k, target_recall, eval_every, retain_weight, train_mode: see :class:`UnlearningCallback`.
+        lr, k, target_recall, eval_every, train_mode, stop_rule, tolerance: see :class:`UnlearningCallback`.
+        retain_weight: :math:`\lambda_r`, weight of retain BPR.
         gate_weight: :math:`\lambda_g`.
         gate_temperature: :math:`\tau`.
         scale_clip: clipping range of the branch scales.
@@ -62,6 +74,13 @@ class TRU(UnlearningCallback):
         modality_scaling, layer_isolation, row_isolation, ranking_gate: switch each intervention (ablations).
         profile_size: forget pairs used for profiling (all when fewer).
         eps: :math:`\epsilon`.
+        shared_lr_scale: lr factor of the parameters outside the user/item tables.
+        entity_first: select row-isolated entity tables before shared layers.
+        row_share_steps: scale each entity row's step by its forgotten share.
+        reset_deleted: reset deleted users' / items' rows first (``use_initial`` hands over the untrained model;
+            without it the backbone's ``initial_entity_table``; without either the reset is skipped with a warning).
+        seed: seed of the reset's fallback draw.
+        stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
     def __init__(
@@ -87,20 +106,25 @@ class TRU(UnlearningCallback):
         train_mode: bool = True,
         shared_lr_scale: float = 0.02,
         entity_first: bool = True,
+        row_share_steps: bool = True,
         reset_deleted: bool = True,
         seed: int = 0,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
+        max_utility_loss: Optional[float] = 0.02,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            retain_weight=retain_weight, train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance,
+            train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance, max_utility_loss=max_utility_loss,
         )
+        self.retain_weight = check_retain_weight(retain_weight)
         if not 0 < shared_lr_scale <= 1:
             raise ValueError(f"shared_lr_scale={shared_lr_scale} must be in (0, 1]")
         self.shared_lr_scale, self.entity_first = shared_lr_scale, entity_first
         self._entity_layers: set[str] = set()
-        self.reset_deleted = reset_deleted
+        self.reset_deleted, self.row_share_steps = reset_deleted, row_share_steps
+        self._share: dict[str, Tensor] = {}  # derived from the request (see _row_shares)
+        self._before_step: dict[str, Tensor] = {}
         self._reset = Reset(k=k, seed=seed)  # the exact part: deleted entities' rows, as Retrain leaves them
         self.reset_edits: dict[str, Any] = {}
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -168,27 +192,14 @@ class TRU(UnlearningCallback):
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
         rank, world = trainer.global_rank, trainer.world_size
-        g = torch.Generator().manual_seed(dm.seed)
-        batch = dm.make_batch(epoch=-1, index=0)  # the profiling draw, shared by all ranks
-        fu, fi, fj = batch.forget_users, batch.forget_items, batch.forget_neg
-        if len(dm.forget.forget_pairs) > len(fu):  # forget_batch_size < F: profile on up to profile_size pairs
-            n = min(self.profile_size, len(dm.forget.forget_pairs))
-            idx = torch.randperm(len(dm.forget.forget_pairs), generator=g)[:n]
-            fu = torch.from_numpy(dm.forget.forget_pairs[idx.numpy(), 0])
-            fi = torch.from_numpy(dm.forget.forget_pairs[idx.numpy(), 1])
-            fj = dm._forget_sampler.sample_negatives(fu, generator=g)
-        n = len(fu)
-        ridx = torch.randint(len(dm.forget.retain_pairs), (n,), generator=g)
-        ru = torch.from_numpy(dm.forget.retain_pairs[ridx.numpy(), 0])
-        ri = torch.from_numpy(dm.forget.retain_pairs[ridx.numpy(), 1])
-        rj = dm._retain_sampler.sample_negatives(ru, generator=g)
+        fu, fi, fj, ru, ri, rj = dm.profile_batch(self.profile_size)  # the profiling draw, shared by all ranks
         dev = next(model.parameters()).device
         shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
         fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
-        s_f, _ = pair_scores(model, torch.cat([fu, fu]), torch.cat([fi, fj]))
-        g_f = self._gradients(model, reverse_bpr_loss(*s_f.split(len(fu))) * len(fu), trainer)
-        s_r, _ = pair_scores(model, torch.cat([ru, ru]), torch.cat([ri, rj]))
-        g_r = self._gradients(model, bpr_loss(*s_r.split(len(ru))) * len(ru), trainer)
+        s_f, _ = group_pair_scores(model, [(fu, fi), (fu, fj)])
+        g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
+        s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
+        g_r = self._gradients(model, bpr_loss(*s_r) * len(ru), trainer)
         self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
 
@@ -275,9 +286,9 @@ class TRU(UnlearningCallback):
             self._row_keep[n] = keep
 
     @override
-    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
         """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``."""
-        entity = {n for names in entity_groups(model, self._datamodule.num_users, self._datamodule.num_items).values() for n in names}
+        entity = {n for names in entity_groups(model, dm.num_users, dm.num_items).values() for n in names}
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in params if n in entity], "lr": self.lr},
                   {"params": [p for n, p in params if n not in entity], "lr": self.lr * self.shared_lr_scale}]
@@ -297,6 +308,45 @@ class TRU(UnlearningCallback):
             if self.modality_scaling:
                 p.grad.mul_(self._param_scale.get(n, 1.0))
 
+    # ----------------------------------------------------------------- row step scaling
+    def _row_shares(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, Tensor]:
+        r"""Per entity-table row, the forgotten share of its train interactions
+        :math:`f_r = |F_r| / (|F_r| + |R_r|)` (1 for a deleted user or item, 0 for an untouched one)."""
+        pairs = {"forget": dm.forget.forget_pairs, "retain": dm.forget.retain_pairs}
+        out: dict[str, Tensor] = {}
+        for entity, names in entity_groups(model, dm.num_users, dm.num_items).items():
+            col, n = (0, dm.num_users) if entity == "user" else (1, dm.num_items)
+            nf = torch.bincount(torch.from_numpy(pairs["forget"][:, col]), minlength=n).float()
+            nr = torch.bincount(torch.from_numpy(pairs["retain"][:, col]), minlength=n).float()
+            for name in names:
+                out[name] = nf / (nf + nr).clamp_min(1)
+        return out
+
+    @override
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: Any, optimizer: torch.optim.Optimizer) -> None:
+        if not self.row_share_steps:
+            return
+        model = pl_module.model
+        if not self._share:
+            self._share = self._row_shares(model, trainer.datamodule)
+        self._before_step = {n: p.detach().clone() for n, p in model.named_parameters() if n in self._share}
+
+    @override
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        r"""Row step scaling: an entity row moves :math:`f_r` of the optimiser's step,
+        :math:`\theta_r \leftarrow \theta_r^{old} + f_r(\theta_r^{new} - \theta_r^{old})`. A row that keeps most of its
+        interactions changes little in Retrain too; under Adam's per-coordinate normalisation a
+        gradient scale would cancel, so the step itself is scaled."""
+        if not self._before_step:
+            return
+        with torch.no_grad():
+            for n, p in pl_module.model.named_parameters():
+                if n in self._before_step:
+                    old = self._before_step[n]
+                    f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
+                    p.copy_(old + f * (p - old))
+        self._before_step = {}
+
     # --------------------------------------------------------------------------- update
     def _thresholds(self, model: nn.Module, users: Tensor, dm: UnlearningDataModule) -> Tensor:
         """``t_u``: each forget pair's user's K-th best score among candidate items (no gradient)."""
@@ -309,19 +359,16 @@ class TRU(UnlearningCallback):
         return kth[inv]
 
     @override
-    def training_losses(self, model: nn.Module, batch: UnlearnBatch) -> dict[str, Tensor]:
+    def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        nf, nr = len(fu), len(ru)
-        s, parts = pair_scores(model, torch.cat([fu, fu, ru, ru]), torch.cat([fi, fj, ri, rj]))
-        s_fi, s_fj, s_ri, s_rj = s.split([nf, nf, nr, nr])
+        (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.ranking_gate and self.gate_weight > 0:
-            dm = self._datamodule
             t = self._thresholds(model, fu, dm)
             tau = self.gate_temperature
             p = torch.sigmoid((s_fi.detach() - t) / tau)  # persistence (F,)
             if parts is not None and "id" in parts:
-                s_id = parts["id"][:nf]
+                s_id = parts["id"][0]
                 a = torch.zeros(dm.num_items, device=p.device).index_add_(0, fi, p)
                 a = (a / torch.zeros(dm.num_items, device=p.device).index_add_(0, fi, torch.ones_like(p)).clamp_min(1))[fi]
                 fused = (1 - a) * s_id + a * (s_fi - s_id)

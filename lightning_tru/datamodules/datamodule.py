@@ -11,9 +11,17 @@ import scipy.sparse as sp
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_tru.datamodules.content import ItemContent
+from lightning_tru.datamodules.datasets import (
+    BPRDataset,
+    BPRShardSampler,
+    EvalShardSampler,
+    RankingDataset,
+    UserDataset,
+    identity_collate,
+)
 from lightning_tru.datamodules.deletions import DeletionStore, data_fingerprint, deletion_mask, subset
 from lightning_tru.datamodules.forget import ForgetSet
 from lightning_tru.datamodules.interactions import TRAIN, DataFormatError, InteractionData
@@ -21,97 +29,6 @@ from lightning_tru.datamodules.mmrec import load_mmrec
 from lightning_tru.datamodules.synthetic import make_synthetic
 
 log = logging.getLogger("lightning_tru")
-
-
-def _passthrough(batch: object) -> object:
-    return batch
-
-
-class BPRDataset(Dataset):
-    r"""Training pairs; a batch of indices becomes ``(users, pos, neg)`` with one uniform negative each.
-
-    Negatives are drawn uniformly from the items outside the user's training set, vectorised:
-    draw all, then redraw the collisions (membership by binary search in the sorted keys
-    :math:`u \cdot I + i`). Uses torch's global RNG, so ``seed_everything`` makes it reproducible.
-    """
-
-    def __init__(self, pairs: np.ndarray, num_items: int) -> None:
-        self.users = torch.from_numpy(np.ascontiguousarray(pairs[:, 0]))
-        self.items = torch.from_numpy(np.ascontiguousarray(pairs[:, 1]))
-        self.num_items = num_items
-        self.keys = torch.sort(self.users * num_items + self.items).values
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def sample_negatives(self, users: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """One uniform item per user outside that user's training set."""
-        neg = torch.randint(self.num_items, users.shape, generator=generator)
-        todo = torch.arange(len(users))
-        for _ in range(100):
-            key = users[todo] * self.num_items + neg[todo]
-            pos = torch.searchsorted(self.keys, key).clamp_max(len(self.keys) - 1)
-            todo = todo[self.keys[pos] == key]
-            if len(todo) == 0:
-                break
-            neg[todo] = torch.randint(self.num_items, (len(todo),), generator=generator)
-        return neg
-
-    def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        i = torch.as_tensor(idx, dtype=torch.long)
-        users = self.users[i]
-        return users, self.items[i], self.sample_negatives(users)
-
-    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor, Tensor]:
-        u, p, n = self.__getitems__([idx])
-        return u[0], p[0], n[0]
-
-
-class RankingDataset(Dataset):
-    """Evaluation users; a batch becomes ``(users (B,), exclude (B, I) bool, target (B, I) bool)``."""
-
-    def __init__(self, exclude: sp.csr_matrix, target: sp.csr_matrix) -> None:
-        self.exclude = exclude.tocsr()
-        self.target = target.tocsr()
-        self.users = np.flatnonzero(np.diff(self.target.indptr) > 0)
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    @staticmethod
-    def dense(m: sp.csr_matrix) -> Tensor:
-        """``(rows, I)`` bool tensor of a binary CSR matrix."""
-        out = np.zeros(m.shape, dtype=bool)
-        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-        out[rows, m.indices] = True
-        return torch.from_numpy(out)
-
-    def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
-        users = self.users[np.asarray(idx, dtype=np.int64)]
-        return torch.from_numpy(users), self.dense(self.exclude[users]), self.dense(self.target[users])
-
-    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor, Tensor]:
-        u, e, t = self.__getitems__([idx])
-        return u[0], e[0], t[0]
-
-
-class UserDataset(Dataset):
-    """Users to serve; a batch becomes ``(users (B,), exclude (B, I) bool)`` (their train items)."""
-
-    def __init__(self, users: np.ndarray, exclude: sp.csr_matrix) -> None:
-        self.users = np.asarray(users, dtype=np.int64)
-        self.exclude = exclude.tocsr()
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor]:
-        users = self.users[np.asarray(idx, dtype=np.int64)]
-        return torch.from_numpy(users), RankingDataset.dense(self.exclude[users])
-
-    def __getitem__(self, idx: int) -> tuple[Tensor, Tensor]:
-        u, e = self.__getitems__([idx])
-        return u[0], e[0]
 
 
 class RecDataModule(LightningDataModule):
@@ -189,20 +106,43 @@ class RecDataModule(LightningDataModule):
         per data set and ``knn_k``, see :class:`ItemContent`)."""
         return self.content.item_graphs(knn_k)
 
+    def _replicas(self) -> tuple[int, int]:
+        """``(rank, world size)`` of the attached trainer (``(0, 1)`` without one)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
     def train_dataloader(self) -> DataLoader:
+        """Shuffled BPR triples; under data parallelism each rank reads its :class:`BPRShardSampler` shard."""
+        rank, world = self._replicas()
+        if world == 1:
+            return DataLoader(
+                BPRDataset(self.train_pairs(), self.num_items),
+                batch_size=self.batch_size,
+                shuffle=True,
+                collate_fn=identity_collate,
+                num_workers=self.num_workers,
+            )
+        # one seed for all ranks: drawn from the (seeded) global RNG, taken from rank 0
+        seed = self.trainer.strategy.broadcast(int(torch.randint(2**31, ())), src=0)  # type: ignore[union-attr]
+        pairs = self.train_pairs()
         return DataLoader(
-            BPRDataset(self.train_pairs(), self.num_items),
+            BPRDataset(pairs, self.num_items, rank=rank, num_replicas=world),
             batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=_passthrough,
+            sampler=BPRShardSampler(len(pairs), self.batch_size, world, rank, seed),
+            collate_fn=identity_collate,
             num_workers=self.num_workers,
         )
 
     def _ranking_loader(self, exclude: sp.csr_matrix, target: sp.csr_matrix) -> DataLoader:
+        dataset = RankingDataset(exclude, target)
+        rank, world = self._replicas()
         return DataLoader(
-            RankingDataset(exclude, target),
+            dataset,
             batch_size=self.eval_batch_size,
-            collate_fn=_passthrough,
+            sampler=EvalShardSampler(len(dataset), world, rank) if world > 1 else None,
+            collate_fn=identity_collate,
             num_workers=self.num_workers,
         )
 
@@ -219,7 +159,7 @@ class RecDataModule(LightningDataModule):
         if len(bad):
             raise DataFormatError(f"unknown user ids {bad[:5].tolist()} ({len(bad)} in all); valid ids are 0..{self.num_users - 1}")
         return DataLoader(UserDataset(ids, self.data.csr("train")), batch_size=self.eval_batch_size,
-                          collate_fn=_passthrough, num_workers=self.num_workers)
+                          collate_fn=identity_collate, num_workers=self.num_workers)
 
     def without(self, forget: ForgetSet, graph_surgery: bool = True) -> "RecDataModule":
         """The same data with the forget pairs removed from the train split (graph surgery).

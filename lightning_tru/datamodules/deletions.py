@@ -13,8 +13,6 @@ checkpoint whose data is not the data at hand.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -23,6 +21,7 @@ import numpy as np
 
 from lightning_tru.datamodules.forget import ForgetSet, fingerprint
 from lightning_tru.datamodules.interactions import TRAIN, InteractionData
+from lightning_tru.io import atomic_write
 
 LINEAGE_KEY = "lightning_tru_lineage"
 
@@ -135,21 +134,12 @@ class DeletionStore:
         path = self.root / f"{forget.fingerprint}.npz"
         if path.exists():
             return path
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{forget.fingerprint[:12]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh, fingerprint=np.array(forget.fingerprint), regime=np.array(forget.regime),
-                    forget_pairs=forget.forget_pairs.astype(np.int64), users=forget.users.astype(np.int64),
-                    items=forget.items.astype(np.int64), position=np.array(len(self.entries())),
-                    resolved_on=np.array(resolved_on),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        position = len(self.entries())
+        atomic_write(path, lambda fh: np.savez(
+            fh, fingerprint=np.array(forget.fingerprint), regime=np.array(forget.regime),
+            forget_pairs=forget.forget_pairs.astype(np.int64), users=forget.users.astype(np.int64),
+            items=forget.items.astype(np.int64), position=np.array(position), resolved_on=np.array(resolved_on),
+        ))
         return path
 
     def apply(self, data: InteractionData) -> tuple[InteractionData, list[str]]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
@@ -75,6 +75,21 @@ class ForgetSet:
         else:
             out.update(share=self.share, selection=self.selection, seed=self.seed)
         return out
+
+    @classmethod
+    def split(cls, train: np.ndarray, mask: np.ndarray, regime: str, **provenance: Any) -> "ForgetSet":
+        """The set that forgets the train pairs under ``mask`` and retains the others; ``provenance``
+        are the remaining fields (``source``, ``share``, ``file``, ...)."""
+        forget = np.unique(train[mask], axis=0)
+        return cls(
+            forget_pairs=forget,
+            retain_pairs=train[~mask],
+            users=np.unique(forget[:, 0]),
+            items=np.unique(forget[:, 1]),
+            fingerprint=fingerprint(forget),
+            regime=regime,
+            **provenance,
+        )
 
 
 def fingerprint(pairs: np.ndarray) -> str:
@@ -146,14 +161,10 @@ class ForgetRequest:
                 f"the request would delete all {len(train)} train interactions of {data.name}; "
                 "nothing would be left to learn from: lower the share"
             )
-        forget = np.unique(train[mask], axis=0)
-        return ForgetSet(
-            forget_pairs=forget,
-            retain_pairs=train[~mask],
-            users=np.unique(forget[:, 0]),
-            items=np.unique(forget[:, 1]),
-            fingerprint=fingerprint(forget),
-            regime=regime,
+        return ForgetSet.split(
+            train,
+            mask,
+            regime,
             skipped=skipped,
             **(
                 {"source": "file", "file": str(self.file)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from numbers import Integral, Real
-from typing import Literal, overload
+from typing import Literal
 
 import numpy as np
 
@@ -167,45 +167,6 @@ def _assign_splits(
     return np.stack([users, items], axis=1), split
 
 
-@overload
-def make_synthetic(
-    num_users: int = ...,
-    num_items: int = ...,
-    modality_dims: Mapping[str, int] | None = ...,
-    modality_noise: Mapping[str, float] | None = ...,
-    factor_dim: int = ...,
-    mean_interactions: float = ...,
-    min_interactions: int = ...,
-    popularity_exponent: float = ...,
-    valid_share: float = ...,
-    test_share: float = ...,
-    seed: int = ...,
-    temperature: float = ...,
-    sampler: Sampler = ...,
-    return_factors: Literal[False] = ...,
-) -> InteractionData: ...
-
-
-@overload
-def make_synthetic(
-    num_users: int = ...,
-    num_items: int = ...,
-    modality_dims: Mapping[str, int] | None = ...,
-    modality_noise: Mapping[str, float] | None = ...,
-    factor_dim: int = ...,
-    mean_interactions: float = ...,
-    min_interactions: int = ...,
-    popularity_exponent: float = ...,
-    valid_share: float = ...,
-    test_share: float = ...,
-    seed: int = ...,
-    temperature: float = ...,
-    sampler: Sampler = ...,
-    *,
-    return_factors: Literal[True],
-) -> tuple[InteractionData, dict[str, np.ndarray]]: ...
-
-
 def make_synthetic(
     num_users: int = 2000,
     num_items: int = 1000,
@@ -220,9 +181,10 @@ def make_synthetic(
     seed: int = 0,
     temperature: float = 1.0,
     sampler: Sampler = "auto",
-    return_factors: bool = False,
-) -> InteractionData | tuple[InteractionData, dict[str, np.ndarray]]:
+) -> InteractionData:
     """Generate a seeded synthetic multimodal recommendation data set.
+
+    The planted factors it was drawn from are :func:`planted_factors` of the same sizes and seed.
 
     Args:
         num_users, num_items: sizes.
@@ -245,7 +207,6 @@ def make_synthetic(
             large pool, with a finite pool the planted preference is weaker: mean planted score of the
             chosen pairs 2.8 against 3.3 exact at 3000 x 2000); ``"auto"`` (default): exact up to
             ``users x items = 5e7``, pooled above.
-        return_factors: also return ``{"user": U, "item": V}``, the planted float32 factors.
 
     Raises:
         ValueError: an argument is out of range.
@@ -286,8 +247,7 @@ def make_synthetic(
         noise = {m: _check_real(f"modality_noise[{m!r}]", modality_noise.get(m, _FALLBACK_NOISE), 0.0) for m in dims}
 
     rng = np.random.default_rng(int(seed))
-    user_factors = rng.standard_normal((num_users, factor_dim))
-    item_factors = rng.standard_normal((num_items, factor_dim))
+    user_factors, item_factors = _draw_factors(rng, num_users, num_items, factor_dim)
     rank = np.empty(num_items, dtype=np.float64)
     rank[rng.permutation(num_items)] = np.arange(1, num_items + 1)
     log_popularity = -popularity_exponent * np.log(rank)
@@ -316,6 +276,15 @@ def make_synthetic(
         features=features,
         name="synthetic",
     )
-    if return_factors:
-        return data, {"user": user_factors.astype(np.float32), "item": item_factors.astype(np.float32)}
     return data
+
+
+def _draw_factors(rng: np.random.Generator, num_users: int, num_items: int, factor_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first draws of a data set's generator: ``(U (num_users, d), V (num_items, d))``."""
+    return rng.standard_normal((num_users, factor_dim)), rng.standard_normal((num_items, factor_dim))
+
+
+def planted_factors(num_users: int = 2000, num_items: int = 1000, factor_dim: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """``{"user": U, "item": V}``: the float32 factors :func:`make_synthetic` plants with these sizes and seed."""
+    u, v = _draw_factors(np.random.default_rng(int(seed)), num_users, num_items, factor_dim)
+    return {"user": u.astype(np.float32), "item": v.astype(np.float32)}

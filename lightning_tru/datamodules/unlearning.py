@@ -1,16 +1,17 @@
 """The datamodule of an unlearning run: forget and retain batches over the surgically cut graph."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_tru.datamodules.datamodule import BPRDataset, RecDataModule, _passthrough
+from lightning_tru.datamodules.datamodule import RecDataModule
+from lightning_tru.datamodules.datasets import BPRDataset, identity_collate
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 
 
@@ -25,12 +26,45 @@ class UnlearnBatch(NamedTuple):
     retain_neg: Tensor
 
 
+StepKey = tuple[int, int]  # (epoch, rank): what one unlearning step's batch is drawn from
+
+
+class UnlearnSteps(Dataset):
+    """The unlearning batches, keyed by ``(epoch, rank)``: ``steps[(e, r)] = draw(e, r)``."""
+
+    def __init__(self, draw: Callable[[int, int], UnlearnBatch]) -> None:
+        self.draw = draw
+
+    def __getitem__(self, key: StepKey) -> UnlearnBatch:
+        epoch, rank = key
+        return self.draw(epoch, rank)
+
+
+class StepSampler(DistributedSampler):
+    """One key per epoch for this rank: ``(epoch, rank)``, the epoch set by Lightning's ``set_epoch``.
+
+    A :class:`~torch.utils.data.DistributedSampler` (each rank its own shard), so Lightning
+    leaves it in place under DDP; resumed at epoch :math:`e`, it yields what an uninterrupted
+    run yields at :math:`e`.
+    """
+
+    def __init__(self, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(torch.arange(num_replicas), num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[StepKey]:  # type: ignore[override]
+        yield (self.epoch, self.rank)
+
+    def __len__(self) -> int:
+        return 1
+
+
 class UnlearningDataModule(LightningDataModule):
     r"""Serves an unlearning run as ``Trainer.fit``: one optimisation step per epoch.
 
     Epoch :math:`e` on rank :math:`r` draws its batch from a generator seeded by
     ``(seed, e, r)``, so a run resumed from a checkpoint replays exactly the batches an
-    uninterrupted run would see. The train graph is the retained one (graph surgery): a model
+    uninterrupted run would see; the train DataLoader yields that :class:`UnlearnBatch` (Lightning
+    moves it to the device). The train graph is the retained one (graph surgery): a model
     attached to this datamodule never propagates over a forgotten edge.
 
     Args:
@@ -108,13 +142,37 @@ class UnlearningDataModule(LightningDataModule):
         return self.retained_train_matrix
 
     # batches
-    def _world_size(self) -> int:
-        trainer = self.trainer
-        return int(trainer.world_size) if trainer is not None else 1
-
     def train_dataloader(self) -> DataLoader:
-        # one index per rank per epoch; the batch itself is drawn in make_batch
-        return DataLoader(torch.arange(self._world_size()), batch_size=1, collate_fn=_passthrough)
+        """One :class:`UnlearnBatch` per rank per epoch: ``make_batch(epoch, rank)``."""
+        trainer = self.trainer
+        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+        sampler = StepSampler(num_replicas=world, rank=rank)
+        return DataLoader(UnlearnSteps(self.make_batch), sampler=sampler, batch_size=None, collate_fn=identity_collate)
+
+    def forget_negatives(self, users: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One uniform negative per forget user, outside every item of the user's original train set."""
+        return self._forget_sampler.sample_negatives(users, generator=generator)
+
+    def retain_negatives(self, users: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One uniform negative per retain user, outside the user's retained train items."""
+        return self._retain_sampler.sample_negatives(users, generator=generator)
+
+    def profile_batch(self, max_forget: int) -> UnlearnBatch:
+        """The profiling draw, identical on every rank: the forget pairs of ``make_batch(-1, 0)`` or, when
+        the forget batch does not hold them all, up to ``max_forget`` forget pairs (seeded by ``seed``),
+        and as many retain pairs drawn with replacement."""
+        g = torch.Generator().manual_seed(self.seed)
+        batch = self.make_batch(epoch=-1, index=0)
+        fu, fi, fj = batch.forget_users, batch.forget_items, batch.forget_neg
+        pairs = self.forget.forget_pairs
+        if len(pairs) > len(fu):  # forget_batch_size < F: up to max_forget pairs
+            idx = torch.randperm(len(pairs), generator=g)[: min(max_forget, len(pairs))].numpy()
+            fu, fi = torch.from_numpy(pairs[idx, 0]), torch.from_numpy(pairs[idx, 1])
+            fj = self.forget_negatives(fu, generator=g)
+        retain = self.forget.retain_pairs
+        ridx = torch.randint(len(retain), (len(fu),), generator=g).numpy()
+        ru, ri = torch.from_numpy(retain[ridx, 0]), torch.from_numpy(retain[ridx, 1])
+        return UnlearnBatch(fu, fi, fj, ru, ri, self.retain_negatives(ru, generator=g))
 
     def _draw(self, pairs: Tensor, sampler: BPRDataset, size: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         if size >= len(pairs):

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_tru.metrics.functional import count_relevant, ranking_hits
+from lightning_tru.metrics.functional import check_k, count_relevant, ranking_hits
 
 
 class ExposureAtK(Metric):
@@ -27,8 +27,7 @@ class ExposureAtK(Metric):
 
     def __init__(self, k: int = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"Expected argument `k` to be a positive integer (k >= 1), but got {k!r}.")
+        check_k(k)
         self.k = k
         self.add_state("shown", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")

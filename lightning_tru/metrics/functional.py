@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_k",
     "hit_rate_at_k",
     "ndcg_at_k",
     "precision_at_k",
@@ -34,13 +35,14 @@ __all__ = [
 ]
 
 
-def _check_k(k: int) -> None:
+def check_k(k: int) -> None:
+    """Raise unless ``k`` (a ranking cut-off) is a positive integer."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"Expected `k` to be a positive integer, but got {k!r}.")
+        raise ValueError(f"Expected `k` to be a positive integer (k >= 1), but got {k!r}.")
 
 
 def _check_hits(hits: Tensor, num_relevant: Tensor, k: int) -> None:
-    _check_k(k)
+    check_k(k)
     if hits.ndim != 2:
         raise ValueError(f"Expected `hits` to have shape (B, K_max), but got shape {tuple(hits.shape)}.")
     if num_relevant.ndim != 1 or num_relevant.shape[0] != hits.shape[0]:
@@ -188,7 +190,7 @@ _ComputeFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _one_shot(update_fn: _UpdateFn, compute_fn: _ComputeFn, topk: Tensor, target: Tensor, k: int) -> Tensor:
-    _check_k(k)
+    check_k(k)
     hits = ranking_hits(topk, target)
     num_relevant = (target != 0).sum(dim=1)
     accum, total = update_fn(hits, num_relevant, k)

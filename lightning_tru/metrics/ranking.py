@@ -23,7 +23,6 @@ from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from lightning_tru.metrics.functional import (
-    count_relevant,
     _hit_rate_compute,
     _hit_rate_update,
     _ndcg_compute,
@@ -32,6 +31,8 @@ from lightning_tru.metrics.functional import (
     _precision_update,
     _recall_compute,
     _recall_update,
+    check_k,
+    count_relevant,
     ranking_hits,
 )
 
@@ -56,8 +57,7 @@ class _RankingMetric(Metric):
 
     def __init__(self, k: int = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"Expected argument `k` to be a positive integer (k >= 1), but got {k!r}.")
+        check_k(k)
         self.k = k
 
         self.add_state("accum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")

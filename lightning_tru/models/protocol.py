@@ -26,10 +26,59 @@ Parameter names are those of ``model.named_parameters()``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """Run the block with ``model`` in eval mode and restore its mode afterwards (also on error).
+
+    A model without ``train``/``eval`` (a plain scorer) is left as it is.
+    """
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield model
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+
+
+def propagation(model: Any) -> Any:
+    """``model.backbone.propagate()`` when the model wraps a propagating backbone, else ``None``.
+
+    One propagation serves every score and auxiliary term of a step (MMRecUn, MultiDelete).
+    """
+    backbone = getattr(model, "backbone", None)
+    return backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
+
+
+def group_scores(model: Any, groups: Sequence[tuple[Tensor, Tensor]], prop: Any = None) -> list[Tensor]:
+    """Differentiable scores of several ``(users, items)`` groups in one forward pass.
+
+    The groups are concatenated, scored (through ``model.backbone.score(users, items, prop)`` when
+    a propagation ``prop`` is given, else ``model.score``) and split back: one ``(B_g,)`` tensor per group.
+    """
+    users, items = torch.cat([u for u, _ in groups]), torch.cat([i for _, i in groups])
+    s = model.backbone.score(users, items, prop) if prop is not None else model.score(users, items)
+    return list(s.split([len(u) for u, _ in groups]))
+
+
+def group_pair_scores(
+    model: Any, groups: Sequence[tuple[Tensor, Tensor]]
+) -> tuple[list[Tensor], Optional[dict[str, list[Tensor]]]]:
+    """As :func:`group_scores` through :func:`pair_scores`: the groups' scores and, when the model
+    offers them, each branch's contributions split the same way."""
+    users, items = torch.cat([u for u, _ in groups]), torch.cat([i for _, i in groups])
+    s, parts = pair_scores(model, users, items)
+    sizes = [len(u) for u, _ in groups]
+    split = None if parts is None else {b: list(t.split(sizes)) for b, t in parts.items()}
+    return list(s.split(sizes)), split
 
 
 def all_scores(model: Any, users: Tensor, num_items: int, chunk: int = 1 << 20) -> Tensor:

@@ -65,6 +65,63 @@ class _SpMM(torch.autograd.Function):
         return None, _spmm(g.crow_t, g.col_t, g.val_t, (g.shape[1], g.shape[0]), grad, g.backend)
 
 
+class ReweightedSpMM(torch.autograd.Function):
+    r""":math:`Y = \tilde A X` for a matrix with :math:`\hat A`'s (symmetric) pattern and new values.
+
+    ``val`` are :math:`\tilde A`'s values and ``val_t`` those of :math:`\tilde A^\top`, both in
+    :math:`\hat A`'s CSR order, so the backward :math:`\nabla_X = \tilde A^\top \nabla_Y` reuses
+    the same ``crow`` / ``col``.
+    """
+
+    @staticmethod
+    def forward(ctx, graph: "SparseGraph", val: Tensor, val_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.graph = graph
+        ctx.save_for_backward(val_t)
+        return _spmm(graph.crow, graph.col, val, graph.shape, x, graph.backend)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, None, Tensor]:  # type: ignore[override]
+        (val_t,) = ctx.saved_tensors
+        g: SparseGraph = ctx.graph
+        return None, None, None, _spmm(g.crow, g.col, val_t, g.shape, grad, g.backend)
+
+
+class SampledMix(torch.autograd.Function):
+    r""":math:`y_n = \sum_j w_{nj}\, x_{s_{nj}}` as a CSR product :math:`P x` with :math:`P_{n, s_{nj}} = w_{nj}`.
+
+    Backward: :math:`\nabla_x = P^\top \nabla_y` (CSR of the transpose) and
+    :math:`\nabla_{w_{nj}} = \nabla_{y_n}^\top x_{s_{nj}}` (sampled dense-dense product), which
+    avoids materialising the ``(N, S, d)`` gather and its scatter-add backward.
+    Shapes: ``x`` ``(I, d)``, ``w`` ``(N, S)``, ``samples`` ``(N, S)`` -> ``(N, d)``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, samples: Tensor) -> Tensor:  # type: ignore[override]
+        n, s = samples.shape
+        crow = torch.arange(0, n * s + 1, s, device=x.device)
+        col = samples.reshape(-1)
+        ctx.save_for_backward(x, w, crow, col)
+        mat = torch.sparse_csr_tensor(crow, col, w.reshape(-1), (n, x.shape[0]), check_invariants=False)
+        return mat @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        x, w, crow, col = ctx.saved_tensors
+        n, s = w.shape
+        num = x.shape[0]
+        order = torch.argsort(col, stable=True)
+        crow_t = torch.zeros(num + 1, dtype=torch.long, device=x.device)
+        crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
+        rows = torch.arange(n, device=x.device).repeat_interleave(s)
+        mat_t = torch.sparse_csr_tensor(
+            crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False
+        )
+        grad_x = mat_t @ grad.contiguous()  # (I, d)
+        pattern = torch.sparse_csr_tensor(crow, col, grad.new_zeros(n * s), (n, num), check_invariants=False)
+        grad_w = torch.sparse.sampled_addmm(pattern, grad.contiguous(), x.T.contiguous(), beta=0.0)
+        return grad_x, grad_w.values().view(n, s), None
+
+
 class SparseGraph(nn.Module):
     r"""A fixed sparse matrix :math:`A \in \mathbb{R}^{n \times m}` applied as ``graph(x) = A x``.
 

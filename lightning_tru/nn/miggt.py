@@ -13,66 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_tru.nn.base import Backbone, Propagation
-from lightning_tru.nn.graph import Backend, SparseGraph, _spmm, interaction_matrix, normalized_bipartite
+from lightning_tru.nn.graph import (
+    Backend,
+    ReweightedSpMM,
+    SampledMix,
+    SparseGraph,
+    interaction_matrix,
+    normalized_bipartite,
+)
 
 RESERVED = ("id", "transformer")
-
-
-class _ReweightedSpMM(torch.autograd.Function):
-    r""":math:`Y = \tilde A X` for a matrix with :math:`\hat A`'s (symmetric) pattern and new values.
-
-    ``val`` are :math:`\tilde A`'s values and ``val_t`` those of :math:`\tilde A^\top`, both in
-    :math:`\hat A`'s CSR order, so the backward :math:`\nabla_X = \tilde A^\top \nabla_Y` reuses
-    the same ``crow`` / ``col``.
-    """
-
-    @staticmethod
-    def forward(ctx, graph: SparseGraph, val: Tensor, val_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.graph = graph
-        ctx.save_for_backward(val_t)
-        return _spmm(graph.crow, graph.col, val, graph.shape, x, graph.backend)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, None, None, Tensor]:  # type: ignore[override]
-        (val_t,) = ctx.saved_tensors
-        g: SparseGraph = ctx.graph
-        return None, None, None, _spmm(g.crow, g.col, val_t, g.shape, grad, g.backend)
-
-
-class _SampledMix(torch.autograd.Function):
-    r""":math:`y_n = \sum_j w_{nj}\, x_{s_{nj}}` as a CSR product :math:`P x` with :math:`P_{n, s_{nj}} = w_{nj}`.
-
-    Backward: :math:`\nabla_x = P^\top \nabla_y` (CSR of the transpose) and
-    :math:`\nabla_{w_{nj}} = \nabla_{y_n}^\top x_{s_{nj}}` (sampled dense-dense product), which
-    avoids materialising the ``(N, S, d)`` gather and its scatter-add backward.
-    Shapes: ``x`` ``(I, d)``, ``w`` ``(N, S)``, ``samples`` ``(N, S)`` -> ``(N, d)``.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, samples: Tensor) -> Tensor:  # type: ignore[override]
-        n, s = samples.shape
-        crow = torch.arange(0, n * s + 1, s, device=x.device)
-        col = samples.reshape(-1)
-        ctx.save_for_backward(x, w, crow, col)
-        mat = torch.sparse_csr_tensor(crow, col, w.reshape(-1), (n, x.shape[0]), check_invariants=False)
-        return mat @ x
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        x, w, crow, col = ctx.saved_tensors
-        n, s = w.shape
-        num = x.shape[0]
-        order = torch.argsort(col, stable=True)
-        crow_t = torch.zeros(num + 1, dtype=torch.long, device=x.device)
-        crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
-        rows = torch.arange(n, device=x.device).repeat_interleave(s)
-        mat_t = torch.sparse_csr_tensor(
-            crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False
-        )
-        grad_x = mat_t @ grad.contiguous()  # (I, d)
-        pattern = torch.sparse_csr_tensor(crow, col, grad.new_zeros(n * s), (n, num), check_invariants=False)
-        grad_w = torch.sparse.sampled_addmm(pattern, grad.contiguous(), x.T.contiguous(), beta=0.0)
-        return grad_x, grad_w.values().view(n, s), None
 
 
 def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -373,7 +323,7 @@ class MIGGT(Backbone):
             keep = torch.rand(adj.nnz, device=adj.val.device) >= self.edge_dropout
             val = adj.val * keep / (1.0 - self.edge_dropout)
             val_t = val[self.edge_transpose]  # the same drops, in the transpose's CSR order
-            step = partial(_ReweightedSpMM.apply, adj, val, val_t)
+            step = partial(ReweightedSpMM.apply, adj, val, val_t)
         h = h0
         for _ in range(num_layers):
             h = self.beta * step(h) + self.alpha * h0
@@ -431,7 +381,7 @@ class MIGGT(Backbone):
         k_items = torch.index_select(k[self.num_users :], 0, samples.reshape(-1)).view(n, s, -1)  # (N, S, a)
         logits = torch.cat([(q * k).sum(-1, keepdim=True), (q.unsqueeze(1) * k_items).sum(-1)], dim=1)
         w = torch.softmax(logits / math.sqrt(self.attention_dim), dim=1)  # (N, 1+S)
-        att = w[:, :1] * h + _SampledMix.apply(h[self.num_users :], w[:, 1:], samples)  # (N, d)
+        att = w[:, :1] * h + SampledMix.apply(h[self.num_users :], w[:, 1:], samples)  # (N, d)
         return self.residual_weight * h + self.attention_weight * att
 
     def propagate(self) -> Propagation:
