@@ -45,6 +45,22 @@ def _retrain(unlearn_cli, answer_request, args: list[str], seed: int):
     return cli.model, report["details"]["Retrain"], report["run_dir"]
 
 
+def _section(a: argparse.Namespace, data: str, runs: list[str], failed: list[str]) -> str:
+    """The RESULTS.md section of one data set, rendered from its runs' report.json by lightning_tru.report."""
+    from lightning_tru.report import group_runs, load_run, render_markdown, render_plot
+
+
+    groups = group_runs([load_run(r) for r in runs])
+    table = render_markdown(groups).split("\n", 2)[2]  # without the report's own title
+    plot = render_plot(groups)
+    png = REPO / "benchmarks" / f"unlearn_{a.model}_{data}_{a.regime}.png"
+    if plot is not None:
+        png.write_bytes(plot)
+    notes = "".join(f"\n- failed: {x}" for x in failed)
+    return (f"### {a.model} on {data}, {a.regime}-wise {a.share:.0%} ({a.selection})\n\n{table}{notes}\n"
+            + (f"\n![trade-off]({png.name})\n" if plot is not None else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", default=["tiktok", "baby"])
@@ -59,6 +75,8 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=1000, help="cap of the original training and of Retrain")
     ap.add_argument("--ckpt", default=None, help="reuse a trained checkpoint (one data set only)")
     ap.add_argument("--no-retrain-floor", action="store_true", help="skip the second Retrain (distance noise floor)")
+    ap.add_argument("--render", default=None,
+                    help="only render: the work folder of an earlier run (printed at its start; <folder>/<data>/runs)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     a = ap.parse_args()
 
@@ -67,15 +85,20 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from lightning_tru.cli import train_cli, unlearn_cli
     from lightning_tru.lifecycle import answer_request
-    from lightning_tru.report import group_runs, load_run, render_markdown, render_plot
+    from lightning_tru.report import load_run
 
-    root = Path(tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
+    root = Path(a.render) if a.render else Path(tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
+    print(f"work folder: {root}", flush=True)
     sections = []
     for data in a.data:
         if data != "synthetic" and not (DATA / data).is_dir():
             print(f"skip {data}: {DATA / data} not found")
             continue
         work = root / data
+        if a.render:  # the report.json files of the earlier run, rendered again
+            runs = sorted(str(p) for p in (work / "runs").iterdir() if (p / "report.json").is_file())
+            sections.append(_section(a, data, runs, []))
+            continue
         cfg = str(REPO / f"configs/train/{a.model}_{data}.yaml")
         data_root = [] if data == "synthetic" else ["--data.init_args.root", str(DATA / data)]
         common = ["--seed_everything", str(a.seed), "--early_stopping.patience", str(a.patience), *data_root]
@@ -111,21 +134,14 @@ def main() -> None:
             col = report["metrics"][report["method"]]
             print(data, method, {k: round(v, 4) for k, v in col.items() if "@20" in k}, report["seconds"].get(report["method"]),
                   report["status"]["stopping_reason"], flush=True)
-        groups = group_runs([load_run(r) for r in runs])
-        table = render_markdown(groups).split("\n", 2)[2]  # without the report's own title
-        plot = render_plot(groups)
-        png = REPO / "benchmarks" / f"unlearn_{a.model}_{data}_{a.regime}.png"
-        if plot is not None:
-            png.write_bytes(plot)
-        notes = "".join(f"\n- failed: {x}" for x in failed)
-        sections.append(f"### {a.model} on {data}, {a.regime}-wise {a.share:.0%} ({a.selection})\n\n{table}{notes}\n"
-                        + (f"\n![trade-off]({png.name})\n" if plot is not None else ""))
+        sections.append(_section(a, data, runs, failed))
         print(sections[-1], flush=True)
     body = (
         f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --methods {' '.join(a.methods)} "
         f"--regime {a.regime} --selection {a.selection} --share {a.share} --seed {a.seed} --patience {a.patience} "
         f"--max-epochs {a.max_epochs} --threads {a.threads}"
-        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}{' --no-retrain-floor' if a.no_retrain_floor else ''}`\n\n"
+        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}{' --no-retrain-floor' if a.no_retrain_floor else ''}`"
+        f"{' (tables rendered again from the runs with --render)' if a.render else ''}\n\n"
         f"{machine_header()}\n"
         "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
         "scratch on the retained data with the training config (early stopping on valid Recall@20, capped at "

@@ -68,8 +68,13 @@ def group_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for col, metrics in rep["metrics"].items():
             name = col
             if name in g["columns"]:
-                if name in REFERENCES:
-                    continue  # one before / Retrain per request
+                if name in REFERENCES:  # one before / Retrain per request: the first, its audits from any run
+                    ref = g["columns"][name]
+                    if not ref["audits"] and (rep.get("audits") or {}).get(col):
+                        ref["audits"] = rep["audits"][col]
+                    if ref["seconds"] is None:
+                        ref["seconds"] = (rep.get("seconds") or {}).get(col)
+                    continue
                 name = f"{col} ({Path(rep['_path']).name})"
             g["columns"][name] = {
                 "metrics": metrics,

@@ -95,3 +95,15 @@ def test_bad_input_writes_nothing(runs: list[Path], tmp_path: Path, capsys: pyte
     (tmp_path / "other.json").write_text(json.dumps({"metrics": {}}))
     assert main([str(tmp_path / "other.json"), "--output", str(out)]) == 2
     assert "unlearn.py report" in capsys.readouterr().err and not out.exists()
+
+
+def test_reference_columns_take_their_audits_from_any_run(tmp_path: Path) -> None:
+    from lightning_tru.report import group_runs, load_run
+
+    cols = {"before": {"test/ndcg@20": 0.3}, "Retrain": {"test/ndcg@20": 0.29}}
+    first = _write(tmp_path, "retrain", "Retrain", cols, {})  # a Retrain run without audits
+    second = _write(tmp_path, "tru", "TRU", {**cols, "TRU": {"test/ndcg@20": 0.29}},
+                    {"before": _audits(0.8, "residual_memory"), "TRU": _audits(0.5, "ok"), "Retrain": _audits(0.5, "ok")})
+    group = next(iter(group_runs([load_run(first), load_run(second)]).values()))
+    assert group["columns"]["before"]["audits"]["membership"]["flag"] == "residual_memory"
+    assert group["columns"]["Retrain"]["audits"]["membership"]["auc"] == 0.5

@@ -186,11 +186,7 @@ class UnlearningCallback(Callback, abc.ABC):
             self.target_recall = self.reference_recall(model, dm)
         if self.stop_rule == "membership" and self.reference is None:
             self.reference = self.reference_auc(model, dm)
-        with isolate_rng():
-            model.train(self.train_mode)
-            self.profile(trainer, model, dm)
-        self._profiled = True
-        res = self.verify(model, dm)
+        res = self.verify(model, dm)  # before profiling: a request already answered costs no profile
         self.history.append({"step": 0.0, **res})
         if self.max_utility_loss is not None:
             self.utility0 = res["guard_recall"]
@@ -200,11 +196,15 @@ class UnlearningCallback(Callback, abc.ABC):
             f"{type(self).__name__}: {len(dm.forget.forget_pairs)} forget pairs, forget recall@{self.k} "
             f"{res[f'forget_recall@{self.k}']:.4f}, {target}"
         )
+        self._profiled = True
         if trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
             self.stopping_reason = "already indistinguishable from Retrain before the first step (0 steps)"
             trainer.should_stop = True
-        else:
-            self._previous = self._snapshot(model)
+            return
+        with isolate_rng():
+            model.train(self.train_mode)
+            self.profile(trainer, model, dm)
+        self._previous = self._snapshot(model)
 
     @override
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -24,7 +24,13 @@ from torch import Tensor, nn
 
 Backend = Literal["torch", "torch_sparse"]
 BACKENDS: tuple[str, ...] = ("torch", "torch_sparse")
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+
+def _csr_tensor(*args: object, **kwargs: object) -> Tensor:
+    """``torch.sparse_csr_tensor`` with torch's "beta state" notice silenced here only (no global filter)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(*args, **kwargs)  # type: ignore[arg-type]
 
 
 def _check_backend(backend: str) -> None:
@@ -45,7 +51,7 @@ def _spmm(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int], x: Ten
             rowptr=crow, col=col, value=val, sparse_sizes=shape, is_sorted=True, trust_data=True
         )
         return mat.matmul(x)
-    a = torch.sparse_csr_tensor(crow, col, val, shape, check_invariants=False)
+    a = _csr_tensor(crow, col, val, shape, check_invariants=False)
     return a @ x
 
 
@@ -101,7 +107,7 @@ class SampledMix(torch.autograd.Function):
         crow = torch.arange(0, n * s + 1, s, device=x.device)
         col = samples.reshape(-1)
         ctx.save_for_backward(x, w, crow, col)
-        mat = torch.sparse_csr_tensor(crow, col, w.reshape(-1), (n, x.shape[0]), check_invariants=False)
+        mat = _csr_tensor(crow, col, w.reshape(-1), (n, x.shape[0]), check_invariants=False)
         return mat @ x
 
     @staticmethod
@@ -113,11 +119,11 @@ class SampledMix(torch.autograd.Function):
         crow_t = torch.zeros(num + 1, dtype=torch.long, device=x.device)
         crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
         rows = torch.arange(n, device=x.device).repeat_interleave(s)
-        mat_t = torch.sparse_csr_tensor(
+        mat_t = _csr_tensor(
             crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False
         )
         grad_x = mat_t @ grad.contiguous()  # (I, d)
-        pattern = torch.sparse_csr_tensor(crow, col, grad.new_zeros(n * s), (n, num), check_invariants=False)
+        pattern = _csr_tensor(crow, col, grad.new_zeros(n * s), (n, num), check_invariants=False)
         grad_w = torch.sparse.sampled_addmm(pattern, grad.contiguous(), x.T.contiguous(), beta=0.0)
         return grad_x, grad_w.values().view(n, s), None
 
