@@ -167,7 +167,7 @@ class Backbone(nn.Module, abc.ABC):
         Backbones that declare entity tables implement it (the Reset floor re-draws the rows of
         deleted users / items from it).
         """
-        raise NotImplementedError(
+        raise TypeError(
             f"{type(self).__name__} does not say how its entity table {name!r} is initialised; "
             "implement initial_entity_table(name, generator) with the initialiser __init__ uses"
         )
