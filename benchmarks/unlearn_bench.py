@@ -31,7 +31,8 @@ def _args(cfg: str, extra: list[str], common: list[str], ckpt: str, a: argparse.
     return ["--config", cfg, *extra, *common, *QUIET, "--ckpt_path", ckpt, "--request.regime", a.regime,
             "--request.share", str(a.share), "--request.seed", str(a.seed), "--request.selection", a.selection,
             "--retrain_max_epochs", str(a.max_epochs), "--output_root", str(work / "runs"),
-            "--ledger", str(work / "ledger.jsonl"), "--deletions", str(work / f"deletions-{tag}")]
+            "--ledger", str(work / "ledger.jsonl"),
+            "--deletions", tempfile.mkdtemp(dir=work, prefix=f"deletions-{tag}-")]  # a fresh store per run
 
 
 def _retrain(unlearn_cli, answer_request, args: list[str], seed: int):
@@ -52,6 +53,7 @@ def _section(a: argparse.Namespace, data: str, runs: list[str], failed: list[str
 
     groups = group_runs([load_run(r) for r in runs])
     table = render_markdown(groups).split("\n", 2)[2]  # without the report's own title
+    table = table.replace("\n## Request", "\n#### Request").replace("## Request", "#### Request", 1)  # RESULTS levels
     plot = render_plot(groups)
     png = REPO / "benchmarks" / f"unlearn_{a.model}_{data}_{a.regime}.png"
     if plot is not None:
@@ -77,6 +79,9 @@ def main() -> None:
     ap.add_argument("--no-retrain-floor", action="store_true", help="skip the second Retrain (distance noise floor)")
     ap.add_argument("--render", default=None,
                     help="only render: the work folder of an earlier run (printed at its start; <folder>/<data>/runs)")
+    ap.add_argument("--reuse", default=None,
+                    help="the work folder of an earlier run: reuse its Retrain, run --methods again, render every run there")
+    ap.add_argument("--note", default="", help="a line added to the section's notes (e.g. how the runs were made)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     a = ap.parse_args()
 
@@ -87,7 +92,7 @@ def main() -> None:
     from lightning_tru.lifecycle import answer_request
     from lightning_tru.report import load_run
 
-    root = Path(a.render) if a.render else Path(tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
+    root = Path(a.render or a.reuse or tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
     print(f"work folder: {root}", flush=True)
     sections = []
     for data in a.data:
@@ -107,7 +112,15 @@ def main() -> None:
             cli = train_cli(["fit", "--config", cfg, *common, *QUIET, "--trainer.max_epochs", str(a.max_epochs),
                              "--trainer.default_root_dir", str(work), "--test_after_fit", "false"])
             ckpt = cli.trainer.checkpoint_callback.best_model_path
-        gold, info, gold_dir = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain"), a.seed)
+        done = sorted((work / "runs").glob("retrain-*")) if a.reuse else []
+        if done:  # --reuse: the Retrain of an earlier run of this request (its seed), not trained again
+            cli = unlearn_cli([*_args(cfg, [], common, ckpt, a, work, "reuse"), "--method", "retrain"], run=False)
+            state = torch.load(done[0] / "model.ckpt", map_location="cpu", weights_only=True)
+            cli.model.load_state_dict(state["state_dict"])
+            gold, info, gold_dir = cli.model, load_run(done[0])["details"]["Retrain"], str(done[0])
+        else:
+            gold, info, gold_dir = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain"),
+                                            a.seed)
         second = None
         if not a.no_retrain_floor:
             second, _, _ = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain2"),
@@ -134,6 +147,8 @@ def main() -> None:
             col = report["metrics"][report["method"]]
             print(data, method, {k: round(v, 4) for k, v in col.items() if "@20" in k}, report["seconds"].get(report["method"]),
                   report["status"]["stopping_reason"], flush=True)
+        if a.reuse:  # every run of the folder, the earlier methods' included
+            runs = sorted(str(p) for p in (work / "runs").iterdir() if (p / "report.json").is_file())
         sections.append(_section(a, data, runs, failed))
         print(sections[-1], flush=True)
     body = (
@@ -141,14 +156,16 @@ def main() -> None:
         f"--regime {a.regime} --selection {a.selection} --share {a.share} --seed {a.seed} --patience {a.patience} "
         f"--max-epochs {a.max_epochs} --threads {a.threads}"
         f"{' --ckpt ' + a.ckpt if a.ckpt else ''}{' --no-retrain-floor' if a.no_retrain_floor else ''}`"
-        f"{' (tables rendered again from the runs with --render)' if a.render else ''}\n\n"
+        f"{' (tables rendered again from the runs with --render)' if a.render else ''}"
+        f"{' (Retrain and the earlier methods reused from ' + a.reuse + ', --methods run again)' if a.reuse else ''}\n\n"
         f"{machine_header()}\n"
         "- `before` = the trained model as deployed; every method answers the same request; Retrain trains from "
         "scratch on the retained data with the training config (early stopping on valid Recall@20, capped at "
         "--max-epochs) and its seconds are to convergence (or the cap); a second Retrain with seed+1 gives the "
         "Jaccard noise floor (`Jaccard ratio` = Jaccard to Retrain / Jaccard between the two Retrains); "
         "seconds of a method = its unlearning `Trainer.fit` (profiling and verification included); peak MiB = growth "
-        "of the process's peak RSS during the run (0 when an earlier phase already peaked higher)\n\n"
+        "of the process's peak RSS during the run (0 when an earlier phase already peaked higher)\n"
+        + (f"- {a.note}\n" if a.note else "") + "\n"
         + "\n".join(sections)
     )
     write_section(Path(a.out), f"Unlearning ({a.model}, {a.regime}-wise, {', '.join(a.data)})", body)
