@@ -111,6 +111,7 @@ class UnlearningCallback(Callback, abc.ABC):
             raise ValueError(f"max_utility_loss={max_utility_loss} must be in (0, 1) or None, guard_users={guard_users} >= 1")
         self.max_utility_loss, self.guard_users = max_utility_loss, guard_users
         self.utility_guard_tripped = False
+        self._met = False  # the stopping rule was met (set where the run stops for that reason)
         self.utility0: Optional[float] = None  # guard recall before the first step
         self._guard: Optional[sp.csr_matrix] = None  # valid rows of the sampled retained users
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
@@ -199,6 +200,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = True
         if trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
             self.stopping_reason = "already indistinguishable from Retrain before the first step (0 steps)"
+            self._met = True
             trainer.should_stop = True
             return
         with isolate_rng():
@@ -236,10 +238,12 @@ class UnlearningCallback(Callback, abc.ABC):
         trainer.should_stop = True
         if self.stop_rule == "recall":
             self.stopping_reason = f"forget recall@{self.k} reached the target after {self.steps} steps"
+            self._met = True
             return
         band = res["mia_band"]
         if res["mia_auc"] - float(self.reference) >= -band:  # type: ignore[arg-type]
             self.stopping_reason = f"pair-MIA AUC within {band:.3f} of the expected Retrain AUC after {self.steps} steps"
+            self._met = True
             return
         model = pl_module.model  # type: ignore[attr-defined]
         found = self._bisect(model, trainer.datamodule) if self._previous is not None else None
@@ -250,6 +254,7 @@ class UnlearningCallback(Callback, abc.ABC):
                 f"pair-MIA AUC within {res['mia_band']:.3f} of the expected Retrain AUC after {self.steps} steps, "
                 f"the last step scaled by {t:.3f} (the full step overshot)"
             )
+            self._met = True
             return
         self.overshoot = True
         self.stopping_reason = (
@@ -292,8 +297,7 @@ class UnlearningCallback(Callback, abc.ABC):
     @property
     def target_reached(self) -> bool:
         """Whether the run ended inside the stopping band (an overshoot or a spent budget is not)."""
-        reason = self.stopping_reason or ""
-        return not self.overshoot and not self.utility_guard_tripped and ("within" in reason or "reached" in reason or "already" in reason)
+        return self._met and not self.overshoot and not self.utility_guard_tripped
 
     def _reached(self, res: dict[str, float]) -> bool:
         if self.stop_rule == "recall":
@@ -440,6 +444,7 @@ class UnlearningCallback(Callback, abc.ABC):
             "reference": self.reference,
             "utility0": self.utility0,
             "history": list(self.history),
+            "met": self._met,
             "extra": self.extra_state(),
         }
 
@@ -450,6 +455,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = bool(state_dict.get("profiled", False))
         self.target_recall = state_dict.get("target_recall", self.target_recall)
         self.reference = state_dict.get("reference", self.reference)
+        self._met = bool(state_dict.get("met", False))
         if state_dict.get("utility0") is not None:
             self.utility0 = float(state_dict["utility0"])
         self.history = list(state_dict.get("history", []))
