@@ -77,6 +77,9 @@ def main() -> None:
     ap.add_argument("--max-epochs", type=int, default=1000, help="cap of the original training and of Retrain")
     ap.add_argument("--ckpt", default=None, help="reuse a trained checkpoint (one data set only)")
     ap.add_argument("--no-retrain-floor", action="store_true", help="skip the second Retrain (distance noise floor)")
+    ap.add_argument("--user-mia", action="store_true",
+                    help="the user-level MIA too (user-wise requests): one shadow model per request, trained with "
+                         "Retrain's budget and shared by every method")
     ap.add_argument("--render", default=None,
                     help="only render: the work folder of an earlier run (printed at its start; <folder>/<data>/runs)")
     ap.add_argument("--reuse", default=None,
@@ -89,7 +92,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     from lightning_tru.cli import train_cli, unlearn_cli
-    from lightning_tru.lifecycle import answer_request
+    from lightning_tru.lifecycle import answer_request, request_shadow
     from lightning_tru.report import load_run
 
     root = Path(a.render or a.reuse or tempfile.mkdtemp(prefix="lt_unlearn_bench_"))
@@ -125,12 +128,16 @@ def main() -> None:
         if not a.no_retrain_floor:
             second, _, _ = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain2"),
                                     a.seed + 1)
+        shadow = None
+        if a.user_mia:
+            shadow = request_shadow(**unlearn_cli(_args(cfg, [], common, ckpt, a, work, "shadow"), run=False).job())
         runs, failed = [gold_dir], []
         for method in a.methods:
             extra = ["--config", str(REPO / f"configs/unlearn/{method}.yaml")]
             try:
                 cli = unlearn_cli(_args(cfg, extra, common, ckpt, a, work, method.replace("/", "-")), run=False)
-                report = answer_request(**cli.job(), retrained=(gold, info), retrained_seed2=second, verbose=False)
+                report = answer_request(**cli.job(), retrained=(gold, info), retrained_seed2=second, shadow=shadow,
+                                       verbose=False)
             except Exception as e:  # a broken method must not lose the others' measurements
                 failed.append(f"{method}: {type(e).__name__}: {e}"[:300])
                 print("FAILED", data, method, e, flush=True)
@@ -155,7 +162,8 @@ def main() -> None:
         f"`python benchmarks/unlearn_bench.py --data {' '.join(a.data)} --model {a.model} --methods {' '.join(a.methods)} "
         f"--regime {a.regime} --selection {a.selection} --share {a.share} --seed {a.seed} --patience {a.patience} "
         f"--max-epochs {a.max_epochs} --threads {a.threads}"
-        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}{' --no-retrain-floor' if a.no_retrain_floor else ''}`"
+        f"{' --ckpt ' + a.ckpt if a.ckpt else ''}{' --no-retrain-floor' if a.no_retrain_floor else ''}"
+        f"{' --user-mia' if a.user_mia else ''}`"
         f"{' (tables rendered again from the runs with --render)' if a.render else ''}"
         f"{' (Retrain and the earlier methods reused from ' + a.reuse + ', --methods run again)' if a.reuse else ''}\n\n"
         f"{machine_header()}\n"

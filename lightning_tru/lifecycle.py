@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
 from lightning_tru.audit.report import checkpoint_bytes, evaluate, format_table, publish_run_dir
-from lightning_tru.audit.suite import run_audits
+from lightning_tru.audit.suite import Shadow, run_audits, train_shadow
 from lightning_tru.callbacks.base import UnlearningCallback
 from lightning_tru.datamodules.datamodule import RecDataModule
 from lightning_tru.datamodules.deletions import LINEAGE_KEY, LineageError, check_answered, check_lineage
@@ -197,6 +197,25 @@ def _retrain(initial: Any, udm: UnlearningDataModule, rs: RetrainSettings) -> tu
                    strategy=rs.strategy, devices=rs.devices)
 
 
+def request_shadow(
+    model: RecommenderModule,
+    datamodule: RecDataModule,
+    request: Union[ForgetRequest, ForgetSet],
+    *,
+    retrain_settings: Optional[RetrainSettings] = None,
+    forget_batch_size: int = 2048,
+    retain_batch_size: int = 2048,
+    seed: int = 0,
+    **_: Any,
+) -> Shadow:
+    """Train the user-level MIA's shadow for ``request`` once (from the untrained ``model``, with
+    Retrain's budget), to pass to :func:`answer_request` (``shadow=``) for every method answering it.
+    Takes :func:`answer_request`'s keyword arguments (``**cli.job()``); ``model`` is not changed."""
+    rs = retrain_settings or RetrainSettings()
+    udm = UnlearningDataModule(datamodule, request, forget_batch_size, retain_batch_size, seed=seed)
+    return train_shadow(udm, copy.deepcopy(model), seed, rs.max_epochs, rs.patience)
+
+
 def answer_request(
     model: RecommenderModule,
     datamodule: RecDataModule,
@@ -216,6 +235,7 @@ def answer_request(
     audit: Optional[AuditSettings] = None,
     retrained: Optional[tuple[Any, dict[str, Any]]] = None,
     retrained_seed2: Optional[Any] = None,
+    shadow: Optional[Shadow] = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Answer one deletion request end to end and return the report (``{}`` on ranks other than 0).
@@ -257,6 +277,8 @@ def answer_request(
             instead of training again; implies ``compare_retrain``.
         retrained_seed2: a Retrain with another seed, for the distance-to-Retrain noise floor (instead of
             ``audit.retrain_floor`` training one).
+        shadow: the user-level MIA's shadow for this request and ``seed`` (:func:`request_shadow`),
+            instead of ``audit.user_level`` training one (benchmarks comparing methods train it once).
         verbose: print the table.
     """
     if datamodule.deletions is None:
@@ -361,7 +383,7 @@ def answer_request(
             second, _ = retrain(initial, udm.retained, rs.max_epochs, rs.patience, rs.monitor, seed=int(rs.seed or 0) + 1)
         audits = run_audits(model, udm, retrain=gold if method != "retrain" else None, retrain_seed2=second,
                             before=deployed, name="method" if method == "retrain" else name,
-                            user_level=au.user_level, initial=initial, seed=seed)
+                            user_level=au.user_level, initial=initial, seed=seed, shadow=shadow)
         if method == "retrain":  # the run's own model is the Retrain column
             audits["Retrain"] = audits.pop("method")
         if name in efficiency and "Retrain" in efficiency:

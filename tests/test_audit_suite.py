@@ -50,3 +50,23 @@ def test_run_audits_validates_its_arguments() -> None:
         run_audits(p.retrain, p.udm, user_level=True)
     out = run_audits(copy.deepcopy(p.retrain), p.udm, name="X", max_users=50)
     assert list(out) == ["X"] and "distance" not in out["X"] and out["X"]["membership"]["reference"] == 0.5
+
+
+def test_a_shadow_trained_once_serves_every_method_of_the_request() -> None:
+    """train_shadow + run_audits(shadow=...) gives exactly the user-level MIA that user_level=True trains
+    itself (same seed, same split); a shadow of another seed (or request) is refused."""
+    from lightning_tru.audit import train_shadow
+
+    p = planted()
+    own = run_audits(copy.deepcopy(p.trained), p.udm, retrain=copy.deepcopy(p.retrain), name="M", user_level=True,
+                     initial=p.initial, shadow_max_epochs=15, shadow_patience=5, seed=3)
+    shadow = train_shadow(p.udm, p.initial, seed=3, max_epochs=15, patience=5)
+    for _ in range(2):  # reused: the same numbers each time
+        given = run_audits(copy.deepcopy(p.trained), p.udm, retrain=copy.deepcopy(p.retrain), name="M",
+                           shadow=shadow, seed=3)
+        for col in ("M", "Retrain"):
+            assert given[col]["user_mia"]["auc"] == pytest.approx(own[col]["user_mia"]["auc"], abs=1e-6)
+            assert given[col]["user_mia"]["shadow_auc"] == pytest.approx(own[col]["user_mia"]["shadow_auc"], abs=1e-6)
+    assert len(set(shadow.members) & set(shadow.nonmembers)) == 0 and len(set(shadow.reference) & set(shadow.members)) == 0
+    with pytest.raises(ValueError, match="seed 3"):
+        run_audits(copy.deepcopy(p.trained), p.udm, name="M", shadow=shadow, seed=4)

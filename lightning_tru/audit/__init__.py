@@ -7,11 +7,12 @@ from lightning_tru.audit.exposure import GlobalExposure, exposure_reduction, glo
 from lightning_tru.audit.fairness import active_users, ndcg_gap
 from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
 from lightning_tru.audit.membership import mann_whitney_auc, matched_nonmembers, membership_verdict, pair_membership
-from lightning_tru.audit.suite import run_audits
+from lightning_tru.audit.suite import Shadow, run_audits, train_shadow
 from lightning_tru.audit.user_mia import user_mia
 
 __all__ = [
     "Efficiency",
+    "Shadow",
     "GlobalExposure",
     "RankCorrelation",
     "TopKJaccard",
@@ -32,5 +33,6 @@ __all__ = [
     "random_recall",
     "ranking_distance",
     "run_audits",
+    "train_shadow",
     "user_mia",
 ]

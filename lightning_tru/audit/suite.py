@@ -32,6 +32,7 @@ Wiring in ``unlearn.py`` (the deployed model must be copied before the unlearnin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -45,7 +46,48 @@ from lightning_tru.audit.user_mia import user_mia
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
 from lightning_tru.models.protocol import attach_graph
 
-__all__ = ["run_audits"]
+__all__ = ["Shadow", "run_audits", "train_shadow"]
+
+
+@dataclass
+class Shadow:
+    """The shadow recommender of the user-level MIA for one request and seed: trained once by
+    :func:`train_shadow`, passed to :func:`run_audits` for every method answering that request."""
+
+    model: Any
+    data: Any  # the shadow's datamodule: the retained data without ``nonmembers``
+    members: np.ndarray  # labelled shadow members
+    nonmembers: np.ndarray  # held-out retained users (the shadow never saw them)
+    reference: np.ndarray  # retained members compared with the deleted users
+    fingerprint: str  # the request's fingerprint
+    seed: int
+
+
+def train_shadow(
+    udm: UnlearningDataModule,
+    initial: Any,
+    seed: int = 0,
+    max_epochs: int = 200,
+    patience: int = 10,
+    max_group: int = 1000,
+) -> Shadow:
+    """Split the retained users in thirds (each at most ``max_group``): held-out non-members, the
+    shadow's labelled members and the reference members; train the shadow from ``initial`` on the
+    retained data without the held-out third (early stopping on valid Recall@20)."""
+    from lightning_tru.models.retrain import retrain as train_from_scratch
+
+    retained = udm.retained_train_csr()
+    rng = np.random.default_rng(seed + 1)
+    pool = rng.permutation(np.flatnonzero(np.diff(retained.indptr) > 0))
+    n = min(len(pool) // 3, max_group)
+    if n < 2:
+        raise ValueError(f"the user-level MIA needs at least 6 retained users with train rows (found {len(pool)})")
+    held, members, reference = np.sort(pool[:n]), np.sort(pool[n : 2 * n]), np.sort(pool[2 * n : 3 * n])
+    source = udm.source
+    shadow_dm = source.without(users_forget_set(source.data, np.r_[udm.forget.users, held]))
+    model, _ = train_from_scratch(initial, shadow_dm, max_epochs, patience, seed=seed)
+    attach_graph(model, shadow_dm)
+    return Shadow(model, shadow_dm, members, held, reference, udm.forget.fingerprint, seed)
 
 
 def run_audits(
@@ -68,6 +110,7 @@ def run_audits(
     user_vectors: str = "model",
     user_group: int = 1000,
     batch_users: int = 1024,
+    shadow: Optional[Shadow] = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the audits on the unlearned ``model`` and, when given, ``before`` (the deployed model)
     and ``retrain`` (and a Retrain of another seed, ``retrain_seed2``, for the distance floor).
@@ -95,10 +138,18 @@ def run_audits(
         user_group: at most this many users in each of the shadow's non-members, the shadow's
             labelled members and the reference members (retained users split in thirds).
         batch_users: users per scoring batch.
+        shadow: a shadow trained earlier for this request and ``seed`` (:func:`train_shadow`), used
+            instead of training one; implies ``user_level``.
     """
     if name in ("before", "Retrain"):
         raise ValueError(f"name={name!r} is reserved for a reference column; use the method's name")
-    if user_level and initial is None:
+    if shadow is not None and (shadow.fingerprint != udm.forget.fingerprint or shadow.seed != seed):
+        raise ValueError(
+            f"the shadow was trained for request {shadow.fingerprint[:12]} with seed {shadow.seed}, not for "
+            f"{udm.forget.fingerprint[:12]} with seed {seed}: train one for this request (train_shadow)"
+        )
+    user_level = user_level or shadow is not None
+    if user_level and initial is None and shadow is None:
         raise ValueError("user_level=True trains a shadow model: pass initial= (the untrained model)")
     rng = np.random.default_rng(seed)
     retained = udm.retained_train_csr()
@@ -147,7 +198,7 @@ def run_audits(
 
     if user_level:
         _user_level(out, models, udm, initial, seed, shadow_max_epochs, shadow_patience, tolerance, user_vectors,
-                    user_group)
+                    user_group, shadow)
     return out
 
 
@@ -162,36 +213,29 @@ def _user_level(
     tolerance: float,
     vectors: str,
     max_group: int,
+    shadow: Optional[Shadow] = None,
 ) -> None:
     r"""User-level MIA of the deleted users :math:`F` against retained members :math:`R`.
 
-    The shadow starts from ``initial`` and trains on the retained data without a held-out set
-    :math:`H` of retained users (its non-members); the attack learns labelled shadow members vs
-    :math:`H` (each a third of the retained users, at most ``max_group``). The target was trained on every user, so the reference class is a sample
+    The shadow (:func:`train_shadow`, or the one given) trains on the retained data without a
+    held-out set :math:`H` of retained users (its non-members); the attack learns labelled shadow
+    members vs :math:`H`. The target was trained on every user, so the reference class is a sample
     :math:`R` of retained members (disjoint from the shadow's labelled users): ``auc`` =
     AUC of the member probability of :math:`F` (history: their forgotten items) vs :math:`R`.
     Before unlearning it is about 0.5; Retrain, which never saw :math:`F`, gives the value of
     true forgetting, and the verdict compares with it.
     """
-    from lightning_tru.models.retrain import retrain as train_from_scratch
-
     retained = udm.retained_train_csr()
     deleted = udm.forget.users[np.diff(retained.indptr)[udm.forget.users] == 0]
     if len(deleted) < 2:
         for res in out.values():
             res["user_mia"] = {"skipped": "user-level MIA needs deleted users (a user-wise request)"}
         return
-    rng = np.random.default_rng(seed + 1)
-    pool = rng.permutation(np.flatnonzero(np.diff(retained.indptr) > 0))
-    n = min(len(pool) // 3, max_group)
-    held, shadow_members, reference = np.sort(pool[:n]), np.sort(pool[n : 2 * n]), np.sort(pool[2 * n : 3 * n])
-    source = udm.source
-    shadow_dm = source.without(users_forget_set(source.data, np.r_[udm.forget.users, held]))
-    shadow, _ = train_from_scratch(initial, shadow_dm, max_epochs, patience, seed=seed)
-    attach_graph(shadow, shadow_dm)
-    res = user_mia(shadow, shadow_members, held, shadow_dm.data.csr("train"), source.data.csr("train"),
-                   dict(models), deleted, reference, seed=seed, positive_history=udm.forget_csr(),
-                   vectors=vectors)  # type: ignore[arg-type]
+    if shadow is None:
+        shadow = train_shadow(udm, initial, seed, max_epochs, patience, max_group)
+    res = user_mia(shadow.model, shadow.members, shadow.nonmembers, shadow.data.data.csr("train"),
+                   udm.source.data.csr("train"), dict(models), deleted, shadow.reference, seed=seed,
+                   positive_history=udm.forget_csr(), vectors=vectors)  # type: ignore[arg-type]
     ref = res.get("Retrain")
     for col in models:
         r = dict(res[col])
