@@ -336,7 +336,8 @@ class Runner:
             cli = unlearn_cli([*self._unlearn_args(bb, data, seed + offset, ckpt, request, folder, None),
                                "--method", "retrain", "--deletions", store], run=False)
             if tag.is_file():
-                report = json.loads((Path(json.loads(tag.read_text())["run_dir"]) / "report.json").read_text())
+                run_dir = json.loads(tag.read_text())["run_dir"]
+                report = {**json.loads((Path(run_dir) / "report.json").read_text()), "run_dir": run_dir}
             else:
                 report = answer_request(**cli.job(), verbose=False)
                 self.trainings += 1
