@@ -112,20 +112,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--successive", action="store_true",
                     help="four requests of share/4 answered one after another vs one request of their union")
     ap.add_argument("--quick", action="store_true",
-                    help="small synthetic grid: mgcn, 600x300 users x items, dim 32, retrain/surgery/reset/tru/finetune, "
+                    help="small synthetic grid: mgcn, 600x300 users x items, dim 32, retrain/surgery/reset/tru/tru_no_gate/"
+                         "finetune, "
                          "seed 0, 20 epochs (explicit flags still win)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "grid_work"),
                     help="cache of trained checkpoints, Retrains and runs (git-ignored)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--results", default=None, help="the JSON-lines results file (default: grid_results.jsonl beside --out)")
+    ap.add_argument("--dry-run", action="store_true", help="print the estimate of what is left, run and write nothing")
     ap.add_argument("--render-only", action="store_true", help="render the finished cells, run nothing")
     ap.add_argument("--no-render", action="store_true", help="run the cells, do not write RESULTS.md")
     a = ap.parse_args(argv)
     given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:]) if x.startswith("--")}
     if a.quick:
         quick = {"--backbones": ("backbones", ["mgcn"]), "--data": ("data", ["synthetic"]),
-                 "--methods": ("methods", ["retrain", "surgery", "reset", "tru", "finetune"]),
+                 "--methods": ("methods", ["retrain", "surgery", "reset", "tru", "tru_no_gate", "finetune"]),
                  "--seeds": ("seeds", [0]), "--max-epochs": ("max_epochs", 20),
                  "--synthetic-size": ("synthetic_size", [600, 300]), "--embedding-dim": ("embedding_dim", 32),
                  "--core-edge-on": ("core_edge_on", [])}
@@ -748,6 +750,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not a.render_only:
         est = estimate_seconds(a, runner)
         print(f"estimate: at most {est / 3600:.1f} h on this machine ({est:.0f} s)", flush=True)
+        if a.dry_run:
+            return 0
         cells = cells_of(a)
         (runner.run_successive if a.successive else runner.run_single)(cells)
     if not a.no_render:

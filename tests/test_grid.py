@@ -130,3 +130,23 @@ def test_aggregate_mean_std_matches_naive() -> None:
 def test_pareto_front_known_answer() -> None:
     points = {"a": (1.0, 0.10), "b": (0.9, 0.01), "c": (0.8, 0.05), "d": (1.0, 0.20), "e": (0.9, 0.01)}
     assert grid.pareto_front(points) == {"a", "b", "e"}  # c dominated by b, d by a; ties both stay
+
+
+def test_successive_chain_vs_one_request_of_the_union(tmp_path: Path) -> None:
+    assert grid.main(_argv(tmp_path, "--successive", "--methods", "tru", "--no-retrain-floor")) == 0
+    recs = _lines(tmp_path)
+    gold = [r for r in recs if r["method"] == "retrain"]
+    steps = {r["step"]: r for r in recs if r["method"] == "tru"}
+    assert len(gold) == 1 and gold[0]["step"] == "union" and set(steps) == {"1", "2", "3", "4", "union"}
+    assert all(steps[s]["answered"] for s in "1234")  # user-wise on planted data: every request answered
+    chain = [steps[s]["request"] for s in "1234"]
+    assert len({c["fingerprint"] for c in chain}) == 4 and all(c["share"] == 0.0125 for c in chain)
+    union = steps["union"]["request"]
+    assert union["fingerprint"] == gold[0]["request"]["fingerprint"] and union["source"] == "file"
+    assert union["forget_pairs"] == sum(c["forget_pairs"] for c in chain)  # disjoint users: the union of the four
+    assert union["users"] == sum(c["users"] for c in chain)
+    for s in ("1", "2", "3"):  # no Retrain beside the intermediate requests; the last and the union have it
+        assert steps[s]["util_ratio"] is None
+    assert steps["4"]["retrain_ndcg"] == pytest.approx(gold[0]["ndcg"]) == steps["union"]["retrain_ndcg"]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Results grid, successive requests" in text and "4.0 of 4" in text
