@@ -113,7 +113,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="four requests of share/4 answered one after another vs one request of their union")
     ap.add_argument("--quick", action="store_true",
                     help="small synthetic grid: mgcn, 600x300 users x items, dim 32, retrain/surgery/reset/tru/tru_no_gate/"
-                         "finetune, "
+                         "neggrad, "
                          "seed 0, 20 epochs (explicit flags still win)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "grid_work"),
@@ -127,7 +127,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:]) if x.startswith("--")}
     if a.quick:
         quick = {"--backbones": ("backbones", ["mgcn"]), "--data": ("data", ["synthetic"]),
-                 "--methods": ("methods", ["retrain", "surgery", "reset", "tru", "tru_no_gate", "finetune"]),
+                 "--methods": ("methods", ["retrain", "surgery", "reset", "tru", "tru_no_gate", "neggrad"]),
                  "--seeds": ("seeds", [0]), "--max-epochs": ("max_epochs", 20),
                  "--synthetic-size": ("synthetic_size", [600, 300]), "--embedding-dim": ("embedding_dim", 32),
                  "--core-edge-on": ("core_edge_on", [])}
@@ -657,8 +657,12 @@ def render_plot(records: list[dict[str, Any]], bb: str, data: str) -> Optional[b
                 continue
             marker, color = colors[m]
             x = st["mia_distance"][0] if "mia_distance" in st else 0.0
-            top.scatter([x], [100 * st["util_ratio"][0]], marker=marker, color=color, s=110 if marker == "*" else 50,
-                        zorder=3, label=m)
+            if m in ABLATIONS:  # hollow and under the others: variants of TRU
+                top.scatter([x], [100 * st["util_ratio"][0]], marker=marker, facecolors="none", edgecolors=color, s=35,
+                            zorder=2)
+            else:
+                top.scatter([x], [100 * st["util_ratio"][0]], marker=marker, color=color,
+                            s=110 if marker == "*" else 50, zorder=5 if m == "tru" else 3)
             top.annotate(m, (x, 100 * st["util_ratio"][0]), textcoords="offset points", xytext=(4, 3), fontsize=7)
             if m != "retrain" and "speedup" in st:
                 speed.append((m, st["speedup"][0], color))
@@ -683,12 +687,14 @@ def render_plot(records: list[dict[str, Any]], bb: str, data: str) -> Optional[b
 def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
     """Write the grid's RESULTS.md section (and PNGs) from every finished cell of this setup."""
     sid = setup_id(a)
-    records = [r for r in load_records(Path(a.results)) if r.get("setup") == sid]
+    latest = {r["key"]: r for r in load_records(Path(a.results))}  # a cell run twice (two sessions at once) counts once
+    records = [r for r in latest.values() if r.get("setup") == sid and r.get("share") == a.share]
     for r in records:
         r["mia_distance"] = abs(r["mia_delta"]) if _num(r.get("mia_delta")) is not None else None
     single = [r for r in records if r["mode"] == "single"]
     chains = [r for r in records if r["mode"] == "successive"]
-    suffix = "_quick" if a.quick else ""
+    suffix = "_quick" if a.quick else "" if sid == setup_id(parse_args([])) else f"_{sid}"
+    title = "Results grid" + suffix.replace("_", " (", 1) + (")" if suffix else "")
     caps = (f"training and every Retrain capped at {a.max_epochs} epochs with early stopping on valid Recall@20 "
             f"(patience {a.patience}); requests of {a.share:.0%}"
             + (f"; synthetic data {a.synthetic_size[0]} users x {a.synthetic_size[1]} items" if a.synthetic_size else "")
@@ -715,7 +721,7 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
                 "- utility = test NDCG@20 as % of Retrain's (same seed); forget × = forget Recall@20 / Retrain's "
                 "(two-sided: 1.00 is the target); ΔMIA = pair-level MIA AUC (rank percentiles, popularity-matched "
                 "non-members) minus Retrain's (0 is the target, both signs detectable); speed-up = Retrain's seconds to "
-                "convergence (or the cap) / the method's; mean ± std over seeds; ◆ = on the Pareto front of "
+                "convergence (or the cap; measured once, when it was cached) / the method's; mean ± std over seeds; ◆ = on the Pareto front of "
                 "(utility, |ΔMIA|) among the methods and floors of that cell (Retrain and the TRU ablations left out); "
                 "*floors* (Surgery, Reset) never answer a request\n\n"
                 + main_tables(single) + (f"\n#### TRU ablations\n\n{abl}\n" if (abl := ablation_table(single)) else "")
@@ -725,7 +731,7 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
                 "(a lower bound: 0 when an earlier phase peaked higher); answered = share of seeds whose run met its "
                 "stopping rule\n\n" + detail_table(single) + "\n"
                 + "".join(f"\n![{p}]({p})\n" for p in pngs))
-        write_section(out, "Results grid" + (" (quick)" if a.quick else ""), body)
+        write_section(out, title, body)
     if chains:
         body = (head + "- four requests of share/4 (resolved one after another on the data the earlier ones left, "
                 "seeds 100·seed + 1..4) answered one after another, each from the previous answer's checkpoint "
@@ -733,7 +739,7 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
                 "the union; a request NOT answered ends its chain (its checkpoint is refused by every loader); ΔMIA = "
                 "pair-MIA AUC of that request's pairs minus Retrain-on-the-union's; mean ± std over seeds\n\n"
                 + successive_table(chains) + "\n")
-        write_section(out, "Results grid, successive requests" + (" (quick)" if a.quick else ""), body)
+        write_section(out, title.replace("Results grid", "Results grid, successive requests"), body)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

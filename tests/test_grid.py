@@ -150,3 +150,12 @@ def test_successive_chain_vs_one_request_of_the_union(tmp_path: Path) -> None:
     assert steps["4"]["retrain_ndcg"] == pytest.approx(gold[0]["ndcg"]) == steps["union"]["retrain_ndcg"]
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Results grid, successive requests" in text and "4.0 of 4" in text
+
+
+def test_user_level_mia_opt_in(tmp_path: Path) -> None:
+    assert grid.main(_argv(tmp_path, "--methods", "tru", "--no-retrain-floor", "--user-mia", "--no-render")) == 0
+    (rec,) = _lines(tmp_path)
+    assert isinstance(rec["user_mia_auc"], float) and isinstance(rec["user_mia_delta"], float)
+    assert not (tmp_path / "RESULTS.md").exists()  # --no-render
+    off = grid.parse_args(_argv(tmp_path, "--methods", "tru", "--no-retrain-floor"))
+    assert grid.setup_id(off) != rec["setup"]  # cells with and without the user-level MIA are different cells
