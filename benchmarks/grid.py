@@ -705,7 +705,7 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
     head = (f"`python benchmarks/grid.py {' '.join(argv)}` (results: `{Path(a.results).name}`, setup `{sid}`; "
             f"rendered from every finished cell of this setup)\n\n{machine_header()}\n- caps: {caps}\n")
     out = Path(a.out)
-    if single:
+    if single and (not a.successive or a.render_only):  # a run writes its own mode's section; --render-only both
         pngs = []
         for bb in _order(single, "backbone", BACKBONES):
             for data in _order([r for r in single if r["backbone"] == bb], "data", DATASETS):
@@ -732,7 +732,7 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
                 "stopping rule\n\n" + detail_table(single) + "\n"
                 + "".join(f"\n![{p}]({p})\n" for p in pngs))
         write_section(out, title, body)
-    if chains:
+    if chains and (a.successive or a.render_only):
         body = (head + "- four requests of share/4 (resolved one after another on the data the earlier ones left, "
                 "seeds 100·seed + 1..4) answered one after another, each from the previous answer's checkpoint "
                 "through the deletion store, vs one request of their union from the trained checkpoint, vs Retrain on "
