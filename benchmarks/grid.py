@@ -615,7 +615,8 @@ def successive_table(records: list[dict[str, Any]]) -> str:
     stats = aggregate(records, (*CELL, "step"), ("ndcg", "mia_delta", "answered"))
     lines = ["| cell | method | NDCG after 1 | after 2 | after 3 | after 4 | one request (union) | Retrain on the union | "
              "ΔMIA after 4 | ΔMIA one request | requests answered |", "|---" * 11 + "|"]
-    cells = sorted({tuple(r[c] for c in CELL[:4]) for r in records})
+    cells = sorted({tuple(r[c] for c in CELL[:4]) for r in records}, key=lambda c: (
+        BACKBONES.index(c[0]), DATASETS.index(c[1]), SELECTIONS.index(c[2]), REGIMES.index(c[3])))
     for cell in cells:
         gold = stats.get((*cell, "retrain", "union"), {}).get("ndcg")
         for m in [m for m in METHODS if (*cell, m, "union") in stats and m != "retrain"]:
@@ -736,7 +737,8 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
         body = (head + "- four requests of share/4 (resolved one after another on the data the earlier ones left, "
                 "seeds 100·seed + 1..4) answered one after another, each from the previous answer's checkpoint "
                 "through the deletion store, vs one request of their union from the trained checkpoint, vs Retrain on "
-                "the union; a request NOT answered ends its chain (its checkpoint is refused by every loader); ΔMIA = "
+                "the union; NDCG after k is test NDCG@20 on the data retained after k requests (the deleted users' / items' "
+                "held-out rows leave with them), so after 4 compares with the union columns; a request NOT answered ends its chain (its checkpoint is refused by every loader); ΔMIA = "
                 "pair-MIA AUC of that request's pairs minus Retrain-on-the-union's; mean ± std over seeds\n\n"
                 + successive_table(chains) + "\n")
         write_section(out, title.replace("Results grid", "Results grid, successive requests"), body)
