@@ -120,6 +120,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="cache of trained checkpoints, Retrains and runs (git-ignored)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--results", default=None, help="the JSON-lines results file (default: grid_results.jsonl beside --out)")
+    ap.add_argument("--note", default="", help="a line added to the rendered sections (e.g. how the runs were made)")
     ap.add_argument("--dry-run", action="store_true", help="print the estimate of what is left, run and write nothing")
     ap.add_argument("--render-only", action="store_true", help="render the finished cells, run nothing")
     ap.add_argument("--no-render", action="store_true", help="run the cells, do not write RESULTS.md")
@@ -704,7 +705,8 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
             + ("; no second Retrain (no Jaccard floor)" if a.no_retrain_floor else "")
             + "; the unlearning methods with their configs' step budgets (configs/unlearn)")
     head = (f"`python benchmarks/grid.py {' '.join(argv)}` (results: `{Path(a.results).name}`, setup `{sid}`; "
-            f"rendered from every finished cell of this setup)\n\n{machine_header()}\n- caps: {caps}\n")
+            f"rendered from every finished cell of this setup)\n\n{machine_header()}\n- caps: {caps}\n"
+            + (f"- {a.note}\n" if a.note else ""))
     out = Path(a.out)
     if single and (not a.successive or a.render_only):  # a run writes its own mode's section; --render-only both
         pngs = []
