@@ -461,22 +461,23 @@ class Runner:
 
 
 def estimate_seconds(a: argparse.Namespace, runner: Runner) -> float:
-    """Upper bound of the wall-clock of what is left to run: trainings at the epoch cap, methods at ~15 s
-    (real data) or ~2 s (synthetic) each, a user-level MIA shadow a training each."""
+    """Rough wall-clock of what is left to run on 2 quiet cores: every training and Retrain at the epoch cap
+    (``EPOCH_SECONDS``, measured by train_bench), methods at ~15 s (real data, a guess: not measured with
+    the audits) or ~8 s (synthetic) each, a user-level MIA shadow a training each; cached Retrains counted."""
     todo = [c for c in cells_of(a) if c.key not in runner.done]
     models = {(c.backbone, c.data, c.seed) for c in todo if not runner.trained_cached(c.backbone, c.data, c.seed)}
     requests = {(c.backbone, c.data, c.seed, c.regime, c.selection) for c in todo}
     retrains = (1 if a.no_retrain_floor else 2) * len(requests)
 
     def train_s(bb: str, data: str) -> float:
-        return a.max_epochs * EPOCH_SECONDS.get((bb, data), 0.3)
+        return a.max_epochs * EPOCH_SECONDS.get((bb, data), 1.5)  # synthetic: the --quick size
 
     steps = 6 if a.successive else 1  # four steps, the union request, the plan
     total = sum(train_s(bb, d) for bb, d, _ in models)
     total += sum((1 if a.no_retrain_floor else 2) * train_s(bb, d) for bb, d, _, _, _ in requests)
     for c in todo:
         if c.method != "retrain":
-            total += steps * (2.0 if c.data == "synthetic" else 15.0)
+            total += steps * (8.0 if c.data == "synthetic" else 15.0)
             total += steps * train_s(c.backbone, c.data) if a.user_mia and c.regime == "user" else 0.0
     print(f"{len(todo)} cells to run ({len(cells_of(a)) - len(todo)} finished), {len(models)} trainings and up to "
           f"{retrains} Retrains (some cached), caps {a.max_epochs} epochs / patience {a.patience}")
@@ -759,7 +760,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runner = Runner(a)
     if not a.render_only:
         est = estimate_seconds(a, runner)
-        print(f"estimate: at most {est / 3600:.1f} h on this machine ({est:.0f} s)", flush=True)
+        print(f"estimate: roughly {est / 3600:.1f} h on 2 quiet cores ({est:.0f} s; every training at its cap)", flush=True)
         if a.dry_run:
             return 0
         cells = cells_of(a)
