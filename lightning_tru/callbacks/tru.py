@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
-from lightning_tru.callbacks.reset import Reset
+from lightning_tru.callbacks.reset import Reset, deleted_entities
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, group_pair_scores, layer_groups
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
@@ -40,7 +40,10 @@ class TRU(UnlearningCallback):
     row :math:`r` is updated only if its entity is named by the request (a forgetting user, a
     forgotten item) and :math:`\lVert g_f^r \rVert \ge \theta \lVert g_r^r \rVert` (``row_threshold``
     :math:`\theta`). In a graph recommender every row receives some forget gradient through
-    propagation; without this rule a step on the user table moves every retained user.
+    propagation; without this rule a step on the user table moves every retained user. Rows kept
+    after the reset (``keep_reset``) are never candidates; with the forget pairs' users kept,
+    :math:`\theta = 0` for item rows (their forget gradient flows through the users' small initial rows
+    and cannot match the retain gradient; the row share :math:`f_r` bounds their steps instead).
 
     **Ranking fusion gate**: for a forget pair with threshold :math:`t_u` (the user's K-th best
     score among items that are neither retained-train nor forgotten), persistence
@@ -55,7 +58,13 @@ class TRU(UnlearningCallback):
     for users, Retrain's starting point for items). What the reset leaves, the reverse update removes:
     the remaining items' rows still carry the deleted users' interactions (measured on TikTok, MGCN,
     user-wise 5%: pair-MIA AUC 0.62 after the reset, Retrain 0.49), so the stopping rule's reference
-    stays Retrain's expected 0.5.
+    stays Retrain's expected 0.5. The reset users' rows are Retrain's already: they stay as set (``keep_reset``),
+    the reverse update moves the item rows and shared layers that remember them.
+
+    **No top-K over-forgetting** (user-wise, ``min_recall_ratio``): the reset model's forget Recall@K
+    :math:`r_0` estimates Retrain's from above (a never-trained user still gets popular items; measured
+    1.1-1.2 x Retrain's on planted data), so the run may not end below :math:`r_{min} = \rho\, r_0` (see
+    :meth:`UnlearningCallback.reference_recall_floor`): pushing the forgotten items further down is over-forgetting.
 
     **Where the update goes**: entity tables (row-isolated) are selected before shared layers
     (``entity_first``); shared layers step at ``shared_lr_scale`` of the lr; an entity row moves
@@ -81,6 +90,8 @@ class TRU(UnlearningCallback):
         reset_deleted: reset deleted users' / items' rows first (``use_initial`` hands over the untrained model;
             without it the backbone's ``initial_entity_table``; without either the reset is skipped with a warning).
         seed: seed of the reset's fallback draw.
+        keep_reset: the rows of deleted users set by the reset never move afterwards (they are Retrain's).
+        min_recall_ratio: :math:`\rho` of the top-K floor (user-wise, after a reset); ``None``: no floor.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
@@ -113,6 +124,8 @@ class TRU(UnlearningCallback):
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
         max_utility_loss: Optional[float] = 0.02,
+        keep_reset: bool = True,
+        min_recall_ratio: Optional[float] = 0.8,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -128,6 +141,11 @@ class TRU(UnlearningCallback):
         self._before_step: dict[str, Tensor] = {}
         self._reset = Reset(k=k, seed=seed)  # the exact part: deleted entities' rows, as Retrain leaves them
         self.reset_edits: dict[str, Any] = {}
+        if min_recall_ratio is not None and not 0 < min_recall_ratio <= 1:
+            raise ValueError(f"min_recall_ratio={min_recall_ratio} must be in (0, 1] or None (no top-K floor)")
+        self.keep_reset, self.min_recall_ratio = keep_reset, min_recall_ratio
+        self.kept_rows: dict[str, list[int]] = {}  # table -> rows set exactly by the reset (never moved after)
+        self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
             raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
         if not 0 < capacity <= 1 or not 0 < coverage <= 1 or (top_k_layers is not None and top_k_layers < 1):
@@ -180,6 +198,26 @@ class TRU(UnlearningCallback):
             rank_zero_warn(f"TRU could not reset the deleted rows ({err}); continuing with reverse updates only")
             return
         self.reset_edits = dict(self._reset.edits)
+        if self.keep_reset:
+            users, _ = deleted_entities(dm)
+            tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
+            self.kept_rows = {n: users.tolist() for n in tables if len(users)}
+            self._keep_values(model)
+
+    def _keep_values(self, model: nn.Module) -> None:
+        """Remember the kept rows' values (after the reset, or from a restored checkpoint: they never moved)."""
+        params = dict(model.named_parameters())
+        self._kept = {}
+        for n, rows in self.kept_rows.items():
+            idx = torch.as_tensor(rows, dtype=torch.long, device=params[n].device)
+            self._kept[n] = (idx, params[n].detach()[idx].clone())
+
+    @override
+    def reference_recall_floor(self, model: nn.Module, dm: UnlearningDataModule, recall: float) -> Optional[float]:
+        """User-wise after a reset: :math:`\rho\, r_0`, ``min_recall_ratio`` x the reset model's forget recall."""
+        if self.min_recall_ratio is None or dm.forget.regime != "user" or not self.reset_edits.get("reset_users"):
+            return None
+        return self.min_recall_ratio * recall
 
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -192,6 +230,8 @@ class TRU(UnlearningCallback):
         g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
         s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
         g_r = self._gradients(model, bpr_loss(*s_r) * len(ru), trainer)
+        for n, (idx, _) in self._kept.items():  # kept rows are no candidates: profile what may move
+            g_f[n][idx], g_r[n][idx] = 0, 0
         self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
 
@@ -252,14 +292,21 @@ class TRU(UnlearningCallback):
         """Rows of the user/item tables that row isolation leaves free to move."""
         named = {"user": dm.forget.users, "item": dm.forget.items}
         self.isolated_rows = {}
-        for entity, names in entity_groups(model, dm.num_users, dm.num_items).items():
+        groups = entity_groups(model, dm.num_users, dm.num_items)
+        # the forget pairs' users were reset and are kept: an item row's forget gradient comes through their
+        # initial (untrained, small) rows and is no match for the retain gradient; the row share f_r bounds it instead
+        users_kept = any(n in self.kept_rows for n in groups.get("user", []))
+        for entity, names in groups.items():
             ids = torch.as_tensor(named[entity], dtype=torch.long)
+            theta = 0.0 if entity == "item" and users_kept else self.row_threshold
             for n in names:
                 if n not in g_f:
                     continue
                 gf = g_f[n][ids.to(g_f[n].device)].flatten(1).norm(dim=1).cpu()
                 gr = g_r[n][ids.to(g_r[n].device)].flatten(1).norm(dim=1).cpu()
-                keep = (gf > self.eps) & (gf >= self.row_threshold * gr)
+                keep = (gf > self.eps) & (gf >= theta * gr)
+                if n in self.kept_rows:  # set exactly by the reset: not the update's to move
+                    keep &= ~torch.isin(ids, torch.as_tensor(self.kept_rows[n], dtype=torch.long))
                 self.isolated_rows[n] = ids[keep].tolist()
 
     def _index(self, model: nn.Module) -> None:
@@ -292,6 +339,8 @@ class TRU(UnlearningCallback):
         for n, p in model.named_parameters():
             if p.grad is None:
                 continue
+            if n in self._kept:
+                p.grad[self._kept[n][0]] = 0
             if self.layer_isolation and n in self._param_masked:
                 p.grad.zero_()
                 continue
@@ -325,6 +374,14 @@ class TRU(UnlearningCallback):
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._scale_row_steps(pl_module.model)
+        if self._kept:  # Adam with a zero gradient does not move a row; this makes it exact whatever the optimiser
+            params = dict(pl_module.model.named_parameters())
+            with torch.no_grad():
+                for n, (idx, values) in self._kept.items():
+                    params[n][idx] = values
+
+    def _scale_row_steps(self, model: nn.Module) -> None:
         r"""Row step scaling: an entity row moves :math:`f_r` of the optimiser's step,
         :math:`\theta_r \leftarrow \theta_r^{old} + f_r(\theta_r^{new} - \theta_r^{old})`. A row that keeps most of its
         interactions changes little in Retrain too; under Adam's per-coordinate normalisation a
@@ -332,7 +389,7 @@ class TRU(UnlearningCallback):
         if not self._before_step:
             return
         with torch.no_grad():
-            for n, p in pl_module.model.named_parameters():
+            for n, p in model.named_parameters():
                 if n in self._before_step:
                     old = self._before_step[n]
                     f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
@@ -372,6 +429,7 @@ class TRU(UnlearningCallback):
     @override
     def restore_profile(self, model: nn.Module) -> None:
         self._index(model)
+        self._keep_values(model)
 
     # ---------------------------------------------------------------------------- state
     @override
@@ -382,6 +440,7 @@ class TRU(UnlearningCallback):
             "selected_layers": list(self.selected_layers),
             "isolated_rows": {n: list(r) for n, r in self.isolated_rows.items()},
             "reset": dict(self.reset_edits),
+            "kept_rows": {n: list(r) for n, r in self.kept_rows.items()},
         }
 
     @override
@@ -391,3 +450,4 @@ class TRU(UnlearningCallback):
         self.selected_layers = list(state.get("selected_layers", []))
         self.isolated_rows = {n: list(r) for n, r in state.get("isolated_rows", {}).items()}
         self.reset_edits = dict(state.get("reset", {}))
+        self.kept_rows = {n: list(r) for n, r in state.get("kept_rows", {}).items()}
