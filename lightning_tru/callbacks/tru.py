@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
@@ -154,6 +155,7 @@ class TRU(UnlearningCallback):
         negative_epochs: float = 20.0,
         negative_lr: Optional[float] = None,
         negative_sim_steps: int = 20,
+        refit_steps: int = 50,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -178,6 +180,10 @@ class TRU(UnlearningCallback):
                              f"negative_sim_steps={negative_sim_steps} >= 1")
         self.negative_epochs, self.negative_lr, self.negative_sim_steps = negative_epochs, negative_lr, negative_sim_steps
         self.negative_phase: dict[str, Any] = {}  # what the simulated negative sampling did (empty: not run)
+        if refit_steps < 0:
+            raise ValueError(f"refit_steps={refit_steps} must be >= 0 (0: no refit of the forgetting users' rows)")
+        self.refit_steps = refit_steps
+        self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
         self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
             raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
@@ -231,14 +237,16 @@ class TRU(UnlearningCallback):
             rank_zero_warn(f"TRU could not reset the deleted rows ({err}); continuing with reverse updates only")
             return
         self.reset_edits = dict(self._reset.edits)
-        if self.negative_epochs > 0:
-            with isolate_rng():
-                model.train(self.train_mode)
+        with isolate_rng():
+            model.train(self.train_mode)
+            if self.negative_epochs > 0:
                 self._negatives(model, dm)
+            refit = self._refit(model, dm) if self.refit_steps > 0 and dm.forget.regime == "interaction" else []
         if self.keep_reset:
             users, _ = deleted_entities(dm)
+            users = np.union1d(users, refit)
             tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
-            self.kept_rows = {n: users.tolist() for n in tables if len(users)}
+            self.kept_rows = {n: users.astype(int).tolist() for n in tables if len(users)}
             self._keep_values(model)
 
     def _negatives(self, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -292,6 +300,58 @@ class TRU(UnlearningCallback):
                     p.copy_(before[n])
         self.negative_phase = {"items": int(len(items)), "retrain_steps": int(total), "simulated_steps": int(sim),
                                "pairs_per_step": int(per_step), "lr": lr}
+
+    def _refit(self, model: nn.Module, dm: UnlearningDataModule) -> np.ndarray:
+        r"""Interaction-wise: the forgetting users' rows re-fitted on their retained pairs alone, the rest frozen.
+
+        No row can be reset exactly when a user keeps data, but Retrain's row for user :math:`u` is a fit of
+        :math:`u`'s retained pairs :math:`R_u` from the initial row: the rows go back to the initial model's and take
+        ``refit_steps`` Adam steps (the training lr, see ``negative_lr``) of BPR on :math:`R_u` with uniform negatives,
+        items and shared layers fixed. The fit never sees :math:`F_u`, so the row's memory of it is gone, and it
+        keeps :math:`u`'s retained preferences. Returns the users re-fitted.
+        """
+        tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
+        users = np.unique(dm.forget.forget_pairs[:, 0])
+        rp = dm.forget.retain_pairs
+        mine = np.isin(rp[:, 0], users)
+        users = np.intersect1d(users, rp[mine, 0])  # deleted users (no retained pair) are the reset's
+        if not tables or len(users) == 0:
+            return np.zeros(0, dtype=np.int64)
+        pairs = torch.from_numpy(rp[mine]).long()
+        params = dict(model.named_parameters())
+        dev = next(model.parameters()).device
+        rows = torch.as_tensor(users, dtype=torch.long, device=dev)
+        before = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n in tables:
+                table, _ = self._reset._initial_table(model, n, params[n])
+                params[n][rows] = table[rows.cpu()].to(device=dev, dtype=params[n].dtype)
+        lr = self.negative_lr or training_lr(model)
+        opt = torch.optim.Adam([params[n] for n in tables], lr=lr)
+        g = torch.Generator().manual_seed(self._reset.seed + 1)
+        batch = min(len(pairs), int(getattr(dm.source, "batch_size", 2048)))
+        for _ in range(self.refit_steps):
+            pick = pairs[torch.randint(len(pairs), (batch,), generator=g)].to(dev)
+            neg = torch.randint(dm.num_items, (batch,), generator=g).to(dev)
+            (s_i, s_j), _ = group_pair_scores(model, [(pick[:, 0], pick[:, 1]), (pick[:, 0], neg)])
+            opt.zero_grad(set_to_none=True)
+            bpr_loss(s_i, s_j).backward()
+            for n in tables:
+                keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=dev)
+                keep[rows] = True
+                params[n].grad[~keep] = 0
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():  # only the forgetting users' rows changed
+            for n, p in params.items():
+                if n in tables:
+                    others = torch.ones(p.shape[0], dtype=torch.bool, device=dev)
+                    others[rows] = False
+                    p[others] = before[n][others]
+                else:
+                    p.copy_(before[n])
+        self.refit = {"users": int(len(users)), "steps": self.refit_steps, "lr": lr}
+        return users
 
     def _keep_values(self, model: nn.Module) -> None:
         """Remember the kept rows' values (after the reset, or from a restored checkpoint: they never moved)."""
@@ -544,6 +604,7 @@ class TRU(UnlearningCallback):
             "reset": dict(self.reset_edits),
             "kept_rows": {n: list(r) for n, r in self.kept_rows.items()},
             "negative_phase": dict(self.negative_phase),
+            "refit": dict(self.refit),
         }
 
     @override
@@ -555,3 +616,4 @@ class TRU(UnlearningCallback):
         self.reset_edits = dict(state.get("reset", {}))
         self.kept_rows = {n: list(r) for n, r in state.get("kept_rows", {}).items()}
         self.negative_phase = dict(state.get("negative_phase", {}))
+        self.refit = dict(state.get("refit", {}))
