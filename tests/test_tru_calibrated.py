@@ -3,7 +3,6 @@ the simulated negative sampling of deleted items (item-wise), the refit of the f
 (interaction-wise). Each is measured against Retrain and the floors (Surgery, Reset)."""
 from __future__ import annotations
 
-import copy
 from functools import partial
 from typing import Any
 
