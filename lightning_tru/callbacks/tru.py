@@ -13,11 +13,11 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_tru.audit.membership import pair_membership
 from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.callbacks.reset import Reset, deleted_entities
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, group_pair_scores, layer_groups
-from lightning_tru.audit.membership import pair_membership
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
 
 
@@ -111,13 +111,15 @@ class TRU(UnlearningCallback):
         reset_deleted: reset deleted users' / items' rows first (``use_initial`` hands over the untrained model;
             without it the backbone's ``initial_entity_table``; without either the reset is skipped with a warning).
         seed: seed of the reset's fallback draw.
-        keep_reset: the rows of deleted users set by the reset never move afterwards (they are Retrain's).
+        keep_reset: the user rows set before the steps (deleted users' reset rows, forgetting users' refitted
+            rows) never move afterwards.
         min_recall_ratio: :math:`\rho` of the top-K floor (user-wise, after a reset); ``None``: no floor.
         negative_epochs: :math:`E` of the simulated negative sampling of deleted items' rows (:meth:`_negatives`):
             the epochs the model was trained for (20 when unknown; the AUC it gives is not sensitive to a factor 2);
             0 switches the simulation off.
         negative_lr: its learning rate; ``None``: the model's own (``configure_optimizers``), else 1e-3.
         negative_sim_steps: :math:`S`, the optimiser steps the simulation is compressed into.
+        refit_steps: interaction-wise, Adam steps of the refit of the forgetting users' rows (:meth:`_refit`); 0: off.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
