@@ -151,3 +151,25 @@ def test_new_arguments_are_validated() -> None:
         TRU(negative_lr=0.0)
     with pytest.raises(ValueError, match="refit_steps"):
         TRU(refit_steps=-1)
+
+
+def test_refit_without_an_initialiser_warns_and_falls_back_to_reverse_updates(
+    setup: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interaction-wise with no untrained model handed over and no initialiser: no row to start the refit from,
+    so TRU says so and runs its reverse updates, the forgetting users' rows untouched by a refit."""
+    import lightning_tru.callbacks.reset as reset
+
+    def no_initialiser(model: Any, name: str, generator: torch.Generator) -> torch.Tensor:
+        raise TypeError(f"no initial_entity_table for {name!r}")
+
+    monkeypatch.setattr(reset, "initial_entity_table", no_initialiser)
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    tru = TRU(eval_every=100, stop_rule="recall", target_recall=0.0)
+    with pytest.warns(UserWarning, match="could not refit"):
+        model = unlearn(trained, udm, tru, 1)
+    assert tru.refit == {} and tru.kept_rows == {} and tru.steps == 1
+    users = np.unique(udm.forget.forget_pairs[:, 0])
+    others = np.setdiff1d(np.arange(dm.num_users), users)
+    assert torch.equal(dict(model.named_parameters())[USERS][others], dict(trained.named_parameters())[USERS][others])

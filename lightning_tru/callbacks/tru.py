@@ -324,10 +324,14 @@ class TRU(UnlearningCallback):
         dev = next(model.parameters()).device
         rows = torch.as_tensor(users, dtype=torch.long, device=dev)
         before = {n: p.detach().clone() for n, p in params.items()}
+        try:
+            initial = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
+        except (TypeError, ValueError) as err:  # no initialiser known: the reverse update does it all
+            rank_zero_warn(f"TRU could not refit the forgetting users' rows ({err}); continuing with reverse updates only")
+            return np.zeros(0, dtype=np.int64)
         with torch.no_grad():
             for n in tables:
-                table, _ = self._reset._initial_table(model, n, params[n])
-                params[n][rows] = table[rows.cpu()].to(device=dev, dtype=params[n].dtype)
+                params[n][rows] = initial[n][rows.cpu()].to(device=dev, dtype=params[n].dtype)
         lr = self.negative_lr or training_lr(model)
         opt = torch.optim.Adam([params[n] for n in tables], lr=lr)
         g = torch.Generator().manual_seed(self._reset.seed + 1)
