@@ -173,3 +173,16 @@ def test_refit_without_an_initialiser_warns_and_falls_back_to_reverse_updates(
     users = np.unique(udm.forget.forget_pairs[:, 0])
     others = np.setdiff1d(np.arange(dm.num_users), users)
     assert torch.equal(dict(model.named_parameters())[USERS][others], dict(trained.named_parameters())[USERS][others])
+
+
+def test_a_refit_that_costs_utility_is_undone(setup: tuple) -> None:
+    """A refit that loses more than ``max_utility_loss`` of the guard's recall (here: an absurd lr) is undone with a
+    warning: the forgetting users' rows are back to the surgered model's and none of them is kept."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    tru = TRU(negative_lr=50.0, refit_steps=20, eval_every=100, stop_rule="recall", target_recall=1.0)
+    tru.use_initial(initial)
+    with pytest.warns(UserWarning, match="refit of the forgetting users' rows undone"):
+        model = unlearn(trained, udm, tru, 1)
+    assert "undone" in tru.refit and tru.kept_rows == {} and tru.steps == 0
+    assert torch.equal(dict(model.named_parameters())[USERS], dict(trained.named_parameters())[USERS])
