@@ -4,7 +4,9 @@
 
 Part 1, per backbone (LightGCN, MGCN) x regime (user / item / interaction, 5%, random) x seed:
 train on the planted data, Retrain on the retained data (same initial model), then Surgery, Reset, TRU
-and TRU with one of its interventions switched off. Part 2: default TRU on two recommenders written
+and TRU with one of its parts switched off (the three interventions; row isolation, reset, row share;
+kept reset rows, the top-K floor, the simulated negative sampling of deleted items, the refit of the
+forgetting users' rows). Part 2: default TRU on two recommenders written
 only against ``score`` (``tests/thirdparty.py``: NeuMF-style, two-tower), user- and
 interaction-wise. Reported: test NDCG@20 (or held-out Recall@20) as a share of Retrain's, forget
 Recall@20 as a multiple of Retrain's (two-sided: 1.00 is the target), the pair-level membership AUC
@@ -71,7 +73,9 @@ def main() -> None:
         return [("Surgery", Surgery()), ("Reset", Reset()), ("TRU", TRU()), ("TRU no gate", TRU(ranking_gate=False)),
                 ("TRU no scaling", TRU(modality_scaling=False)), ("TRU no layer iso.", TRU(layer_isolation=False)),
                 ("TRU no row iso.", TRU(row_isolation=False)), ("TRU no reset", TRU(reset_deleted=False)),
-                ("TRU no row share", TRU(row_share_steps=False))]
+                ("TRU no row share", TRU(row_share_steps=False)), ("TRU no keep", TRU(keep_reset=False)),
+                ("TRU no floor", TRU(min_recall_ratio=None)), ("TRU no negatives", TRU(negative_epochs=0)),
+                ("TRU no refit", TRU(refit_steps=0))]
 
     rows: dict[tuple[str, str, str], dict[str, list[float]]] = {}
 

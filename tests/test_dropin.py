@@ -68,7 +68,8 @@ def test_example_unlearns_with_the_fallbacks(
     assert full_ranking_calls > 0  # no embeddings(): ranking ran through chunked score
     # no branch_parameters() / layer_parameters(): one group per top-level module
     if res["steps"]:  # profiled: no branch_parameters() / layer_parameters(), one group per top-level module
-        assert set(res["branch_scales"]) == {"user", "item"}
+        # the reset users' rows are kept: the user branch may get no gradient at all
+        assert "item" in res["branch_scales"] and set(res["branch_scales"]) <= {"user", "item"}
         assert set(res["selected_layers"]) <= {"user", "item"} and res["selected_layers"]
     else:  # the reset of the deleted users' rows (untrained model handed over) already answered it
         assert "0 steps" in res["stopping_reason"] and not res["branch_scales"]

@@ -98,10 +98,13 @@ def test_masks_zero_unselected_layers_and_scale_branches(setup: tuple) -> None:
     assert cb.checked == 3
     assert 0 < len(cb.selected_layers) < len(model.layer_parameters())
     selected = {n for l, ns in model.layer_parameters().items() if l in cb.selected_layers for n in ns}
-    for n, p in model.named_parameters():
-        assert torch.equal(p, before[n]) == (n not in selected), n
     users = "backbone.user_embedding.weight"
-    assert users in selected and sorted(cb.isolated_rows[users]) == sorted(udm.forget.users.tolist())
+    for n, p in model.named_parameters():
+        if n != users:  # the user table is reset (deleted users' rows), then kept
+            assert torch.equal(p, before[n]) == (n not in selected), n
+    # user-wise: the deleted users' rows are reset and kept as set; the update goes to the item rows
+    assert users not in selected and sorted(cb.kept_rows[users]) == sorted(udm.forget.users.tolist())
+    assert cb.isolated_rows[users] == [] and len(cb.isolated_rows["backbone.item_id_embedding.weight"]) > 0
     moved = (dict(model.named_parameters())[users] != before[users]).any(1).nonzero().flatten()
     assert set(moved.tolist()) <= set(udm.forget.users.tolist())  # retained users' rows never move
     lo, hi = cb.scale_clip
@@ -260,8 +263,9 @@ def test_ddp_ranks_derive_identical_profiles(setup: tuple, tmp_path: Path) -> No
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0 == r1  # every rank derives the same scales and masks
     assert r0["layers"] == ref["layers"]  # sharded + all-reduced profile = single-process profile
-    users = "backbone.user_embedding.weight"
-    assert sorted(r0["rows"][users]) == sorted(ref["rows"][users]) == sorted(udm.forget.users.tolist())
+    users, items = "backbone.user_embedding.weight", "backbone.item_id_embedding.weight"
+    assert r0["rows"][users] == ref["rows"][users] == []  # the reset users' rows are kept
+    assert sorted(r0["rows"][items]) == sorted(ref["rows"][items]) and len(ref["rows"][items]) > 0
     for b, s in ref["scales"].items():
         assert r0["scales"][b] == pytest.approx(s, rel=1e-4)
 

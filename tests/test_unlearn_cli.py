@@ -113,6 +113,7 @@ def test_unlearn_script_under_ddp(trained: Path, tmp_path: Path) -> None:
 
     cfg = yaml.safe_load((REPO / "configs/unlearn/tru.yaml").read_text())
     cfg["trainer"]["callbacks"][0]["init_args"]["target_recall"] = 0.0  # one-sided rule: steps run under DDP
+    cfg["trainer"]["callbacks"][0]["init_args"]["keep_reset"] = False  # the user rows may move: 0.0 is reachable
     (tmp_path / "tru.yaml").write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "unlearn.py", "--config", "configs/train/mgcn_synthetic.yaml", "--config",
            str(tmp_path / "tru.yaml"), "--config", "configs/trainer/ddp_cpu.yaml", *SMALL, *QUIET,
@@ -202,6 +203,7 @@ def test_unlearn_logs_under_output_root_and_train_test_honours_the_store(trained
     report = unlearn_cli(["--config", cfg, "--config", str(REPO / "configs/unlearn/tru.yaml"), *SMALL,
                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                           "--trainer.max_epochs", "20", "--request.regime", "item", "--ckpt_path", str(trained), "--output_root", "out",
+                          "--trainer.callbacks.init_args.negative_epochs", "0",  # no simulated Retrain rows: steps run, logs
                           "--ledger", "out/ledger.jsonl"])  # the store defaults to out/deletions, beside the ledger
     assert report["status"]["target_reached"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -53,6 +53,12 @@ class UnlearningCallback(Callback, abc.ABC):
     kept and the run reports an overshoot. Already inside the band at step 0: no step is taken. ``"recall"``: the one-sided rule of earlier versions, forget
     Recall@K :math:`\le` ``target_recall``.
 
+    **Top-K floor** (membership rule, two-sided on the top-K too): :meth:`reference_recall_floor` may give a
+    least forget Recall@K :math:`r_{min}` (a Retrain-free lower bound on what Retrain leaves, e.g. ``0.8`` x the
+    forget recall of the exactly reset model, which over-estimates Retrain's). A verification with recall below
+    :math:`r_{min}` stops the run like an AUC overshoot, and the bisection then looks for a point of the last step
+    that satisfies both: the AUC inside the band *and* recall :math:`\ge r_{min}`.
+
     Subclasses override :meth:`training_losses` and optionally :meth:`profile`,
     :meth:`edit_gradients`, :meth:`extra_state` / :meth:`load_extra_state`.
 
@@ -115,6 +121,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self.utility0: Optional[float] = None  # guard recall before the first step
         self._guard: Optional[sp.csr_matrix] = None  # valid rows of the sampled retained users
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
+        self.recall_floor: Optional[float] = None  # r_min: least forget recall (membership rule; None: no floor)
         self.overshoot = False
         self.lr, self.k, self.eval_every = lr, k, eval_every
         self.target_recall = target_recall
@@ -188,11 +195,14 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.stop_rule == "membership" and self.reference is None:
             self.reference = self.reference_auc(model, dm)
         res = self.verify(model, dm)  # before profiling: a request already answered costs no profile
+        if self.stop_rule == "membership":
+            self.recall_floor = self.reference_recall_floor(model, dm, res[f"forget_recall@{self.k}"])
         self.history.append({"step": 0.0, **res})
         if self.max_utility_loss is not None:
             self.utility0 = res["guard_recall"]
         target = f"target {self.target_recall:.4f}" if self.stop_rule == "recall" else (
-            f"pair-MIA AUC {res['mia_auc']:.4f}, expected Retrain AUC {self.reference:.4f} +- {res['mia_band']:.3f}")
+            f"pair-MIA AUC {res['mia_auc']:.4f}, expected Retrain AUC {self.reference:.4f} +- {res['mia_band']:.3f}"
+            + (f", forget recall floor {self.recall_floor:.4f}" if self.recall_floor is not None else ""))
         rank_zero_info(
             f"{type(self).__name__}: {len(dm.forget.forget_pairs)} forget pairs, forget recall@{self.k} "
             f"{res[f'forget_recall@{self.k}']:.4f}, {target}"
@@ -241,7 +251,7 @@ class UnlearningCallback(Callback, abc.ABC):
             self._met = True
             return
         band = res["mia_band"]
-        if res["mia_auc"] - float(self.reference) >= -band:  # type: ignore[arg-type]
+        if self._inside(res):
             self.stopping_reason = f"pair-MIA AUC within {band:.3f} of the expected Retrain AUC after {self.steps} steps"
             self._met = True
             return
@@ -257,33 +267,38 @@ class UnlearningCallback(Callback, abc.ABC):
             self._met = True
             return
         self.overshoot = True
+        last = self.history[-1]
+        floor = "" if self.recall_floor is None else (
+            f", forget recall@{self.k} {last[f'forget_recall@{self.k}']:.4f} vs floor {self.recall_floor:.4f}")
         self.stopping_reason = (
-            f"overshoot after {self.steps} steps: pair-MIA AUC {self.history[-1]['mia_auc']:.4f} outside "
-            f"{self.reference:.4f} +- {band:.3f} and no point of the last step inside it (over-forgetting)"
+            f"overshoot after {self.steps} steps: pair-MIA AUC {last['mia_auc']:.4f} vs "
+            f"{self.reference:.4f} +- {band:.3f}{floor}, and no point of the last step inside the band (over-forgetting)"
         )
 
     def _bisect(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[tuple[float, dict[str, float]]]:
         r"""The last step overshot: find :math:`t \in (0, 1)` with :math:`\theta_{prev} + t(\theta - \theta_{prev})`
-        inside the band by bisection (``bisect_steps`` verifications; the AUC falls along the step). Leaves the
-        model at the point found, or at the verified point closest to :math:`A^*` when none is inside."""
+        inside the band (and at or above the recall floor) by bisection (``bisect_steps`` verifications; AUC and
+        forget recall fall along the step). Leaves the model at the point found, or at the verified point of least
+        :meth:`_miss` when none is inside."""
         assert self._previous is not None
         current = self._snapshot(model)
         ref = float(self.reference)  # type: ignore[arg-type]
         lo, hi = 0.0, 1.0
-        best = (abs(self.history[-1]["mia_auc"] - ref), 1.0, self.history[-1])
+        best = (self._miss(self.history[-1]), 1.0)
         prev_res = self.history[-2] if len(self.history) > 1 else None
-        if prev_res is not None and abs(prev_res["mia_auc"] - ref) < best[0]:
-            best = (abs(prev_res["mia_auc"] - ref), 0.0, prev_res)
+        if prev_res is not None and self._miss(prev_res) < best[0]:
+            best = (self._miss(prev_res), 0.0)
         for _ in range(self.bisect_steps):
             t = (lo + hi) / 2
             self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
             res = self.verify(model, dm)
-            if abs(res["mia_auc"] - ref) <= res["mia_band"]:
+            if self._inside(res):
                 return t, res
-            if abs(res["mia_auc"] - ref) < best[0]:
-                best = (abs(res["mia_auc"] - ref), t, res)
-            lo, hi = (t, hi) if res["mia_auc"] > ref else (lo, t)
-        _, t, _ = best
+            if self._miss(res) < best[0]:
+                best = (self._miss(res), t)
+            too_far = res["mia_auc"] < ref or self._below_floor(res)
+            lo, hi = (lo, t) if too_far else (t, hi)
+        _, t = best
         self._restore(model, {n: self._previous[n] + t * (current[n] - self._previous[n]) for n in current})
         return None
 
@@ -300,9 +315,23 @@ class UnlearningCallback(Callback, abc.ABC):
         return self._met and not self.overshoot and not self.utility_guard_tripped
 
     def _reached(self, res: dict[str, float]) -> bool:
+        """The run stops here: the target is reached or passed (inside the band, or beyond it on either criterion)."""
         if self.stop_rule == "recall":
             return res[f"forget_recall@{self.k}"] <= float(self.target_recall)  # type: ignore[arg-type]
-        return res["mia_auc"] <= float(self.reference) + res["mia_band"]  # type: ignore[arg-type]
+        return res["mia_auc"] <= float(self.reference) + res["mia_band"] or self._below_floor(res)  # type: ignore[arg-type]
+
+    def _below_floor(self, res: dict[str, float]) -> bool:
+        return self.recall_floor is not None and res[f"forget_recall@{self.k}"] < self.recall_floor
+
+    def _inside(self, res: dict[str, float]) -> bool:
+        """Indistinguishable from Retrain: pair-MIA AUC within the band around :math:`A^*`, forget recall at or above the floor."""
+        return abs(res["mia_auc"] - float(self.reference)) <= res["mia_band"] and not self._below_floor(res)  # type: ignore[arg-type]
+
+    def _miss(self, res: dict[str, float]) -> tuple[float, float]:
+        """How far a verified point is from the band: (recall short of the floor, AUC distance to :math:`A^*`), compared
+        in that order (a top-K over-forgetting is never traded for a closer AUC)."""
+        short = 0.0 if self.recall_floor is None else max(0.0, self.recall_floor - res[f"forget_recall@{self.k}"])
+        return short, abs(res["mia_auc"] - float(self.reference))  # type: ignore[arg-type]
 
     @staticmethod
     def _snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -401,6 +430,11 @@ class UnlearningCallback(Callback, abc.ABC):
         finally:
             model.train(was_training)
 
+    def reference_recall_floor(self, model: nn.Module, dm: UnlearningDataModule, recall: float) -> Optional[float]:
+        """:math:`r_{min}`, the least forget Recall@K a run may end at (membership rule), from the model before the first
+        step (``recall``: its forget Recall@K, after :meth:`prepare`); ``None`` (default): no floor."""
+        return None
+
     def reference_recall(self, model: nn.Module, dm: UnlearningDataModule) -> float:
         """The default target: what Retrain is expected to leave of the forget pairs.
 
@@ -442,6 +476,7 @@ class UnlearningCallback(Callback, abc.ABC):
             "profiled": self._profiled,
             "target_recall": self.target_recall,
             "reference": self.reference,
+            "recall_floor": self.recall_floor,
             "utility0": self.utility0,
             "history": list(self.history),
             "met": self._met,
@@ -455,6 +490,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = bool(state_dict.get("profiled", False))
         self.target_recall = state_dict.get("target_recall", self.target_recall)
         self.reference = state_dict.get("reference", self.reference)
+        self.recall_floor = state_dict.get("recall_floor", self.recall_floor)
         self._met = bool(state_dict.get("met", False))
         if state_dict.get("utility0") is not None:
             self.utility0 = float(state_dict["utility0"])

@@ -4,18 +4,42 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_tru.audit.forgetting import recall_exposure_at_k
+from lightning_tru.audit.membership import pair_membership
 from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
-from lightning_tru.callbacks.reset import Reset
+from lightning_tru.callbacks.reset import Reset, deleted_entities
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, group_pair_scores, layer_groups
+from lightning_tru.models.protocol import (
+    all_scores, branch_groups, entity_groups, eval_mode, group_pair_scores, layer_groups,
+)
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
+
+
+def training_lr(model: nn.Module, default: float = 1e-3) -> float:
+    """The learning rate the model trains with: its own ``configure_optimizers()`` (a LightningModule), else ``default``."""
+    if not callable(getattr(model, "configure_optimizers", None)):
+        return default
+    try:
+        out = model.configure_optimizers()  # type: ignore[operator]
+    except (AttributeError, RuntimeError, TypeError, ValueError):  # needs a trainer attached to build its optimiser
+        return default
+    if isinstance(out, dict):
+        out = out.get("optimizer")
+    if isinstance(out, (list, tuple)) and out:
+        out = out[0][0] if isinstance(out[0], (list, tuple)) else out[0]
+        out = out.get("optimizer") if isinstance(out, dict) else out
+    if isinstance(out, torch.optim.Optimizer):
+        return float(out.param_groups[0]["lr"])
+    return default
 
 
 class TRU(UnlearningCallback):
@@ -40,7 +64,10 @@ class TRU(UnlearningCallback):
     row :math:`r` is updated only if its entity is named by the request (a forgetting user, a
     forgotten item) and :math:`\lVert g_f^r \rVert \ge \theta \lVert g_r^r \rVert` (``row_threshold``
     :math:`\theta`). In a graph recommender every row receives some forget gradient through
-    propagation; without this rule a step on the user table moves every retained user.
+    propagation; without this rule a step on the user table moves every retained user. Rows kept
+    after the reset (``keep_reset``) are never candidates; with the forget pairs' users kept,
+    :math:`\theta = 0` for item rows (their forget gradient flows through the users' small initial rows
+    and cannot match the retain gradient; the row share :math:`f_r` bounds their steps instead).
 
     **Ranking fusion gate**: for a forget pair with threshold :math:`t_u` (the user's K-th best
     score among items that are neither retained-train nor forgotten), persistence
@@ -55,7 +82,13 @@ class TRU(UnlearningCallback):
     for users, Retrain's starting point for items). What the reset leaves, the reverse update removes:
     the remaining items' rows still carry the deleted users' interactions (measured on TikTok, MGCN,
     user-wise 5%: pair-MIA AUC 0.62 after the reset, Retrain 0.49), so the stopping rule's reference
-    stays Retrain's expected 0.5.
+    stays Retrain's expected 0.5. The reset users' rows are Retrain's already: they stay as set (``keep_reset``),
+    the reverse update moves the item rows and shared layers that remember them.
+
+    **No top-K over-forgetting** (user-wise, ``min_recall_ratio``): the reset model's forget Recall@K
+    :math:`r_0` estimates Retrain's from above (a never-trained user still gets popular items; measured
+    1.1-1.2 x Retrain's on planted data), so the run may not end below :math:`r_{min} = \rho\, r_0` (see
+    :meth:`UnlearningCallback.reference_recall_floor`): pushing the forgotten items further down is over-forgetting.
 
     **Where the update goes**: entity tables (row-isolated) are selected before shared layers
     (``entity_first``); shared layers step at ``shared_lr_scale`` of the lr; an entity row moves
@@ -81,6 +114,15 @@ class TRU(UnlearningCallback):
         reset_deleted: reset deleted users' / items' rows first (``use_initial`` hands over the untrained model;
             without it the backbone's ``initial_entity_table``; without either the reset is skipped with a warning).
         seed: seed of the reset's fallback draw.
+        keep_reset: the user rows set before the steps (deleted users' reset rows, forgetting users' refitted
+            rows) never move afterwards.
+        min_recall_ratio: :math:`\rho` of the top-K floor (user-wise, after a reset); ``None``: no floor.
+        negative_epochs: :math:`E` of the simulated negative sampling of deleted items' rows (:meth:`_negatives`):
+            the epochs the model was trained for (20 when unknown; the AUC it gives is not sensitive to a factor 2);
+            0 switches the simulation off.
+        negative_lr: its learning rate; ``None``: the model's own (``configure_optimizers``), else 1e-3.
+        negative_sim_steps: :math:`S`, the optimiser steps the simulation is compressed into.
+        refit_steps: interaction-wise, Adam steps of the refit of the forgetting users' rows (:meth:`_refit`); 0: off.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
@@ -113,6 +155,12 @@ class TRU(UnlearningCallback):
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
         max_utility_loss: Optional[float] = 0.02,
+        keep_reset: bool = True,
+        min_recall_ratio: Optional[float] = 0.8,
+        negative_epochs: float = 20.0,
+        negative_lr: Optional[float] = None,
+        negative_sim_steps: int = 20,
+        refit_steps: int = 50,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -128,6 +176,20 @@ class TRU(UnlearningCallback):
         self._before_step: dict[str, Tensor] = {}
         self._reset = Reset(k=k, seed=seed)  # the exact part: deleted entities' rows, as Retrain leaves them
         self.reset_edits: dict[str, Any] = {}
+        if min_recall_ratio is not None and not 0 < min_recall_ratio <= 1:
+            raise ValueError(f"min_recall_ratio={min_recall_ratio} must be in (0, 1] or None (no top-K floor)")
+        self.keep_reset, self.min_recall_ratio = keep_reset, min_recall_ratio
+        self.kept_rows: dict[str, list[int]] = {}  # table -> rows set exactly by the reset (never moved after)
+        if negative_epochs < 0 or (negative_lr is not None and negative_lr <= 0) or negative_sim_steps < 1:
+            raise ValueError(f"negative_epochs={negative_epochs} must be >= 0 (0: off), negative_lr={negative_lr} > 0, "
+                             f"negative_sim_steps={negative_sim_steps} >= 1")
+        self.negative_epochs, self.negative_lr, self.negative_sim_steps = negative_epochs, negative_lr, negative_sim_steps
+        self.negative_phase: dict[str, Any] = {}  # what the simulated negative sampling did (empty: not run)
+        if refit_steps < 0:
+            raise ValueError(f"refit_steps={refit_steps} must be >= 0 (0: no refit of the forgetting users' rows)")
+        self.refit_steps = refit_steps
+        self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
+        self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
             raise ValueError(f"scale_clip={scale_clip} must satisfy 0 < low <= 1 <= high")
         if not 0 < capacity <= 1 or not 0 < coverage <= 1 or (top_k_layers is not None and top_k_layers < 1):
@@ -180,6 +242,170 @@ class TRU(UnlearningCallback):
             rank_zero_warn(f"TRU could not reset the deleted rows ({err}); continuing with reverse updates only")
             return
         self.reset_edits = dict(self._reset.edits)
+        with isolate_rng():
+            model.train(self.train_mode)
+            if self.negative_epochs > 0:
+                self._negatives(model, dm)
+            refit = self._refit(model, dm) if self.refit_steps > 0 and dm.forget.regime == "interaction" else []
+        if self.keep_reset:
+            users, _ = deleted_entities(dm)
+            users = np.union1d(users, refit)
+            tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
+            self.kept_rows = {n: users.astype(int).tolist() for n in tables if len(users)}
+            self._keep_values(model)
+
+    def _negatives(self, model: nn.Module, dm: UnlearningDataModule) -> None:
+        r"""What Retrain does to a deleted item's row, simulated on the reset row (the rest frozen).
+
+        In Retrain a deleted item :math:`j \in D` has no positive pair; it enters training only as a
+        uniformly drawn BPR negative: :math:`\approx B|D|/I` of the :math:`B` pairs of each of its
+        :math:`N = \lceil E|R|/B\rceil` optimiser steps (``negative_epochs`` :math:`E`, the training batch
+        :math:`B`) push those rows down, :math:`-\log\sigma(s_{ui} - s_{uj})` with :math:`(u, i)` retained.
+        Adam's step hardly depends on the gradient's scale, so the :math:`N` steps at lr :math:`\eta`
+        (``negative_lr``, the training lr) are compressed into :math:`S` = ``negative_sim_steps`` steps at
+        :math:`\eta N/S` with :math:`N/S` times the pairs each. Without it a reset item ranks like an
+        average item of its popularity bin (pair-MIA AUC 0.5), where Retrain ranks it lower (0.25-0.3 measured).
+        """
+        _, items = deleted_entities(dm)
+        tables = entity_groups(model, dm.num_users, dm.num_items).get("item", [])
+        if len(items) == 0 or not tables:
+            return
+        pairs = torch.from_numpy(dm.forget.retain_pairs).long()
+        batch = int(getattr(dm.source, "batch_size", 2048))
+        total = max(1, math.ceil(self.negative_epochs * len(pairs) / batch))
+        sim = min(self.negative_sim_steps, total)
+        per_step = max(1, round(batch * len(items) / dm.num_items * total / sim))
+        params = dict(model.named_parameters())
+        before = {n: p.detach().clone() for n, p in params.items()}
+        lr = self.negative_lr or training_lr(model)
+        opt = torch.optim.Adam([params[n] for n in tables], lr=lr * total / sim)
+        g = torch.Generator().manual_seed(self._reset.seed)
+        d = torch.as_tensor(items, dtype=torch.long)
+        dev = next(model.parameters()).device
+        for _ in range(sim):
+            pick = pairs[torch.randint(len(pairs), (per_step,), generator=g)]
+            neg = d[torch.randint(len(d), (per_step,), generator=g)]
+            u, i, j = pick[:, 0].to(dev), pick[:, 1].to(dev), neg.to(dev)
+            (s_i, s_j), _ = group_pair_scores(model, [(u, i), (u, j)])
+            opt.zero_grad(set_to_none=True)
+            bpr_loss(s_i, s_j).backward()
+            for n in tables:
+                keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=dev)
+                keep[d.to(dev)] = True
+                params[n].grad[~keep] = 0
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():  # only the deleted items' rows changed
+            for n, p in params.items():
+                if n in tables:
+                    rows = torch.ones(p.shape[0], dtype=torch.bool, device=dev)
+                    rows[d.to(dev)] = False
+                    p[rows] = before[n][rows]
+                else:
+                    p.copy_(before[n])
+        self.negative_phase = {"items": int(len(items)), "retrain_steps": int(total), "simulated_steps": int(sim),
+                               "pairs_per_step": int(per_step), "lr": lr}
+
+    def _refit(self, model: nn.Module, dm: UnlearningDataModule) -> np.ndarray:
+        r"""Interaction-wise: the forgetting users' rows re-fitted on their retained pairs alone, the rest frozen.
+
+        No row can be reset exactly when a user keeps data, but Retrain's row for user :math:`u` is a fit of
+        :math:`u`'s retained pairs :math:`R_u` from the initial row: the rows go back to the initial model's and take
+        ``refit_steps`` Adam steps (the training lr, see ``negative_lr``) of BPR on :math:`R_u` with uniform negatives,
+        items and shared layers fixed. The fit never sees :math:`F_u`, so the row's memory of it is gone, and it
+        keeps :math:`u`'s retained preferences. A refit that costs more than ``max_utility_loss`` of the utility
+        guard's recall is undone with a warning (MIG-GT, planted data: -5.8% of Retrain's test NDCG@20 for no AUC
+        gained). Returns the users re-fitted.
+        """
+        tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
+        users = np.unique(dm.forget.forget_pairs[:, 0])
+        rp = dm.forget.retain_pairs
+        mine = np.isin(rp[:, 0], users)
+        users = np.intersect1d(users, rp[mine, 0])  # deleted users (no retained pair) are the reset's
+        if not tables or len(users) == 0:
+            return np.zeros(0, dtype=np.int64)
+        pairs = torch.from_numpy(rp[mine]).long()
+        params = dict(model.named_parameters())
+        dev = next(model.parameters()).device
+        rows = torch.as_tensor(users, dtype=torch.long, device=dev)
+        before = {n: p.detach().clone() for n, p in params.items()}
+        utility0 = self._guard_recall(model, dm)
+        try:
+            initial = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
+        except (TypeError, ValueError) as err:  # no initialiser known: the reverse update does it all
+            rank_zero_warn(f"TRU could not refit the forgetting users' rows ({err}); continuing with reverse updates only")
+            return np.zeros(0, dtype=np.int64)
+        with torch.no_grad():
+            for n in tables:
+                params[n][rows] = initial[n][rows.cpu()].to(device=dev, dtype=params[n].dtype)
+        lr = self.negative_lr or training_lr(model)
+        opt = torch.optim.Adam([params[n] for n in tables], lr=lr)
+        g = torch.Generator().manual_seed(self._reset.seed + 1)
+        batch = min(len(pairs), int(getattr(dm.source, "batch_size", 2048)))
+        for _ in range(self.refit_steps):
+            pick = pairs[torch.randint(len(pairs), (batch,), generator=g)].to(dev)
+            neg = torch.randint(dm.num_items, (batch,), generator=g).to(dev)
+            (s_i, s_j), _ = group_pair_scores(model, [(pick[:, 0], pick[:, 1]), (pick[:, 0], neg)])
+            opt.zero_grad(set_to_none=True)
+            bpr_loss(s_i, s_j).backward()
+            for n in tables:
+                keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=dev)
+                keep[rows] = True
+                params[n].grad[~keep] = 0
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():  # only the forgetting users' rows changed
+            for n, p in params.items():
+                if n in tables:
+                    others = torch.ones(p.shape[0], dtype=torch.bool, device=dev)
+                    others[rows] = False
+                    p[others] = before[n][others]
+                else:
+                    p.copy_(before[n])
+        self.refit = {"users": int(len(users)), "steps": self.refit_steps, "lr": lr}
+        utility = self._guard_recall(model, dm)
+        if utility0 is not None and utility is not None and utility < (1 - self.max_utility_loss) * utility0:  # type: ignore[operator]
+            self._restore(model, before)  # a refit that costs utility is no Retrain: undone, said so
+            self.refit["undone"] = (f"retained valid recall@{self.k} {utility0:.4f} -> {utility:.4f} after the refit "
+                                    f"(more than {self.max_utility_loss:.0%} lost)")
+            rank_zero_warn(f"TRU: refit of the forgetting users' rows undone: {self.refit['undone']}")
+            return np.zeros(0, dtype=np.int64)
+        return users
+
+    def _guard_recall(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[float]:
+        """The utility guard's measure (retained valid Recall@K of the guard users), ``None`` without a guard."""
+        if self._guard is None:
+            return None
+        with eval_mode(model):
+            return recall_exposure_at_k(model, dm.retained_train_csr(), self._guard, self.k)[f"forget_recall@{self.k}"]
+
+    def _keep_values(self, model: nn.Module) -> None:
+        """Remember the kept rows' values (after the reset, or from a restored checkpoint: they never moved)."""
+        params = dict(model.named_parameters())
+        self._kept = {}
+        for n, rows in self.kept_rows.items():
+            idx = torch.as_tensor(rows, dtype=torch.long, device=params[n].device)
+            self._kept[n] = (idx, params[n].detach()[idx].clone())
+
+    @override
+    def reference_auc(self, model: nn.Module, dm: UnlearningDataModule) -> float:
+        """Item-wise after the simulated negative sampling (:meth:`_negatives`): the AUC of the model it left (Retrain's
+        treatment of the deleted rows, simulated); otherwise :meth:`UnlearningCallback.reference_auc`."""
+        if dm.forget.regime != "item" or not self.negative_phase or self._audit is None:
+            return super().reference_auc(model, dm)
+        was_training = model.training
+        model.eval()
+        try:
+            return float(pair_membership(model, *self._audit, dm.retained_train_csr())["auc_rank"])
+        finally:
+            model.train(was_training)
+
+    @override
+    def reference_recall_floor(self, model: nn.Module, dm: UnlearningDataModule, recall: float) -> Optional[float]:
+        r"""User-wise after a reset: :math:`\rho\, r_0`, ``min_recall_ratio`` x the reset model's forget recall."""
+        if self.min_recall_ratio is None or dm.forget.regime != "user" or not self.reset_edits.get("reset_users"):
+            return None
+        return self.min_recall_ratio * recall
 
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -192,6 +418,8 @@ class TRU(UnlearningCallback):
         g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
         s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
         g_r = self._gradients(model, bpr_loss(*s_r) * len(ru), trainer)
+        for n, (idx, _) in self._kept.items():  # kept rows are no candidates: profile what may move
+            g_f[n][idx], g_r[n][idx] = 0, 0
         self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
 
@@ -252,14 +480,21 @@ class TRU(UnlearningCallback):
         """Rows of the user/item tables that row isolation leaves free to move."""
         named = {"user": dm.forget.users, "item": dm.forget.items}
         self.isolated_rows = {}
-        for entity, names in entity_groups(model, dm.num_users, dm.num_items).items():
+        groups = entity_groups(model, dm.num_users, dm.num_items)
+        # the forget pairs' users were reset and are kept: an item row's forget gradient comes through their
+        # initial (untrained, small) rows and is no match for the retain gradient; the row share f_r bounds it instead
+        users_kept = any(n in self.kept_rows for n in groups.get("user", []))
+        for entity, names in groups.items():
             ids = torch.as_tensor(named[entity], dtype=torch.long)
+            theta = 0.0 if entity == "item" and users_kept else self.row_threshold
             for n in names:
                 if n not in g_f:
                     continue
                 gf = g_f[n][ids.to(g_f[n].device)].flatten(1).norm(dim=1).cpu()
                 gr = g_r[n][ids.to(g_r[n].device)].flatten(1).norm(dim=1).cpu()
-                keep = (gf > self.eps) & (gf >= self.row_threshold * gr)
+                keep = (gf > self.eps) & (gf >= theta * gr)
+                if n in self.kept_rows:  # set exactly by the reset: not the update's to move
+                    keep &= ~torch.isin(ids, torch.as_tensor(self.kept_rows[n], dtype=torch.long))
                 self.isolated_rows[n] = ids[keep].tolist()
 
     def _index(self, model: nn.Module) -> None:
@@ -292,6 +527,8 @@ class TRU(UnlearningCallback):
         for n, p in model.named_parameters():
             if p.grad is None:
                 continue
+            if n in self._kept:
+                p.grad[self._kept[n][0]] = 0
             if self.layer_isolation and n in self._param_masked:
                 p.grad.zero_()
                 continue
@@ -325,6 +562,14 @@ class TRU(UnlearningCallback):
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._scale_row_steps(pl_module.model)
+        if self._kept:  # Adam with a zero gradient does not move a row; this makes it exact whatever the optimiser
+            params = dict(pl_module.model.named_parameters())
+            with torch.no_grad():
+                for n, (idx, values) in self._kept.items():
+                    params[n][idx] = values
+
+    def _scale_row_steps(self, model: nn.Module) -> None:
         r"""Row step scaling: an entity row moves :math:`f_r` of the optimiser's step,
         :math:`\theta_r \leftarrow \theta_r^{old} + f_r(\theta_r^{new} - \theta_r^{old})`. A row that keeps most of its
         interactions changes little in Retrain too; under Adam's per-coordinate normalisation a
@@ -332,7 +577,7 @@ class TRU(UnlearningCallback):
         if not self._before_step:
             return
         with torch.no_grad():
-            for n, p in pl_module.model.named_parameters():
+            for n, p in model.named_parameters():
                 if n in self._before_step:
                     old = self._before_step[n]
                     f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
@@ -372,6 +617,7 @@ class TRU(UnlearningCallback):
     @override
     def restore_profile(self, model: nn.Module) -> None:
         self._index(model)
+        self._keep_values(model)
 
     # ---------------------------------------------------------------------------- state
     @override
@@ -382,6 +628,9 @@ class TRU(UnlearningCallback):
             "selected_layers": list(self.selected_layers),
             "isolated_rows": {n: list(r) for n, r in self.isolated_rows.items()},
             "reset": dict(self.reset_edits),
+            "kept_rows": {n: list(r) for n, r in self.kept_rows.items()},
+            "negative_phase": dict(self.negative_phase),
+            "refit": dict(self.refit),
         }
 
     @override
@@ -391,3 +640,6 @@ class TRU(UnlearningCallback):
         self.selected_layers = list(state.get("selected_layers", []))
         self.isolated_rows = {n: list(r) for n, r in state.get("isolated_rows", {}).items()}
         self.reset_edits = dict(state.get("reset", {}))
+        self.kept_rows = {n: list(r) for n, r in state.get("kept_rows", {}).items()}
+        self.negative_phase = dict(state.get("negative_phase", {}))
+        self.refit = dict(state.get("refit", {}))
