@@ -2,7 +2,7 @@ r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see doc
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -122,7 +122,10 @@ class TRU(UnlearningCallback):
             0 switches the simulation off.
         negative_lr: its learning rate; ``None``: the model's own (``configure_optimizers``), else 1e-3.
         negative_sim_steps: :math:`S`, the optimiser steps the simulation is compressed into.
-        refit_steps: interaction-wise, Adam steps of the refit of the forgetting users' rows (:meth:`_refit`); 0: off.
+        refit_steps: interaction-wise, Adam steps of the refit of the forgetting users' rows (:meth:`_refit`), and of
+            the items' refit (:meth:`_refit_items`); 0: off.
+        item_refit_share: user- and interaction-wise, items that lose at least this share of their train
+            interactions get their rows re-fitted from the initial model (:meth:`_refit_items`); ``None``: off.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
@@ -161,6 +164,7 @@ class TRU(UnlearningCallback):
         negative_lr: Optional[float] = None,
         negative_sim_steps: int = 20,
         refit_steps: int = 50,
+        item_refit_share: Optional[float] = 0.5,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -188,6 +192,9 @@ class TRU(UnlearningCallback):
         if refit_steps < 0:
             raise ValueError(f"refit_steps={refit_steps} must be >= 0 (0: no refit of the forgetting users' rows)")
         self.refit_steps = refit_steps
+        if item_refit_share is not None and not 0 < item_refit_share <= 1:
+            raise ValueError(f"item_refit_share={item_refit_share} must be in (0, 1] or None (no refit of items' rows)")
+        self.item_refit_share = item_refit_share
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
         self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -242,16 +249,19 @@ class TRU(UnlearningCallback):
             rank_zero_warn(f"TRU could not reset the deleted rows ({err}); continuing with reverse updates only")
             return
         self.reset_edits = dict(self._reset.edits)
+        self.refit = {}
         with isolate_rng():
             model.train(self.train_mode)
             if self.negative_epochs > 0:
                 self._negatives(model, dm)
             refit = self._refit(model, dm) if self.refit_steps > 0 and dm.forget.regime == "interaction" else []
+            refit_items = self._refit_items(model, dm) if self.refit_steps > 0 else np.zeros(0, dtype=np.int64)
         if self.keep_reset:
             users, _ = deleted_entities(dm)
             users = np.union1d(users, refit)
-            tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
-            self.kept_rows = {n: users.astype(int).tolist() for n in tables if len(users)}
+            groups = entity_groups(model, dm.num_users, dm.num_items)
+            self.kept_rows = {n: users.astype(int).tolist() for n in groups.get("user", []) if len(users)}
+            self.kept_rows.update({n: refit_items.astype(int).tolist() for n in groups.get("item", []) if len(refit_items)})
             self._keep_values(model)
 
     def _negatives(self, model: nn.Module, dm: UnlearningDataModule) -> None:
@@ -275,34 +285,14 @@ class TRU(UnlearningCallback):
         total = max(1, math.ceil(self.negative_epochs * len(pairs) / batch))
         sim = min(self.negative_sim_steps, total)
         per_step = max(1, round(batch * len(items) / dm.num_items * total / sim))
-        params = dict(model.named_parameters())
-        before = {n: p.detach().clone() for n, p in params.items()}
         lr = self.negative_lr or training_lr(model)
-        opt = torch.optim.Adam([params[n] for n in tables], lr=lr * total / sim)
-        g = torch.Generator().manual_seed(self._reset.seed)
         d = torch.as_tensor(items, dtype=torch.long)
-        dev = next(model.parameters()).device
-        for _ in range(sim):
+
+        def draw(g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
             pick = pairs[torch.randint(len(pairs), (per_step,), generator=g)]
-            neg = d[torch.randint(len(d), (per_step,), generator=g)]
-            u, i, j = pick[:, 0].to(dev), pick[:, 1].to(dev), neg.to(dev)
-            (s_i, s_j), _ = group_pair_scores(model, [(u, i), (u, j)])
-            opt.zero_grad(set_to_none=True)
-            bpr_loss(s_i, s_j).backward()
-            for n in tables:
-                keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=dev)
-                keep[d.to(dev)] = True
-                params[n].grad[~keep] = 0
-            opt.step()
-        model.zero_grad(set_to_none=True)
-        with torch.no_grad():  # only the deleted items' rows changed
-            for n, p in params.items():
-                if n in tables:
-                    rows = torch.ones(p.shape[0], dtype=torch.bool, device=dev)
-                    rows[d.to(dev)] = False
-                    p[rows] = before[n][rows]
-                else:
-                    p.copy_(before[n])
+            return pick[:, 0], pick[:, 1], d[torch.randint(len(d), (per_step,), generator=g)]
+
+        self._fit_rows(model, tables, d, draw, sim, lr * total / sim, self._reset.seed)
         self.negative_phase = {"items": int(len(items)), "retrain_steps": int(total), "simulated_steps": int(sim),
                                "pairs_per_step": int(per_step), "lr": lr}
 
@@ -325,27 +315,78 @@ class TRU(UnlearningCallback):
         if not tables or len(users) == 0:
             return np.zeros(0, dtype=np.int64)
         pairs = torch.from_numpy(rp[mine]).long()
+        batch = min(len(pairs), int(getattr(dm.source, "batch_size", 2048)))
+
+        def draw(g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+            pick = pairs[torch.randint(len(pairs), (batch,), generator=g)]
+            return pick[:, 0], pick[:, 1], torch.randint(dm.num_items, (batch,), generator=g)
+
+        info = {"users": int(len(users)), "steps": self.refit_steps, "lr": self.negative_lr or training_lr(model)}
+        ok = self._refit_rows(model, dm, tables, users, draw, self._reset.seed + 1, "the forgetting users' rows", "undone",
+                              info)
+        return users if ok else np.zeros(0, dtype=np.int64)
+
+    def _refit_rows(
+        self,
+        model: nn.Module,
+        dm: UnlearningDataModule,
+        tables: list[str],
+        ids: np.ndarray,
+        draw: Callable[[torch.Generator], tuple[Tensor, Tensor, Tensor]],
+        seed: int,
+        what: str,
+        undone_key: str,
+        info: dict[str, Any],
+    ) -> bool:
+        """Rows ``ids`` of ``tables`` back to the initial model's, then ``refit_steps`` steps of :meth:`_fit_rows` (the
+        training lr, see ``negative_lr``), recorded in ``refit`` (``info``). Without a known initialiser nothing changes
+        (nothing recorded); a refit that costs more than ``max_utility_loss`` of the guard's recall is undone
+        (``refit[undone_key]`` says so). ``False`` when not kept."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
-        rows = torch.as_tensor(users, dtype=torch.long, device=dev)
+        rows = torch.as_tensor(ids, dtype=torch.long, device=dev)
         before = {n: p.detach().clone() for n, p in params.items()}
         utility0 = self._guard_recall(model, dm)
         try:
             initial = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
         except (TypeError, ValueError) as err:  # no initialiser known: the reverse update does it all
-            rank_zero_warn(f"TRU could not refit the forgetting users' rows ({err}); continuing with reverse updates only")
-            return np.zeros(0, dtype=np.int64)
+            rank_zero_warn(f"TRU could not refit {what} ({err}); continuing with reverse updates only")
+            return False
+        self.refit.update(info)
         with torch.no_grad():
             for n in tables:
                 params[n][rows] = initial[n][rows.cpu()].to(device=dev, dtype=params[n].dtype)
-        lr = self.negative_lr or training_lr(model)
+        self._fit_rows(model, tables, rows, draw, self.refit_steps, self.negative_lr or training_lr(model), seed)
+        utility = self._guard_recall(model, dm)
+        if utility0 is not None and utility is not None and utility < (1 - self.max_utility_loss) * utility0:  # type: ignore[operator]
+            self._restore(model, before)  # a refit that costs utility is no Retrain: undone, said so
+            self.refit[undone_key] = (f"retained valid recall@{self.k} {utility0:.4f} -> {utility:.4f} after the refit "
+                                      f"of {what} (more than {self.max_utility_loss:.0%} lost)")
+            rank_zero_warn(f"TRU: refit of {what} undone: {self.refit[undone_key]}")
+            return False
+        return True
+
+    @staticmethod
+    def _fit_rows(
+        model: nn.Module,
+        tables: list[str],
+        rows: Tensor,
+        draw: Callable[[torch.Generator], tuple[Tensor, Tensor, Tensor]],
+        steps: int,
+        lr: float,
+        seed: int,
+    ) -> None:
+        r"""``steps`` Adam steps of BPR :math:`-\log\sigma(s_{ui} - s_{uj})` on the triples ``draw(g)`` gives, moving
+        only ``rows`` of ``tables``; every other parameter and row is exactly as before."""
+        params = dict(model.named_parameters())
+        dev = next(model.parameters()).device
+        rows = rows.to(dev)
+        before = {n: p.detach().clone() for n, p in params.items()}
         opt = torch.optim.Adam([params[n] for n in tables], lr=lr)
-        g = torch.Generator().manual_seed(self._reset.seed + 1)
-        batch = min(len(pairs), int(getattr(dm.source, "batch_size", 2048)))
-        for _ in range(self.refit_steps):
-            pick = pairs[torch.randint(len(pairs), (batch,), generator=g)].to(dev)
-            neg = torch.randint(dm.num_items, (batch,), generator=g).to(dev)
-            (s_i, s_j), _ = group_pair_scores(model, [(pick[:, 0], pick[:, 1]), (pick[:, 0], neg)])
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            u, i, j = (t.to(dev) for t in draw(g))
+            (s_i, s_j), _ = group_pair_scores(model, [(u, i), (u, j)])
             opt.zero_grad(set_to_none=True)
             bpr_loss(s_i, s_j).backward()
             for n in tables:
@@ -354,7 +395,7 @@ class TRU(UnlearningCallback):
                 params[n].grad[~keep] = 0
             opt.step()
         model.zero_grad(set_to_none=True)
-        with torch.no_grad():  # only the forgetting users' rows changed
+        with torch.no_grad():
             for n, p in params.items():
                 if n in tables:
                     others = torch.ones(p.shape[0], dtype=torch.bool, device=dev)
@@ -362,15 +403,44 @@ class TRU(UnlearningCallback):
                     p[others] = before[n][others]
                 else:
                     p.copy_(before[n])
-        self.refit = {"users": int(len(users)), "steps": self.refit_steps, "lr": lr}
-        utility = self._guard_recall(model, dm)
-        if utility0 is not None and utility is not None and utility < (1 - self.max_utility_loss) * utility0:  # type: ignore[operator]
-            self._restore(model, before)  # a refit that costs utility is no Retrain: undone, said so
-            self.refit["undone"] = (f"retained valid recall@{self.k} {utility0:.4f} -> {utility:.4f} after the refit "
-                                    f"(more than {self.max_utility_loss:.0%} lost)")
-            rank_zero_warn(f"TRU: refit of the forgetting users' rows undone: {self.refit['undone']}")
+
+    def _refit_items(self, model: nn.Module, dm: UnlearningDataModule) -> np.ndarray:
+        r"""User- and interaction-wise: items that lose at least ``item_refit_share`` of their train interactions
+        (and keep some) get their rows back from the initial model and re-fitted, the rest frozen.
+
+        Retrain's row of such an item :math:`i` is a fit of its few retained pairs :math:`R_i` (and of its turns as a
+        uniform negative) from the initial row; the trained row is mostly the deleted users' doing (a promotion by
+        fake users lives there on an ID-only model, where graph surgery removes nothing). The refit takes
+        ``refit_steps`` Adam steps (training lr) of BPR on :math:`R_i` with uniform negatives, plus retained pairs
+        :math:`(u, p)` with :math:`i` as the negative in Retrain's proportion (:math:`|R||Q|/I` per :math:`|R_Q|`).
+        Undone with a warning when it costs more than ``max_utility_loss`` of the guard's recall. Returns the items.
+        """
+        tables = entity_groups(model, dm.num_users, dm.num_items).get("item", [])
+        if self.item_refit_share is None or dm.forget.regime == "item" or not tables:
             return np.zeros(0, dtype=np.int64)
-        return users
+        rp = dm.forget.retain_pairs
+        kept = np.bincount(rp[:, 1], minlength=dm.num_items)
+        lost = np.bincount(dm.forget.forget_pairs[:, 1], minlength=dm.num_items)
+        share = lost / np.maximum(kept + lost, 1)
+        items = np.flatnonzero((kept > 0) & (share >= self.item_refit_share))
+        if len(items) == 0:
+            return items
+        all_pairs = torch.from_numpy(rp).long()
+        own = all_pairs[torch.from_numpy(np.isin(rp[:, 1], items))]
+        batch = min(len(own), int(getattr(dm.source, "batch_size", 2048)))
+        negatives = max(1, round(batch * len(items) * len(rp) / (dm.num_items * len(own))))
+        q = torch.as_tensor(items, dtype=torch.long)
+
+        def draw(g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+            pos = own[torch.randint(len(own), (batch,), generator=g)]
+            other = all_pairs[torch.randint(len(all_pairs), (negatives,), generator=g)]
+            return (torch.cat([pos[:, 0], other[:, 0]]), torch.cat([pos[:, 1], other[:, 1]]),
+                    torch.cat([torch.randint(dm.num_items, (batch,), generator=g),
+                               q[torch.randint(len(q), (negatives,), generator=g)]]))
+
+        ok = self._refit_rows(model, dm, tables, items, draw, self._reset.seed + 2, "the items' rows", "items_undone",
+                              {"items": int(len(items)), "steps": self.refit_steps})
+        return items if ok else np.zeros(0, dtype=np.int64)
 
     def _guard_recall(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[float]:
         """The utility guard's measure (retained valid Recall@K of the guard users), ``None`` without a guard."""
