@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_tru.nn.losses import info_nce_batch, l2_penalty
-from lightning_tru.nn.base import Backbone, Propagation, xavier_uniform_table
+from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import (
     Backend,
     SparseGraph,
@@ -138,7 +138,6 @@ class MGCN(Backbone):
             raise RuntimeError("MGCN has no graph: call set_graph(edge_index) first")
         if len(self.item_graphs) != len(self.modalities):
             raise RuntimeError("MGCN has no features: call set_features(features) first")
-        nu, ni, nm = self.num_users, self.num_items, len(self.modalities)
         item_id = self.item_id_embedding.weight
         # user-item view (LightGCN, mean over layers)
         x = torch.cat([self.user_embedding.weight, item_id])  # (U+I, d)
@@ -158,18 +157,28 @@ class MGCN(Backbone):
         rows = content if nodes is None else content[nodes]  # (N, d)
         if nodes is not None:
             views = [v[nodes] for v in views]
-        stacked = torch.stack(views)  # (M, N, d)
-        att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # (M, N)
-        common = (att.unsqueeze(-1) * stacked).sum(0)  # (N, d)
-        specific = {m: self.prefer[m](rows) * (views[k] - common) / (nm + 1) for k, m in enumerate(self.modalities)}
-        fusion = common / (nm + 1)
-        side = fusion + sum(specific.values())
+        side, fusion, specific = self._fuse(rows, views)
         if nodes is not None:  # back to (U+I, d), zeros off the rows
 
             def full(t: Tensor) -> Tensor:
                 return content.new_zeros(content.shape).index_copy(0, nodes, t)
 
             side, fusion, specific = full(side), full(fusion), {m: full(t) for m, t in specific.items()}
+        return self._output(content, side, fusion, specific)
+
+    def _fuse(self, rows: Tensor, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The behaviour-aware fuser on ``N`` rows: ``(side, fusion, {modality: specific})``, each ``(N, d)``,
+        from the user-item view's rows ``(N, d)`` and the modality views' ``[(N, d)]``."""
+        nm = len(self.modalities)
+        stacked = torch.stack(views)  # (M, N, d)
+        att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # (M, N)
+        common = (att.unsqueeze(-1) * stacked).sum(0)  # (N, d)
+        specific = {m: self.prefer[m](rows) * (views[k] - common) / (nm + 1) for k, m in enumerate(self.modalities)}
+        fusion = common / (nm + 1)
+        return fusion + sum(specific.values()), fusion, specific  # type: ignore[return-value]
+
+    def _output(self, content: Tensor, side: Tensor, fusion: Tensor, specific: dict[str, Tensor]) -> Propagation:
+        nu, ni = self.num_users, self.num_items
         final = content + side
         user, item = final.split([nu, ni])
 
@@ -179,6 +188,44 @@ class MGCN(Backbone):
 
         branches = {"id": split(content), **{m: split(s) for m, s in specific.items()}, "fusion": split(fusion)}
         return Propagation(user, item, branches, {"side": side, "content": content})
+
+    def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+        r""":meth:`propagate` on the rows ``users`` / ``items`` only (zeros elsewhere), every view over the rows'
+        computation graph: :math:`L_{ui}` hops of :math:`\hat A` for :math:`C`; for the modality views the
+        items :math:`J` the rows read (the target items and the user rows' items in :math:`\tilde R`) and
+        their :math:`L_{ii}`-hop kNN computation graph, the purifier run on those items only. Exact (the full
+        graphs' values). When a computation graph holds more than ``local_max_share`` of the full products'
+        entries: the graph views in full, the fuser on the rows (:meth:`training_propagation`)."""
+        if self.adj is None or self.user_item is None or len(self.item_graphs) != len(self.modalities):
+            raise RuntimeError("MGCN has no graph or features: call set_graph(edge_index) and set_features(features)")
+        nu = self.num_users
+        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + nu])
+        share = self.local_max_share
+        fr = self.adj.frontiers(seeds, self.num_ui_layers, int(share * self.num_ui_layers * self.adj.nnz)) if share > 0 else None
+        if fr is None:
+            return self._propagate(torch.unique(seeds))
+        nodes = fr.nodes[0]
+        split = int(torch.searchsorted(nodes, nu))
+        tu, ti = nodes[:split], nodes[split:] - nu
+        item_id = self.item_id_embedding.weight
+        content = fr.apply(entity_rows(self.user_embedding.weight, item_id, fr.nodes[-1]), mean=True)  # (N, d)
+        user_item, read = self.user_item.block(tu, also=ti)  # R~[tu, J], J: the items the rows read
+        views = []
+        for m in self.modalities:
+            g = self.item_graphs[m]
+            fm = g.frontiers(read, self.num_ii_layers, int(share * max(1, self.num_ii_layers) * g.nnz))
+            if fm is None:
+                return self._propagate(nodes)
+            hop = fm.nodes[-1]
+            h = item_id[hop] * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")[hop]))  # purifier on J's hops
+            h = fm.apply(h, mean=False)  # (|J|, d)
+            views.append(torch.cat([user_item @ h, h[torch.searchsorted(read, ti)]]))  # (N, d)
+        side, fusion, specific = self._fuse(content, views)
+
+        def full(t: Tensor) -> Tensor:
+            return t.new_zeros(self.num_users + self.num_items, t.shape[1]).index_copy(0, nodes, t)
+
+        return self._output(full(content), full(side), full(fusion), {m: full(t) for m, t in specific.items()})
 
     def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         p = propagation
