@@ -110,7 +110,7 @@ class Backbone(nn.Module, abc.ABC):
 
     #: :meth:`local_propagation` restricts the work to the batch's computation graph while that costs at most
     #: this share of a full propagation's sparse products; above it (or at 0) it propagates over the whole graph
-    local_max_share: float = 0.5
+    local_max_share: float = 0.2
 
     def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
         """The propagation that scoring the pairs of ``users`` x ``items`` reads: only the rows ``users`` of

@@ -128,6 +128,24 @@ class SampledMix(torch.autograd.Function):
         return grad_x, grad_w.values().view(n, s), None
 
 
+class BlockMM(torch.autograd.Function):
+    r""":math:`Y = B X` for a CSR block :math:`B` (no gradient) with :math:`\nabla_X = B^\top \nabla_Y` through a COO
+    view of :math:`B^\top` (the same entries, indices swapped): no sort to transpose, unlike the CSR product's own backward."""
+
+    @staticmethod
+    def forward(ctx, block: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.block = block
+        return block @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        b: Tensor = ctx.block
+        crow = b.crow_indices()
+        rows = torch.arange(b.shape[0], device=crow.device).repeat_interleave(crow.diff(), output_size=b.values().numel())
+        t = torch.sparse_coo_tensor(torch.stack([b.col_indices(), rows]), b.values(), (b.shape[1], b.shape[0]), check_invariants=False)
+        return None, torch.sparse.mm(t, grad)
+
+
 class SparseGraph(nn.Module):
     r"""A fixed sparse matrix :math:`A \in \mathbb{R}^{n \times m}` applied as ``graph(x) = A x``.
 
@@ -184,14 +202,20 @@ class SparseGraph(nn.Module):
         torch.cumsum(counts, 0, out=crow[1:])
         total = int(crow[-1])
         idx = torch.arange(total, device=rows.device) + (start - crow[:-1]).repeat_interleave(counts, output_size=total)
-        return crow, self.col[idx], self.val[idx]
+        return crow, self.col.index_select(0, idx), self.val.index_select(0, idx)
 
     def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``(A[rows, C] as a CSR tensor (R, |C|), C)`` with ``C`` the sorted distinct columns the rows read,
         joined with the ids ``also``; the full matrix's values."""
         crow, col, val = self.rows(rows)
-        cols = torch.unique(col if also is None else torch.cat([also, col]))
-        mat = _csr_tensor(crow, torch.searchsorted(cols, col), val, (len(rows), len(cols)), check_invariants=False)
+        mark = torch.zeros(self.shape[1], dtype=torch.bool, device=col.device)  # a mark per column, no sort
+        mark.index_fill_(0, col, True)
+        if also is not None:
+            mark.index_fill_(0, also, True)
+        cols = mark.nonzero().squeeze(1)  # sorted
+        pos = torch.empty(self.shape[1], dtype=torch.long, device=col.device)
+        pos.index_copy_(0, cols, torch.arange(len(cols), device=col.device))
+        mat = _csr_tensor(crow, pos.index_select(0, col), val, (len(rows), len(cols)), check_invariants=False)
         return mat, cols
 
     def frontiers(self, seeds: Tensor, hops: int, max_nnz: Optional[int] = None) -> Optional["Frontiers"]:
@@ -249,7 +273,7 @@ class Frontiers(NamedTuple):
         seeds, hops = self.nodes[0], len(self.blocks)
         acc = x[torch.searchsorted(self.nodes[-1], seeds)] if mean else None
         for k in reversed(range(hops)):
-            x = self.blocks[k] @ x  # (A^{hops-k} x) on S_k
+            x = BlockMM.apply(self.blocks[k], x)  # (A^{hops-k} x) on S_k
             if mean and k:
                 acc = acc + x[torch.searchsorted(self.nodes[k], seeds)]  # type: ignore[operator]
         if not mean:
