@@ -84,7 +84,7 @@ class LightGCN(Backbone):
         if fr is None:
             return self.propagate()
         rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1])
-        out = rows.new_zeros(self.num_users + self.num_items, rows.shape[1]).index_copy(0, fr.nodes[0], fr.apply(rows, mean=True))
+        out = rows.new_zeros(self.num_users + self.num_items, rows.shape[1]).index_copy_(0, fr.nodes[0], fr.apply(rows, mean=True))
         user, item = out.split([self.num_users, self.num_items])
         return Propagation(user, item, {"id": (user, item)}, {})
 

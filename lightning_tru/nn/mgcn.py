@@ -147,21 +147,24 @@ class MGCN(Backbone):
             content = content + x
         content = content / (self.num_ui_layers + 1)
         # item-item views
+        if nodes is not None:  # the rows' users and items (``nodes`` is sorted: users first)
+            split = int(torch.searchsorted(nodes, self.num_users))
+            node_u, node_i = nodes[:split], nodes[split:] - self.num_users
         views = []
         for m in self.modalities:
             h = item_id * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")))  # (I, d)
             for _ in range(self.num_ii_layers):
                 h = self.item_graphs[m](h)
-            views.append(torch.cat([self.user_item(h), h]))  # (U+I, d)
+            hu = self.user_item(h)  # (U, d)
+            # (U+I, d), or its rows ``nodes`` gathered from the two parts (no (U+I, d) copy)
+            views.append(torch.cat([hu, h]) if nodes is None else torch.cat([hu[node_u], h[node_i]]))
         # behaviour-aware fuser, node-wise: on the rows asked for (N = U+I without ``nodes``)
         rows = content if nodes is None else content[nodes]  # (N, d)
-        if nodes is not None:
-            views = [v[nodes] for v in views]
         side, fusion, specific = self._fuse(rows, views)
         if nodes is not None:  # back to (U+I, d), zeros off the rows
 
             def full(t: Tensor) -> Tensor:
-                return content.new_zeros(content.shape).index_copy(0, nodes, t)
+                return content.new_zeros(content.shape).index_copy_(0, nodes, t)
 
             side, fusion, specific = full(side), full(fusion), {m: full(t) for m, t in specific.items()}
         return self._output(content, side, fusion, specific)
@@ -223,7 +226,7 @@ class MGCN(Backbone):
         side, fusion, specific = self._fuse(content, views)
 
         def full(t: Tensor) -> Tensor:
-            return t.new_zeros(self.num_users + self.num_items, t.shape[1]).index_copy(0, nodes, t)
+            return t.new_zeros(self.num_users + self.num_items, t.shape[1]).index_copy_(0, nodes, t)
 
         return self._output(full(content), full(side), full(fusion), {m: full(t) for m, t in specific.items()})
 
