@@ -94,8 +94,8 @@ class RecommenderModule(LightningModule):
     def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """BPR plus the backbone's auxiliary terms, by name."""
         prop = self.backbone.training_propagation(users, torch.cat([pos, neg]))  # exact on the batch's rows
-        pos_s = self.backbone.score(users, pos, prop)
-        neg_s = self.backbone.score(users, neg, prop)
+        # one gather per table for both terms (each gather of a full table costs a full-size gradient buffer)
+        pos_s, neg_s = self.backbone.score(torch.cat([users, users]), torch.cat([pos, neg]), prop).split(len(users))
         return {"bpr": bpr_loss(pos_s, neg_s), **self.backbone.auxiliary_losses(prop, users, pos, neg)}
 
     @override

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.nn.losses import info_nce_batch, l2_penalty
+from lightning_tru.nn.losses import info_nce, l2_penalty
 from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import (
     Backend,
@@ -232,11 +232,14 @@ class MGCN(Backbone):
 
     def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         p = propagation
-        side_u, side_i = p.extras["side"].split([self.num_users, self.num_items])
-        cont_u, cont_i = p.extras["content"].split([self.num_users, self.num_items])
         # over the batch's distinct items and users, each weighted by its repeats: the batch's value, at less cost
-        cl = info_nce_batch(side_i, cont_i, pos, self.cl_temperature) + info_nce_batch(
-            side_u, cont_u, users, self.cl_temperature
+        # (info_nce_batch's, with one gather per (U+I, d) table for users and items together)
+        uniq_u, count_u = torch.unique(users, return_counts=True)
+        uniq_i, count_i = torch.unique(pos, return_counts=True)
+        rows = torch.cat([uniq_u, uniq_i + self.num_users])
+        side, content, n = p.extras["side"][rows], p.extras["content"][rows], len(uniq_u)
+        cl = info_nce(side[n:], content[n:], self.cl_temperature, count_i) + info_nce(
+            side[:n], content[:n], self.cl_temperature, count_u
         )
         return {
             "l2": self.reg_weight * l2_penalty(p.user[users], p.item[pos], p.item[neg]),
