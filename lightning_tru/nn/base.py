@@ -120,6 +120,9 @@ class Backbone(nn.Module, abc.ABC):
         Default: :meth:`propagate`. A graph backbone overrides it to propagate over the L-hop computation
         graph of the rows only (the full graph's normalisation kept), while that is cheaper
         (:attr:`local_max_share`): a deletion request's few users then cost their neighbourhood, not the data set.
+        That pays on sparse, clustered graphs with few layers; on popularity-skewed data the L-hop computation
+        graph of a TRU step (forget pairs, uniform negatives, retain sample) holds most of the graph
+        (benchmarks/RESULTS.md, "Scale ... local vs full TRU": 67-91 % for LightGCN, L = 3), and the full products win.
         """
         return self.propagate()
 
