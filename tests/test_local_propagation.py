@@ -26,13 +26,14 @@ def _edges(seed: int = 0, per_user: int = 2) -> torch.Tensor:
     return torch.stack([users, torch.randint(0, I, (len(users),), generator=g)])
 
 
-def _backbone(name: str) -> LightGCN | MGCN:
+def _backbone(name: str, layers: int = 3) -> LightGCN | MGCN:
     torch.manual_seed(0)
     edges = _edges()
     if name == "lightgcn":
-        model: LightGCN | MGCN = LightGCN(U, I, embedding_dim=8, num_layers=3)
+        model: LightGCN | MGCN = LightGCN(U, I, embedding_dim=8, num_layers=layers)
     else:
-        model = MGCN(U, I, {"image": 6, "text": 5}, embedding_dim=8, knn_k=3)
+        model = MGCN(U, I, {"image": 6, "text": 5}, embedding_dim=8, knn_k=3, num_ui_layers=min(layers, 2),
+                     num_ii_layers=layers - min(layers, 2))
         g = torch.Generator().manual_seed(1)
         model.set_features({"image": torch.randn(I, 6, generator=g), "text": torch.randn(I, 5, generator=g)})
     model.set_graph(edges)
@@ -67,10 +68,11 @@ def test_frontiers_match_dense_matrix_powers() -> None:
     assert 0 in cols.tolist() and set(a[[3, U + 5]].indices) <= set(cols.tolist())
 
 
-@pytest.mark.parametrize("name", ["lightgcn", "mgcn"])
-def test_local_propagation_equals_the_full_graph_on_the_rows(name: str) -> None:
-    """Values of every branch and extra, and the gradients of a loss over them, equal the full propagation's."""
-    model = _backbone(name)
+@pytest.mark.parametrize("name,layers", [("lightgcn", 3), ("lightgcn", 0), ("mgcn", 3), ("mgcn", 1)])
+def test_local_propagation_equals_the_full_graph_on_the_rows(name: str, layers: int) -> None:
+    """Values of every branch and extra, and the gradients of a loss over them, equal the full propagation's
+    (also without layers: MGCN with 1 user-item layer has no kNN hop)."""
+    model = _backbone(name, layers)
     users, pos, neg = torch.tensor([4, 9, 4, 60]), torch.tensor([1, 2, 30, 2]), torch.tensor([5, 70, 8, 11])
     items = torch.cat([pos, neg])
 

@@ -80,7 +80,7 @@ class LightGCN(Backbone):
             raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
         budget = int(self.local_max_share * self.num_layers * self.adj.nnz)
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + self.num_users])
-        fr = self.adj.frontiers(seeds, self.num_layers, budget) if budget > 0 else None
+        fr = self.adj.frontiers(seeds, self.num_layers, budget) if self.local_max_share > 0 else None
         if fr is None:
             return self.propagate()
         rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1])
