@@ -1,13 +1,16 @@
 """Scale benchmark on the synthetic generator: how training, evaluation and one deletion request
 grow with the data set.
 
-    python benchmarks/scale_bench.py --interactions 1e5 3e5 1e6 --model lightgcn --threads 2
+    python benchmarks/scale_bench.py --interactions 1e5 3e5 1e6 --model lightgcn --threads 2 --local both
 
 For each size (``users = interactions / mean_interactions``, ``items = users / 4``), in its own
 process: generation time; training s/epoch (``--train-batches`` BPR batches timed, scaled to the
 epoch's batch count) and peak RSS during training; one full-ranking validation pass (time, peak
-RSS); one TRU request deleting ``--request-users`` users (all their interactions; default TRU,
-at most ``--steps`` steps) with its wall-clock, steps and peak RSS. Peak RSS is reset before each
+RSS); one TRU request deleting ``--request-users`` users (all their interactions; default TRU with
+a fixed budget of ``--steps`` steps) with its wall-clock, median step time, verification time and peak
+RSS, its scores over the pairs' computation graph (``--local local``), the whole graph (``full``) or
+both, compared (``both``: also the largest weight difference between the two, and the share of a full
+propagation the step's computation graph holds). Peak RSS is reset before each
 phase (``/proc/self/clear_refs``), so each column is that phase's own peak. The table and the
 fitted log-log exponents (time ~ interactions^b) go to stdout and to the "Scale" section of
 benchmarks/RESULTS.md.
@@ -47,9 +50,8 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     from lightning.pytorch import Callback, Trainer, seed_everything
 
-    from lightning_tru.callbacks import TRU
-    from lightning_tru.datamodules import ForgetRequest, RecDataModule, UnlearningDataModule, make_synthetic
-    from lightning_tru.models import RecommenderModule, UnlearningTask
+    from lightning_tru.datamodules import RecDataModule, make_synthetic
+    from lightning_tru.models import RecommenderModule
     from lightning_tru.nn import MGCN, LightGCN
 
     seed_everything(a.seed, verbose=False)
@@ -85,22 +87,90 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
     batches = -(-out["train_pairs"] // a.batch)
     out["train_s_epoch"] = med(timer.times[1:] or timer.times) * batches  # the first batch warms up
     out["train_peak_mib"] = peak_mib()
+    out["eval_s"] = out["eval_peak_mib"] = float("nan")
+    if not a.skip_eval:
+        reset_peak()
+        t = time.perf_counter()
+        Trainer(**quiet).validate(model, datamodule=dm, verbose=False)
+        out["eval_s"] = time.perf_counter() - t
+        out["eval_peak_mib"] = peak_mib()
+    for mode in (["local", "full"] if a.local == "both" else [a.local]):
+        out[mode] = tru_request(model, dm, a, mode)
+    if a.local == "both":  # exact restriction: the two runs end at the same weights
+        out["max_weight_diff"] = max(float((p - q).abs().max()) for p, q in
+                                     zip(out["local"].pop("params"), out["full"].pop("params")))
+    else:
+        out[a.local].pop("params")
+    return out
+
+
+def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """One TRU request on a copy of ``model``: the scores of a step over the pairs' computation graph
+    (``mode="local"``, ``Backbone.local_max_share`` 1, always restricted) or the whole graph (``"full"``, 0)."""
+    import copy
+
+    import torch
+    from lightning.pytorch import Callback, Trainer
+
+    from lightning_tru.callbacks import TRU
+    from lightning_tru.datamodules import ForgetRequest, UnlearningDataModule
+    from lightning_tru.models import UnlearningTask
+
+    model = copy.deepcopy(model)
+    backbone = model.backbone
+    backbone.local_max_share = 1.0 if mode == "local" else 0.0
+    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                 accelerator="cpu", devices=1, num_sanity_val_steps=0)
+
+    class StepTimer(Callback):  # after TRU in the callback list: a step = loss, backward, edits, optimiser step
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *args: Any) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.times.append(time.perf_counter() - self._t)
+
+    out: dict[str, Any] = {}
     reset_peak()
     t = time.perf_counter()
-    Trainer(**quiet).validate(model, datamodule=dm, verbose=False)
-    out["eval_s"] = time.perf_counter() - t
-    out["eval_peak_mib"] = peak_mib()
-    reset_peak()
-    share = min(0.5, a.request_users / users)
-    t = time.perf_counter()
-    udm = UnlearningDataModule(dm, ForgetRequest("user", share, seed=a.seed))
-    tru = TRU(stop_rule="recall", target_recall=0.0)  # a fixed budget: run the steps whatever the model
-    trainer = Trainer(max_epochs=a.steps, limit_val_batches=0, callbacks=[tru], **quiet)
-    trainer.fit(UnlearningTask(model), datamodule=udm)
+    users = backbone.num_users
+    udm = UnlearningDataModule(dm, ForgetRequest("user", min(0.5, a.request_users / users), seed=a.seed))
+    out["setup_s"] = time.perf_counter() - t
+    class FixedBudget(TRU):  # a fixed budget: run the steps whatever the model (no stopping rule met, no utility guard)
+        def _reached(self, res: dict[str, float]) -> bool:
+            return False
+
+    tru = FixedBudget(stop_rule="recall", target_recall=0.0, max_utility_loss=None)
+    verify, spent = tru.verify, []
+
+    def timed_verify(*args: Any) -> Any:
+        t0 = time.perf_counter()
+        res = verify(*args)
+        spent.append(time.perf_counter() - t0)
+        return res
+
+    tru.verify = timed_verify  # type: ignore[method-assign]
+    timer = StepTimer()
+    Trainer(max_epochs=a.steps, limit_val_batches=0, callbacks=[tru, timer], **quiet).fit(UnlearningTask(model), datamodule=udm)
     out["tru_s"] = time.perf_counter() - t
-    out["tru_steps"] = int(tru.steps)
-    out["tru_users"] = int(len(udm.forget.users))
-    out["tru_peak_mib"] = peak_mib()
+    out["steps"] = int(tru.steps)
+    out["step_s"] = med(timer.times[1:] or timer.times) if timer.times else float("nan")
+    out["verify_s"] = med(spent) if spent else float("nan")
+    out["verifications"] = len(spent)
+    out["users"] = int(len(udm.forget.users))
+    out["peak_mib"] = peak_mib()
+    out["forget_recall"] = float(tru.history[-1]["forget_recall@20"])
+    if hasattr(backbone, "adj"):  # the share of a full propagation's products one step's scores cost
+        fu, fi, fj, ru, ri, rj = udm.make_batch(0, 0)
+        seeds = torch.cat([fu, ru, users + torch.cat([fi, fj, ri, rj])])
+        layers = getattr(backbone, "num_layers", getattr(backbone, "num_ui_layers", 1))
+        fr = backbone.adj.frontiers(seeds, layers)
+        out["frontier_share"] = fr.nnz / max(1, layers * backbone.adj.nnz) if fr is not None else float("nan")
+        forget_only = backbone.adj.frontiers(torch.cat([fu, users + torch.cat([fi, fj])]), layers)
+        out["frontier_share_forget"] = forget_only.nnz / max(1, layers * backbone.adj.nnz) if forget_only else float("nan")
+    out["params"] = [p.detach().clone() for p in model.parameters()]
     return out
 
 
@@ -121,6 +191,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="TRU's step budget (it may stop earlier)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--local", choices=["local", "full", "both"], default="local",
+                    help="TRU's scores over the pairs' computation graph, the whole graph, or both (compared)")
+    ap.add_argument("--skip-eval", action="store_true", help="skip the full-ranking validation pass")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--single", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -134,37 +207,50 @@ def main() -> None:
     passthrough = ["--model", a.model, "--mean-interactions", str(a.mean_interactions), "--batch", str(a.batch),
                    "--eval-batch", str(a.eval_batch), "--train-batches", str(a.train_batches),
                    "--request-users", str(a.request_users), "--steps", str(a.steps), "--threads", str(a.threads),
-                   "--seed", str(a.seed)]
+                   "--seed", str(a.seed), "--local", a.local] + (["--skip-eval"] if a.skip_eval else [])
+    modes = ["local", "full"] if a.local == "both" else [a.local]
     for n in a.interactions:
         r = run_isolated([__file__, "--single", str(n), *passthrough], timeout=7200, env={"PYTHONPATH": str(REPO)})
         print(r, flush=True)
         runs.append(r)
+        m0 = r[modes[0]]
+        tru_cols = " | ".join(f"{r[m]['tru_s']:.1f} | {r[m]['step_s']:.3f} | {r[m]['verify_s']:.2f} | {r[m]['peak_mib']:.0f}"
+                              for m in modes)
         rows.append(
             f"| {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['gen_s']:.1f} | {r['train_s_epoch']:.1f} | "
-            f"{r['train_peak_mib']:.0f} | {r['eval_s']:.1f} | {r['eval_peak_mib']:.0f} | {r['tru_users']} | "
-            f"{r['tru_s']:.1f} | {r['tru_steps']} | {r['tru_s'] / max(1, r['tru_steps']):.2f} | {r['tru_peak_mib']:.0f} |"
+            f"{r['train_peak_mib']:.0f} | {r['eval_s']:.1f} | {r['eval_peak_mib']:.0f} | {m0['users']} | {m0['steps']} | "
+            f"{m0.get('frontier_share_forget', float('nan')):.2f} / {m0.get('frontier_share', float('nan')):.2f} | {tru_cols} |"
+            + (f" {r['max_weight_diff']:.1e} |" if a.local == "both" else "")
         )
     n = [float(r["interactions"]) for r in runs]
     fits = {name: slope(n, [float(r[k]) for r in runs]) for name, k in
-            (("generation", "gen_s"), ("training s/epoch", "train_s_epoch"), ("full evaluation", "eval_s"),
-             ("TRU request", "tru_s"))}
-    fits["TRU per step"] = slope(n, [r["tru_s"] / max(1, r["tru_steps"]) for r in runs])
+            (("generation", "gen_s"), ("training s/epoch", "train_s_epoch"), ("full evaluation", "eval_s"))}
+    for m in modes:
+        fits[f"TRU request ({m})"] = slope(n, [r[m]["tru_s"] for r in runs])
+        fits[f"TRU step ({m})"] = slope(n, [r[m]["step_s"] for r in runs])
+        fits[f"TRU verification ({m})"] = slope(n, [r[m]["verify_s"] for r in runs])
     cmd = " ".join(["python benchmarks/scale_bench.py", *sys.argv[1:]])
+    head = " | ".join(f"TRU s ({m}) | s/step ({m}) | s/verification ({m}) | TRU peak MiB ({m})" for m in modes)
     body = (
         f"`{cmd}`\n\n{machine_header()}\n"
         f"- {a.model}, synthetic data (users = interactions / {a.mean_interactions:g}, items = users / 4, seed {a.seed}); "
         f"training s/epoch = median s/batch over {a.train_batches} timed BPR batches (batch {a.batch}) x batches per epoch; "
         f"full evaluation = one validation pass over every user with valid rows (batches of {a.eval_batch} users); "
-        f"TRU = default TRU but stopping only at forget Recall@20 = 0 (so the step budget is spent), a user-wise request of ~{a.request_users} users, at most {a.steps} steps, "
-        f"wall-clock from resolving the request to the end of fit; peak MiB = the phase's own peak RSS\n\n"
+        f"TRU = default TRU on that model with a fixed budget of {a.steps} steps (no stopping rule met, no utility guard), "
+        f"a user-wise request of ~{a.request_users} users; TRU s = wall-clock from resolving the request to the end of fit; "
+        "s/step = median of the timed steps (loss, backward, gradient edits, optimiser step; the ranking gate's thresholds "
+        "score every item: a full no-grad propagation per step) without the verifications (every 2 steps, full ranking of "
+        "the forget users, timed apart); local = a step's scores over the pairs' L-hop computation graph "
+        "(`Backbone.local_propagation`), full = over the whole graph; frontier share = entries of that computation graph / "
+        "L nnz(A) for the forget pairs alone / forget + retain batch; peak MiB = the phase's own peak RSS\n\n"
         "| interactions | users | items | generate s | train s/epoch | train peak MiB | full eval s | eval peak MiB | "
-        "request users | TRU s | TRU steps | TRU s/step | TRU peak MiB |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+        f"request users | TRU steps | frontier share | {head} |" + (" max abs weight diff local vs full |" if a.local == "both" else "") + "\n"
+        + "|---" * (12 + 4 * len(modes) + (a.local == "both")) + "|\n" + "\n".join(rows) + "\n\n"
         "Exponents b of time ~ interactions^b (least squares over the sizes): "
         + ", ".join(f"{k} {v:.2f}" for k, v in fits.items()) + "\n"
     )
     print(body)
-    write_section(Path(a.out), f"Scale ({a.model}, synthetic)", body)
+    write_section(Path(a.out), f"Scale ({a.model}, synthetic{', local vs full TRU' if a.local == 'both' else ''})", body)
 
 
 if __name__ == "__main__":

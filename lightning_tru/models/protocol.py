@@ -1,6 +1,10 @@
 r"""The small protocol a recommender must offer for the unlearning callbacks.
 
-Required: ``score(users, items) -> (B,)`` differentiable scores of (user, item) pairs.
+Required: ``score(users, items) -> (B,)`` differentiable scores of (user, item) pairs. Its cost is
+the model's business: :class:`~lightning_tru.models.RecommenderModule` propagates over the pairs'
+L-hop computation graph where the backbone offers it and it is cheaper
+(:meth:`~lightning_tru.nn.Backbone.local_propagation`, exact; else over the whole graph), so every
+method's forget / retain scores (TRU, NegGrad, fine-tuning, ...) get it without asking.
 
 Optional, each with a fallback:
 

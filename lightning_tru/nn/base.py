@@ -108,6 +108,24 @@ class Backbone(nn.Module, abc.ABC):
         """
         return self.propagate()
 
+    #: :meth:`local_propagation` restricts the work to the batch's computation graph while that costs at most
+    #: this share of a full propagation's sparse products; above it (or at 0) it propagates over the whole graph
+    local_max_share: float = 0.2
+
+    def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+        """The propagation that scoring the pairs of ``users`` x ``items`` reads: only the rows ``users`` of
+        ``.user`` and ``items`` of ``.item`` (and of branches and extras) are guaranteed to equal
+        :meth:`propagate`'s (the other rows may be zero), values and gradients alike.
+
+        Default: :meth:`propagate`. A graph backbone overrides it to propagate over the L-hop computation
+        graph of the rows only (the full graph's normalisation kept), while that is cheaper
+        (:attr:`local_max_share`): a deletion request's few users then cost their neighbourhood, not the data set.
+        That pays on sparse, clustered graphs with few layers; on popularity-skewed data the L-hop computation
+        graph of a TRU step (forget pairs, uniform negatives, retain sample) holds most of the graph
+        (benchmarks/RESULTS.md, "Scale ... local vs full TRU": 67-91 % for LightGCN, L = 3), and the full products win.
+        """
+        return self.propagate()
+
     def forward(self) -> tuple[Tensor, Tensor]:
         """``(user (U, d), item (I, d))`` final embeddings."""
         p = self.propagate()
@@ -199,3 +217,10 @@ def xavier_uniform_table(shape: torch.Size, generator: torch.Generator) -> Tenso
 def edge_index_from_pairs(pairs: np.ndarray) -> Tensor:
     """``(E, 2)`` numpy pairs -> ``(2, E)`` long tensor."""
     return torch.from_numpy(np.ascontiguousarray(np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T))
+
+
+def entity_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor) -> Tensor:
+    """Rows ``nodes`` (sorted ids of the stacked ``[users; items]`` table) of ``[user_table; item_table]``,
+    gathered without stacking the tables: ``(len(nodes), d)``."""
+    split = int(torch.searchsorted(nodes, user_table.shape[0]))
+    return torch.cat([user_table[nodes[:split]], item_table[nodes[split:] - user_table.shape[0]]])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from typing import Literal
+from typing import Literal, NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -128,6 +128,24 @@ class SampledMix(torch.autograd.Function):
         return grad_x, grad_w.values().view(n, s), None
 
 
+class BlockMM(torch.autograd.Function):
+    r""":math:`Y = B X` for a CSR block :math:`B` (no gradient) with :math:`\nabla_X = B^\top \nabla_Y` through a COO
+    view of :math:`B^\top` (the same entries, indices swapped): no sort to transpose, unlike the CSR product's own backward."""
+
+    @staticmethod
+    def forward(ctx, block: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.block = block
+        return block @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        b: Tensor = ctx.block
+        crow = b.crow_indices()
+        rows = torch.arange(b.shape[0], device=crow.device).repeat_interleave(crow.diff(), output_size=b.values().numel())
+        t = torch.sparse_coo_tensor(torch.stack([b.col_indices(), rows]), b.values(), (b.shape[1], b.shape[0]), check_invariants=False)
+        return None, torch.sparse.mm(t, grad)
+
+
 class SparseGraph(nn.Module):
     r"""A fixed sparse matrix :math:`A \in \mathbb{R}^{n \times m}` applied as ``graph(x) = A x``.
 
@@ -176,6 +194,52 @@ class SparseGraph(nn.Module):
             x = x.to(self.val.dtype)
         return _SpMM.apply(self, x)
 
+    def rows(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """CSR ``(crow (R+1,), col (nnz_R,), val (nnz_R,))`` of the rows ``rows`` (``(R,)`` long), columns unchanged."""
+        start = self.crow[rows]
+        counts = self.crow[rows + 1] - start
+        crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        total = int(crow[-1])
+        idx = torch.arange(total, device=rows.device) + (start - crow[:-1]).repeat_interleave(counts, output_size=total)
+        return crow, self.col.index_select(0, idx), self.val.index_select(0, idx)
+
+    def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``(A[rows, C] as a CSR tensor (R, |C|), C)`` with ``C`` the sorted distinct columns the rows read,
+        joined with the ids ``also``; the full matrix's values."""
+        crow, col, val = self.rows(rows)
+        mark = torch.zeros(self.shape[1], dtype=torch.bool, device=col.device)  # a mark per column, no sort
+        mark.index_fill_(0, col, True)
+        if also is not None:
+            mark.index_fill_(0, also, True)
+        cols = mark.nonzero().squeeze(1)  # sorted
+        pos = torch.empty(self.shape[1], dtype=torch.long, device=col.device)
+        pos.index_copy_(0, cols, torch.arange(len(cols), device=col.device))
+        mat = _csr_tensor(crow, pos.index_select(0, col), val, (len(rows), len(cols)), check_invariants=False)
+        return mat, cols
+
+    def frontiers(self, seeds: Tensor, hops: int, max_nnz: Optional[int] = None) -> Optional["Frontiers"]:
+        r"""The ``hops``-hop computation graph of ``seeds`` in this square graph (see :class:`Frontiers`).
+
+        :math:`S_0` = the sorted distinct seeds, :math:`S_{k+1} = S_k \cup N(S_k)` (out-neighbours),
+        ``blocks[k]`` :math:`= A[S_k, S_{k+1}]` with the full graph's values (its normalisation included).
+        Cost: the degree sum of :math:`S_0 \dots S_{hops-1}`; ``None`` as soon as the blocks would hold more
+        than ``max_nnz`` entries (the caller then propagates over the whole graph).
+        """
+        if self.shape[0] != self.shape[1]:
+            raise ValueError(f"frontiers need a square graph, this one is {self.shape}")
+        nodes = [torch.unique(seeds)]
+        blocks: list[Tensor] = []
+        nnz = 0
+        for _ in range(hops):
+            nnz += int((self.crow[nodes[-1] + 1] - self.crow[nodes[-1]]).sum())
+            if max_nnz is not None and nnz > max_nnz:
+                return None
+            mat, nxt = self.block(nodes[-1], also=nodes[-1])
+            blocks.append(mat)
+            nodes.append(nxt)
+        return Frontiers(nodes, blocks, nnz)
+
     def to_scipy(self) -> sp.csr_matrix:
         return sp.csr_matrix(
             (self.val.cpu().numpy(), self.col.cpu().numpy(), self.crow.cpu().numpy()), shape=self.shape
@@ -183,6 +247,38 @@ class SparseGraph(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, nnz={self.nnz}, backend={self.backend!r}"
+
+
+class Frontiers(NamedTuple):
+    r"""The computation graph of :math:`L` propagation layers at a seed set :math:`S_0` (:meth:`SparseGraph.frontiers`).
+
+    Since :math:`(A^{l} x)_{S_k}` needs only :math:`(A^{l-1} x)_{S_{k+1}}`, starting from
+    :math:`x_{S_L}` and multiplying by ``blocks[L-1]``, ..., ``blocks[0]`` gives :math:`(A^l x)` exactly on
+    :math:`S_{L-l} \supseteq S_0` (:meth:`apply`), at the cost of the blocks' entries instead of
+    :math:`L\,\mathrm{nnz}(A)`.
+
+    Attributes:
+        nodes: ``L + 1`` sorted node-id tensors :math:`S_0 \subseteq S_1 \subseteq \dots \subseteq S_L`.
+        blocks: ``L`` CSR tensors, ``blocks[k]`` :math:`= A[S_k, S_{k+1}]` (``(|S_k|, |S_{k+1}|)``).
+        nnz: entries of the blocks together.
+    """
+
+    nodes: list[Tensor]
+    blocks: list[Tensor]
+    nnz: int
+
+    def apply(self, x: Tensor, mean: bool) -> Tensor:
+        r"""``(|S_0|, d)``: :math:`\frac{1}{L+1}\sum_{l=0}^{L} (A^l x)_{S_0}` if ``mean`` else :math:`(A^L x)_{S_0}`,
+        from ``x`` ``(|S_L|, d)``, the rows :math:`S_L` of :math:`x` (differentiable in ``x``)."""
+        seeds, hops = self.nodes[0], len(self.blocks)
+        acc = x[torch.searchsorted(self.nodes[-1], seeds)] if mean else None
+        for k in reversed(range(hops)):
+            x = BlockMM.apply(self.blocks[k], x)  # (A^{hops-k} x) on S_k
+            if mean and k:
+                acc = acc + x[torch.searchsorted(self.nodes[k], seeds)]  # type: ignore[operator]
+        if not mean:
+            return x
+        return (x + acc) / (hops + 1) if hops else acc  # type: ignore[operator]
 
 
 def interaction_matrix(edge_index: Tensor | np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:

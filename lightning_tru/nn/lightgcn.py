@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_tru.nn.losses import l2_penalty
-from lightning_tru.nn.base import Backbone, Propagation, xavier_uniform_table
+from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import Backend, SparseGraph, interaction_matrix, normalized_bipartite
 
 
@@ -68,6 +68,23 @@ class LightGCN(Backbone):
             x = self.adj(x)
             out = out + x
         out = out / (self.num_layers + 1)
+        user, item = out.split([self.num_users, self.num_items])
+        return Propagation(user, item, {"id": (user, item)}, {})
+
+    def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+        r""":meth:`propagate` on the rows ``users`` / ``items`` only, over their ``L``-hop computation graph
+        (:meth:`SparseGraph.frontiers`; exact, the full graph's :math:`\hat A` values); the other rows are zero.
+        Falls back to :meth:`propagate` when the computation graph holds more than ``local_max_share`` of
+        :math:`L\,\mathrm{nnz}(\hat A)`."""
+        if self.adj is None:
+            raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
+        budget = int(self.local_max_share * self.num_layers * self.adj.nnz)
+        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + self.num_users])
+        fr = self.adj.frontiers(seeds, self.num_layers, budget) if self.local_max_share > 0 else None
+        if fr is None:
+            return self.propagate()
+        rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1])
+        out = rows.new_zeros(self.num_users + self.num_items, rows.shape[1]).index_copy_(0, fr.nodes[0], fr.apply(rows, mean=True))
         user, item = out.split([self.num_users, self.num_items])
         return Propagation(user, item, {"id": (user, item)}, {})
 

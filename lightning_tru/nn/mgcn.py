@@ -8,8 +8,8 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.nn.losses import info_nce_batch, l2_penalty
-from lightning_tru.nn.base import Backbone, Propagation, xavier_uniform_table
+from lightning_tru.nn.losses import info_nce, l2_penalty
+from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import (
     Backend,
     SparseGraph,
@@ -138,7 +138,6 @@ class MGCN(Backbone):
             raise RuntimeError("MGCN has no graph: call set_graph(edge_index) first")
         if len(self.item_graphs) != len(self.modalities):
             raise RuntimeError("MGCN has no features: call set_features(features) first")
-        nu, ni, nm = self.num_users, self.num_items, len(self.modalities)
         item_id = self.item_id_embedding.weight
         # user-item view (LightGCN, mean over layers)
         x = torch.cat([self.user_embedding.weight, item_id])  # (U+I, d)
@@ -148,28 +147,41 @@ class MGCN(Backbone):
             content = content + x
         content = content / (self.num_ui_layers + 1)
         # item-item views
+        if nodes is not None:  # the rows' users and items (``nodes`` is sorted: users first)
+            split = int(torch.searchsorted(nodes, self.num_users))
+            node_u, node_i = nodes[:split], nodes[split:] - self.num_users
         views = []
         for m in self.modalities:
             h = item_id * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")))  # (I, d)
             for _ in range(self.num_ii_layers):
                 h = self.item_graphs[m](h)
-            views.append(torch.cat([self.user_item(h), h]))  # (U+I, d)
+            hu = self.user_item(h)  # (U, d)
+            # (U+I, d), or its rows ``nodes`` gathered from the two parts (no (U+I, d) copy)
+            views.append(torch.cat([hu, h]) if nodes is None else torch.cat([hu[node_u], h[node_i]]))
         # behaviour-aware fuser, node-wise: on the rows asked for (N = U+I without ``nodes``)
         rows = content if nodes is None else content[nodes]  # (N, d)
-        if nodes is not None:
-            views = [v[nodes] for v in views]
+        side, fusion, specific = self._fuse(rows, views)
+        if nodes is not None:  # back to (U+I, d), zeros off the rows
+
+            def full(t: Tensor) -> Tensor:
+                return content.new_zeros(content.shape).index_copy_(0, nodes, t)
+
+            side, fusion, specific = full(side), full(fusion), {m: full(t) for m, t in specific.items()}
+        return self._output(content, side, fusion, specific)
+
+    def _fuse(self, rows: Tensor, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The behaviour-aware fuser on ``N`` rows: ``(side, fusion, {modality: specific})``, each ``(N, d)``,
+        from the user-item view's rows ``(N, d)`` and the modality views' ``[(N, d)]``."""
+        nm = len(self.modalities)
         stacked = torch.stack(views)  # (M, N, d)
         att = torch.softmax(self.query_common(stacked).squeeze(-1), dim=0)  # (M, N)
         common = (att.unsqueeze(-1) * stacked).sum(0)  # (N, d)
         specific = {m: self.prefer[m](rows) * (views[k] - common) / (nm + 1) for k, m in enumerate(self.modalities)}
         fusion = common / (nm + 1)
-        side = fusion + sum(specific.values())
-        if nodes is not None:  # back to (U+I, d), zeros off the rows
+        return fusion + sum(specific.values()), fusion, specific  # type: ignore[return-value]
 
-            def full(t: Tensor) -> Tensor:
-                return content.new_zeros(content.shape).index_copy(0, nodes, t)
-
-            side, fusion, specific = full(side), full(fusion), {m: full(t) for m, t in specific.items()}
+    def _output(self, content: Tensor, side: Tensor, fusion: Tensor, specific: dict[str, Tensor]) -> Propagation:
+        nu, ni = self.num_users, self.num_items
         final = content + side
         user, item = final.split([nu, ni])
 
@@ -180,13 +192,54 @@ class MGCN(Backbone):
         branches = {"id": split(content), **{m: split(s) for m, s in specific.items()}, "fusion": split(fusion)}
         return Propagation(user, item, branches, {"side": side, "content": content})
 
+    def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+        r""":meth:`propagate` on the rows ``users`` / ``items`` only (zeros elsewhere), every view over the rows'
+        computation graph: :math:`L_{ui}` hops of :math:`\hat A` for :math:`C`; for the modality views the
+        items :math:`J` the rows read (the target items and the user rows' items in :math:`\tilde R`) and
+        their :math:`L_{ii}`-hop kNN computation graph, the purifier run on those items only. Exact (the full
+        graphs' values). When a computation graph holds more than ``local_max_share`` of the full products'
+        entries: the graph views in full, the fuser on the rows (:meth:`training_propagation`)."""
+        if self.adj is None or self.user_item is None or len(self.item_graphs) != len(self.modalities):
+            raise RuntimeError("MGCN has no graph or features: call set_graph(edge_index) and set_features(features)")
+        nu = self.num_users
+        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + nu])
+        share = self.local_max_share
+        fr = self.adj.frontiers(seeds, self.num_ui_layers, int(share * self.num_ui_layers * self.adj.nnz)) if share > 0 else None
+        if fr is None:
+            return self._propagate(torch.unique(seeds))
+        nodes = fr.nodes[0]
+        split = int(torch.searchsorted(nodes, nu))
+        tu, ti = nodes[:split], nodes[split:] - nu
+        item_id = self.item_id_embedding.weight
+        content = fr.apply(entity_rows(self.user_embedding.weight, item_id, fr.nodes[-1]), mean=True)  # (N, d)
+        user_item, read = self.user_item.block(tu, also=ti)  # R~[tu, J], J: the items the rows read
+        views = []
+        for m in self.modalities:
+            g = self.item_graphs[m]
+            fm = g.frontiers(read, self.num_ii_layers, int(share * max(1, self.num_ii_layers) * g.nnz))
+            if fm is None:
+                return self._propagate(nodes)
+            hop = fm.nodes[-1]
+            h = item_id[hop] * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")[hop]))  # purifier on J's hops
+            h = fm.apply(h, mean=False)  # (|J|, d)
+            views.append(torch.cat([user_item @ h, h[torch.searchsorted(read, ti)]]))  # (N, d)
+        side, fusion, specific = self._fuse(content, views)
+
+        def full(t: Tensor) -> Tensor:
+            return t.new_zeros(self.num_users + self.num_items, t.shape[1]).index_copy_(0, nodes, t)
+
+        return self._output(full(content), full(side), full(fusion), {m: full(t) for m, t in specific.items()})
+
     def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         p = propagation
-        side_u, side_i = p.extras["side"].split([self.num_users, self.num_items])
-        cont_u, cont_i = p.extras["content"].split([self.num_users, self.num_items])
         # over the batch's distinct items and users, each weighted by its repeats: the batch's value, at less cost
-        cl = info_nce_batch(side_i, cont_i, pos, self.cl_temperature) + info_nce_batch(
-            side_u, cont_u, users, self.cl_temperature
+        # (info_nce_batch's, with one gather per (U+I, d) table for users and items together)
+        uniq_u, count_u = torch.unique(users, return_counts=True)
+        uniq_i, count_i = torch.unique(pos, return_counts=True)
+        rows = torch.cat([uniq_u, uniq_i + self.num_users])
+        side, content, n = p.extras["side"][rows], p.extras["content"][rows], len(uniq_u)
+        cl = info_nce(side[n:], content[n:], self.cl_temperature, count_i) + info_nce(
+            side[:n], content[:n], self.cl_temperature, count_u
         )
         return {
             "l2": self.reg_weight * l2_penalty(p.user[users], p.item[pos], p.item[neg]),
