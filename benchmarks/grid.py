@@ -44,7 +44,7 @@ from lightning_tru.cli import train_cli, unlearn_cli  # noqa: E402
 from lightning_tru.datamodules.deletions import DeletionStore  # noqa: E402
 from lightning_tru.datamodules.forget import REGIMES, SELECTIONS, ForgetRequest  # noqa: E402
 from lightning_tru.datamodules.unlearning import UnlearningDataModule  # noqa: E402
-from lightning_tru.lifecycle import answer_request  # noqa: E402
+from lightning_tru.lifecycle import answer_request, request_shadow  # noqa: E402
 
 try:
     import fcntl
@@ -107,7 +107,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--synthetic-size", nargs=2, type=int, default=None, metavar=("USERS", "ITEMS"),
                     help="users and items of the synthetic data (default: the training config's)")
     ap.add_argument("--embedding-dim", type=int, default=None, help="override the backbones' embedding_dim")
-    ap.add_argument("--user-mia", action="store_true", help="also the user-level MIA (a shadow training per run)")
+    ap.add_argument("--user-mia", action="store_true",
+                    help="also the user-level MIA (user-wise cells: one shadow training per request, shared by its methods)")
     ap.add_argument("--no-retrain-floor", action="store_true", help="skip the second Retrain (Jaccard noise floor)")
     ap.add_argument("--successive", action="store_true",
                     help="four requests of share/4 answered one after another vs one request of their union")
@@ -356,15 +357,27 @@ class Runner:
         folder.mkdir(parents=True, exist_ok=True)
         return tempfile.mkdtemp(dir=folder, prefix="deletions-")  # a fresh deletion store: the request unanswered
 
+    def shadow(self, bb: str, data: str, seed: int, ckpt: Path, request: list[str], folder: Path) -> Any:
+        """The user-level MIA's shadow of the request, trained once (``lifecycle.request_shadow``)."""
+        store = self._store(folder)
+        try:
+            cli = unlearn_cli([*self._unlearn_args(bb, data, seed, ckpt, request, folder, None), "--deletions", store],
+                              run=False)
+            self.trainings += 1
+            return request_shadow(**cli.job())
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+
     def answer(self, bb: str, data: str, seed: int, ckpt: Path, request: list[str], folder: Path, method: str,
-               gold: Optional[tuple[Any, dict[str, Any]]], second: Any, store: Optional[str] = None) -> dict[str, Any]:
+               gold: Optional[tuple[Any, dict[str, Any]]], second: Any, store: Optional[str] = None,
+               shadow: Any = None) -> dict[str, Any]:
         """``method`` answers the request from ``ckpt`` beside the given Retrain(s); returns the report."""
         own = store is None
         store = store or self._store(folder)
         cli = unlearn_cli([*self._unlearn_args(bb, data, seed, ckpt, request, folder, method), "--deletions", store],
                           run=False)
         try:
-            return answer_request(**cli.job(), retrained=gold, retrained_seed2=second, verbose=False)
+            return answer_request(**cli.job(), retrained=gold, retrained_seed2=second, shadow=shadow, verbose=False)
         finally:
             if own:
                 shutil.rmtree(store, ignore_errors=True)
@@ -382,12 +395,15 @@ class Runner:
                        "--request.seed", str(seed)]
             gold_model, info, gold_report = self.retrain(bb, data, seed, ckpt, request, folder)
             second = None if self.a.no_retrain_floor else self.retrain(bb, data, seed, ckpt, request, folder, 1)[0]
+            needs_shadow = self.a.user_mia and regime == "user" and any(c.method != "retrain" for c in group)
+            shadow = self.shadow(bb, data, seed, ckpt, request, folder) if needs_shadow else None
             for cell in group:
                 if cell.method == "retrain":
                     rec = record_of(cell, gold_report, "Retrain", self.a)
                 else:
                     try:
-                        report = self.answer(bb, data, seed, ckpt, request, folder, cell.method, (gold_model, info), second)
+                        report = self.answer(bb, data, seed, ckpt, request, folder, cell.method, (gold_model, info), second,
+                                             shadow=shadow)
                     except Exception as e:  # a broken method must not lose the other cells
                         print(f"FAILED {cell.key}: {type(e).__name__}: {e}"[:400], flush=True)
                         continue
@@ -478,7 +494,10 @@ def estimate_seconds(a: argparse.Namespace, runner: Runner) -> float:
     for c in todo:
         if c.method != "retrain":
             total += steps * (8.0 if c.data == "synthetic" else 15.0)
-            total += steps * train_s(c.backbone, c.data) if a.user_mia and c.regime == "user" else 0.0
+            total += steps * train_s(c.backbone, c.data) if a.user_mia and a.successive and c.regime == "user" else 0.0
+    if a.user_mia and not a.successive:  # one shadow per user-wise request, shared by its methods
+        total += sum(train_s(bb, d) for bb, d, _, r, _ in {(c.backbone, c.data, c.seed, c.regime, c.selection)
+                                                           for c in todo if c.method != "retrain"} if r == "user")
     print(f"{len(todo)} cells to run ({len(cells_of(a)) - len(todo)} finished), {len(models)} trainings and up to "
           f"{retrains} Retrains (some cached), caps {a.max_epochs} epochs / patience {a.patience}")
     return total
@@ -702,7 +721,7 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
             f"(patience {a.patience}); requests of {a.share:.0%}"
             + (f"; synthetic data {a.synthetic_size[0]} users x {a.synthetic_size[1]} items" if a.synthetic_size else "")
             + (f"; embedding_dim {a.embedding_dim}" if a.embedding_dim else "")
-            + ("; user-level MIA on (a shadow per run)" if a.user_mia else "; user-level MIA off (opt-in --user-mia)")
+            + ("; user-level MIA on (one shadow per user-wise request)" if a.user_mia else "; user-level MIA off (opt-in --user-mia)")
             + ("; no second Retrain (no Jaccard floor)" if a.no_retrain_floor else "")
             + "; the unlearning methods with their configs' step budgets (configs/unlearn)")
     head = (f"`python benchmarks/grid.py {' '.join(argv)}` (results: `{Path(a.results).name}`, setup `{sid}`; "

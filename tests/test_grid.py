@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from lightning_tru.lifecycle import request_shadow
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import grid  # noqa: E402
 
@@ -152,9 +154,13 @@ def test_successive_chain_vs_one_request_of_the_union(tmp_path: Path) -> None:
     assert "## Results grid, successive requests" in text and "4.0 of 4" in text
 
 
-def test_user_level_mia_opt_in(tmp_path: Path) -> None:
-    assert grid.main(_argv(tmp_path, "--methods", "tru", "--no-retrain-floor", "--user-mia", "--no-render")) == 0
-    (rec,) = _lines(tmp_path)
+def test_user_level_mia_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shadows = []
+    monkeypatch.setattr(grid, "request_shadow", lambda **job: shadows.append(1) or request_shadow(**job))
+    assert grid.main(_argv(tmp_path, "--methods", "tru", "reset", "--no-retrain-floor", "--user-mia", "--no-render")) == 0
+    recs = _lines(tmp_path)
+    assert len(recs) == 2 and len(shadows) == 1  # one shadow for the request, shared by both methods
+    rec = recs[0]
     assert isinstance(rec["user_mia_auc"], float) and isinstance(rec["user_mia_delta"], float)
     assert not (tmp_path / "RESULTS.md").exists()  # --no-render
     off = grid.parse_args(_argv(tmp_path, "--methods", "tru", "--no-retrain-floor"))
