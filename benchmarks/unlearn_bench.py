@@ -129,8 +129,13 @@ def main() -> None:
             second, _, _ = _retrain(unlearn_cli, answer_request, _args(cfg, [], common, ckpt, a, work, "retrain2"),
                                     a.seed + 1)
         shadow = None
-        if a.user_mia:
-            shadow = request_shadow(**unlearn_cli(_args(cfg, [], common, ckpt, a, work, "shadow"), run=False).job())
+        if a.user_mia:  # one shadow per request, kept in the work folder for --reuse
+            saved = work / f"shadow-seed{a.seed}.pt"
+            weights = torch.load(saved, map_location="cpu", weights_only=True) if saved.is_file() else None
+            shadow = request_shadow(**unlearn_cli(_args(cfg, [], common, ckpt, a, work, "shadow"), run=False).job(),
+                                    weights=weights)
+            if weights is None:
+                torch.save(shadow.model.state_dict(), saved)
         runs, failed = [gold_dir], []
         for method in a.methods:
             extra = ["--config", str(REPO / f"configs/unlearn/{method}.yaml")]

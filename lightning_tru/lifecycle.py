@@ -206,14 +206,16 @@ def request_shadow(
     forget_batch_size: int = 2048,
     retain_batch_size: int = 2048,
     seed: int = 0,
+    weights: Optional[dict[str, Any]] = None,
     **_: Any,
 ) -> Shadow:
     """Train the user-level MIA's shadow for ``request`` once (from the untrained ``model``, with
     Retrain's budget), to pass to :func:`answer_request` (``shadow=``) for every method answering it.
-    Takes :func:`answer_request`'s keyword arguments (``**cli.job()``); ``model`` is not changed."""
+    Takes :func:`answer_request`'s keyword arguments (``**cli.job()``); ``model`` is not changed.
+    ``weights``: the state dict of the shadow trained earlier for this request and seed (not trained again)."""
     rs = retrain_settings or RetrainSettings()
     udm = UnlearningDataModule(datamodule, request, forget_batch_size, retain_batch_size, seed=seed)
-    return train_shadow(udm, copy.deepcopy(model), seed, rs.max_epochs, rs.patience)
+    return train_shadow(udm, copy.deepcopy(model), seed, rs.max_epochs, rs.patience, weights=weights)
 
 
 def answer_request(

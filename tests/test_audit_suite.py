@@ -70,3 +70,7 @@ def test_a_shadow_trained_once_serves_every_method_of_the_request() -> None:
     assert len(set(shadow.members) & set(shadow.nonmembers)) == 0 and len(set(shadow.reference) & set(shadow.members)) == 0
     with pytest.raises(ValueError, match="seed 3"):
         run_audits(copy.deepcopy(p.trained), p.udm, name="M", shadow=shadow, seed=4)
+    # a shadow saved earlier (its weights) is loaded, not trained again: the same attack numbers
+    again = train_shadow(p.udm, p.initial, seed=3, weights=shadow.model.state_dict(), max_epochs=0)
+    loaded = run_audits(copy.deepcopy(p.trained), p.udm, retrain=copy.deepcopy(p.retrain), name="M", shadow=again, seed=3)
+    assert loaded["M"]["user_mia"]["auc"] == pytest.approx(own["M"]["user_mia"]["auc"], abs=1e-6)

@@ -31,6 +31,7 @@ Wiring in ``unlearn.py`` (the deployed model must be copied before the unlearnin
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -70,10 +71,12 @@ def train_shadow(
     max_epochs: int = 200,
     patience: int = 10,
     max_group: int = 1000,
+    weights: Optional[dict[str, Any]] = None,
 ) -> Shadow:
     """Split the retained users in thirds (each at most ``max_group``): held-out non-members, the
     shadow's labelled members and the reference members; train the shadow from ``initial`` on the
-    retained data without the held-out third (early stopping on valid Recall@20)."""
+    retained data without the held-out third (early stopping on valid Recall@20). ``weights``: the
+    state dict of a shadow trained earlier for the same request and seed, loaded instead of training."""
     from lightning_tru.models.retrain import retrain as train_from_scratch
 
     retained = udm.retained_train_csr()
@@ -85,7 +88,11 @@ def train_shadow(
     held, members, reference = np.sort(pool[:n]), np.sort(pool[n : 2 * n]), np.sort(pool[2 * n : 3 * n])
     source = udm.source
     shadow_dm = source.without(users_forget_set(source.data, np.r_[udm.forget.users, held]))
-    model, _ = train_from_scratch(initial, shadow_dm, max_epochs, patience, seed=seed)
+    if weights is None:
+        model, _ = train_from_scratch(initial, shadow_dm, max_epochs, patience, seed=seed)
+    else:
+        model = copy.deepcopy(initial)
+        model.load_state_dict(weights)
     attach_graph(model, shadow_dm)
     return Shadow(model, shadow_dm, members, held, reference, udm.forget.fingerprint, seed)
 
