@@ -30,6 +30,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine_header, med, run_isolated, write_section  # noqa: E402
 
 
+QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+             accelerator="cpu", devices=1, num_sanity_val_steps=0)
+
+
+def batch_timer() -> Any:
+    """A callback recording each training batch's wall-clock in ``.times`` (from its batch start to its batch end)."""
+    from lightning.pytorch import Callback
+
+    class BatchTimer(Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *args: Any) -> None:
+            self._t = time.perf_counter()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.times.append(time.perf_counter() - self._t)
+
+    return BatchTimer()
+
+
 def reset_peak() -> None:
     """Reset this process's peak resident set size (Linux ``clear_refs`` 5)."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -48,7 +69,7 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
     from functools import partial
 
     torch.set_num_threads(a.threads)
-    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch import Trainer, seed_everything
 
     from lightning_tru.datamodules import RecDataModule, make_synthetic
     from lightning_tru.models import RecommenderModule
@@ -67,20 +88,8 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
     dm = RecDataModule(data, batch_size=a.batch, eval_batch_size=a.eval_batch)
     backbone = partial(LightGCN, embedding_dim=64, num_layers=3) if a.model == "lightgcn" else partial(MGCN, embedding_dim=64)
     model = RecommenderModule(backbone, users, items, dm.feature_dims)
-    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                 accelerator="cpu", devices=1, num_sanity_val_steps=0)
-
-    class BatchTimer(Callback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_train_batch_start(self, *args: Any) -> None:
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, *args: Any) -> None:
-            self.times.append(time.perf_counter() - self._t)
-
-    timer = BatchTimer()
+    quiet = dict(QUIET)
+    timer = batch_timer()
     reset_peak()
     Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0, callbacks=[timer], **quiet).fit(
         model, datamodule=dm)
@@ -110,7 +119,7 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
     import copy
 
     import torch
-    from lightning.pytorch import Callback, Trainer
+    from lightning.pytorch import Trainer
 
     from lightning_tru.callbacks import TRU
     from lightning_tru.datamodules import ForgetRequest, UnlearningDataModule
@@ -119,18 +128,7 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
     model = copy.deepcopy(model)
     backbone = model.backbone
     backbone.local_max_share = 1.0 if mode == "local" else 0.0
-    quiet = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                 accelerator="cpu", devices=1, num_sanity_val_steps=0)
-
-    class StepTimer(Callback):  # after TRU in the callback list: a step = loss, backward, edits, optimiser step
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_train_batch_start(self, *args: Any) -> None:
-            self._t = time.perf_counter()
-
-        def on_train_batch_end(self, *args: Any) -> None:
-            self.times.append(time.perf_counter() - self._t)
+    quiet = dict(QUIET)
 
     out: dict[str, Any] = {}
     reset_peak()
@@ -152,7 +150,7 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
         return res
 
     tru.verify = timed_verify  # type: ignore[method-assign]
-    timer = StepTimer()
+    timer = batch_timer()  # after TRU in the callback list: a step = loss, backward, edits, optimiser step
     Trainer(max_epochs=a.steps, limit_val_batches=0, callbacks=[tru, timer], **quiet).fit(UnlearningTask(model), datamodule=udm)
     out["tru_s"] = time.perf_counter() - t
     out["steps"] = int(tru.steps)
