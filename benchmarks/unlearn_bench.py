@@ -103,6 +103,7 @@ def main() -> None:
             print(f"skip {data}: {DATA / data} not found")
             continue
         work = root / data
+        work.mkdir(parents=True, exist_ok=True)  # with --ckpt nothing else creates it
         if a.render:  # the report.json files of the earlier run, rendered again
             runs = sorted(str(p) for p in (work / "runs").iterdir() if (p / "report.json").is_file())
             sections.append(_section(a, data, runs, []))
