@@ -83,7 +83,10 @@ class TRU(UnlearningCallback):
     the remaining items' rows still carry the deleted users' interactions (measured on TikTok, MGCN,
     user-wise 5%: pair-MIA AUC 0.62 after the reset, Retrain 0.49), so the stopping rule's reference
     stays Retrain's expected 0.5. The reset users' rows are Retrain's already: they stay as set (``keep_reset``),
-    the reverse update moves the item rows and shared layers that remember them.
+    the reverse update moves the item rows and shared layers that remember them. Where Retrain's own objective
+    still reaches a deleted user's row (a regulariser over every row, as MIG-GT's), the reset row is first drifted
+    under that objective (:meth:`_drift`). A model without the table a request needs (MIG-GT's items, item-wise)
+    is named in ``limitations``; the request is then never reported answered.
 
     **No top-K over-forgetting** (user-wise, ``min_recall_ratio``): the reset model's forget Recall@K
     :math:`r_0` estimates Retrain's from above (a never-trained user still gets popular items; measured
