@@ -83,7 +83,10 @@ class TRU(UnlearningCallback):
     the remaining items' rows still carry the deleted users' interactions (measured on TikTok, MGCN,
     user-wise 5%: pair-MIA AUC 0.62 after the reset, Retrain 0.49), so the stopping rule's reference
     stays Retrain's expected 0.5. The reset users' rows are Retrain's already: they stay as set (``keep_reset``),
-    the reverse update moves the item rows and shared layers that remember them.
+    the reverse update moves the item rows and shared layers that remember them. Where Retrain's own objective
+    still reaches a deleted user's row (a regulariser over every row, as MIG-GT's), the reset row is first drifted
+    under that objective (:meth:`_drift`). A model without the table a request needs (MIG-GT's items, item-wise)
+    is named in ``limitations``; the request is then never reported answered.
 
     **No top-K over-forgetting** (user-wise, ``min_recall_ratio``): the reset model's forget Recall@K
     :math:`r_0` estimates Retrain's from above (a never-trained user still gets popular items; measured
@@ -126,6 +129,8 @@ class TRU(UnlearningCallback):
             the items' refit (:meth:`_refit_items`); 0: off.
         item_refit_share: user- and interaction-wise, items that lose at least this share of their train
             interactions get their rows re-fitted from the initial model (:meth:`_refit_items`); ``None``: off.
+        drift_steps: :math:`S` of the simulation of Retrain's objective on the deleted users' reset rows
+            (:meth:`_drift`, at most Retrain's :math:`N` steps); 0: off.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
@@ -165,6 +170,7 @@ class TRU(UnlearningCallback):
         negative_sim_steps: int = 20,
         refit_steps: int = 50,
         item_refit_share: Optional[float] = 0.5,
+        drift_steps: int = 100,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -195,6 +201,9 @@ class TRU(UnlearningCallback):
         if item_refit_share is not None and not 0 < item_refit_share <= 1:
             raise ValueError(f"item_refit_share={item_refit_share} must be in (0, 1] or None (no refit of items' rows)")
         self.item_refit_share = item_refit_share
+        if drift_steps < 0:
+            raise ValueError(f"drift_steps={drift_steps} must be >= 0 (0: the deleted users' reset rows are not drifted)")
+        self.drift_steps = drift_steps
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
         self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -221,6 +230,7 @@ class TRU(UnlearningCallback):
         self._param_scale: dict[str, float] = {}
         self._param_masked: set[str] = set()
         self._row_keep: dict[str, Tensor] = {}
+        self.limitations: list[str] = []  # what the model does not offer for this request (see _limitations)
 
     # ------------------------------------------------------------------------ profiling
     @staticmethod
@@ -240,6 +250,9 @@ class TRU(UnlearningCallback):
     @override
     def prepare(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
         """Exact where exact is free: reset the deleted users' / items' rows before anything is measured."""
+        self.limitations = self._limitations(model, dm)
+        for msg in self.limitations:
+            rank_zero_warn(f"TRU: {msg}")
         if not self.reset_deleted:
             return
         try:
@@ -254,6 +267,7 @@ class TRU(UnlearningCallback):
             model.train(self.train_mode)
             if self.negative_epochs > 0:
                 self._negatives(model, dm)
+                self._drift(model, dm)
             refit = self._refit(model, dm) if self.refit_steps > 0 and dm.forget.regime == "interaction" else []
             refit_items = self._refit_items(model, dm) if self.refit_steps > 0 else np.zeros(0, dtype=np.int64)
         if self.keep_reset:
@@ -263,6 +277,42 @@ class TRU(UnlearningCallback):
             self.kept_rows = {n: users.astype(int).tolist() for n in groups.get("user", []) if len(users)}
             self.kept_rows.update({n: refit_items.astype(int).tolist() for n in groups.get("item", []) if len(refit_items)})
             self._keep_values(model)
+
+    @staticmethod
+    def _limitations(model: nn.Module, dm: UnlearningDataModule) -> list[str]:
+        """What this model does not give TRU to work with for this request (each a sentence; empty: nothing missing)."""
+        groups = entity_groups(model, dm.num_users, dm.num_items)
+        out = []
+        for entity, ids in zip(("user", "item"), deleted_entities(dm)):
+            if len(ids) and not groups.get(entity):
+                out.append(
+                    f"{type(model).__name__} has no {entity} ID table (entity_parameters() names none: its {entity}s are "
+                    f"represented by shared layers only, e.g. MIG-GT's items without use_item_embedding), so the "
+                    f"{len(ids)} deleted {entity}s' representations can neither be reset nor their treatment by Retrain "
+                    f"simulated; only reverse updates of shared layers are left, and these move every {entity}"
+                )
+        return out
+
+    @property
+    @override
+    def target_reached(self) -> bool:
+        """As :attr:`UnlearningCallback.target_reached`, and never when the model lacks what the request needs
+        (:meth:`_limitations`: the stopping reference then has no Retrain-calibrated meaning, e.g. item-wise on MIG-GT
+        Retrain ranks the deleted items below 0.5 through its content encoders, which TRU cannot simulate)."""
+        return super().target_reached and not self.limitations
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        """A request not answered says what the model did not give TRU (see :meth:`_limitations`)."""
+        super().on_train_end(trainer, pl_module)
+        notes = list(self.limitations)
+        if self.utility_guard_tripped and not callable(getattr(pl_module.model, "embeddings", None)):
+            notes.append(f"{type(pl_module.model).__name__}'s score is not a dot product of user and item rows (no "
+                         "embeddings()): a reverse step on an item row moves that item's score for every user through "
+                         "shared non-linear layers")
+        if notes and not self.target_reached and self.stopping_reason is not None and "model limits" not in self.stopping_reason:
+            self.stopping_reason += "; model limits: " + "; ".join(notes)
+            rank_zero_warn(f"TRU: the request is NOT answered on this model; model limits: {'; '.join(notes)}")
 
     def _negatives(self, model: nn.Module, dm: UnlearningDataModule) -> None:
         r"""What Retrain does to a deleted item's row, simulated on the reset row (the rest frozen).
@@ -296,6 +346,53 @@ class TRU(UnlearningCallback):
         self.negative_phase = {"items": int(len(items)), "retrain_steps": int(total), "simulated_steps": int(sim),
                                "pairs_per_step": int(per_step), "lr": lr}
 
+    def _drift(self, model: nn.Module, dm: UnlearningDataModule) -> None:
+        r"""What Retrain's own objective does to a deleted user's reset row (the rest frozen).
+
+        A deleted user has no pair, yet a loss term over the whole table still moves its row in Retrain (MIG-GT's
+        L2 on every output embedding). Under Adam the step hardly depends on the gradient's scale, so even a tiny
+        regulariser shrinks the row by about the lr per step: measured on planted data (MIG-GT, user-wise 5%), Retrain
+        leaves the deleted rows at norm 0.06 against the initial 0.98, and the reset model's forget recall is then
+        0.71 x Retrain's instead of above it. The model's ``training_losses(users, pos, neg)`` (summed) on retained
+        triples (uniform negatives) is minimised over the reset rows alone for :math:`N = \lceil E|R|/B \rceil` steps
+        compressed into :math:`S` (``drift_steps``) whose lr decays linearly from :math:`2\eta N/(S+1)` to
+        :math:`2\eta N/(S(S+1))` (the same total :math:`\eta N`; settles at the fixed point instead of oscillating
+        around it). A model without ``training_losses``, or whose loss gives these rows no gradient (MGCN, LightGCN:
+        the regularisers are over the batch): rows unchanged, exactly the initial ones.
+        """
+        users, _ = deleted_entities(dm)
+        tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
+        losses = getattr(model, "training_losses", None)
+        if len(users) == 0 or not tables or not callable(losses) or self.drift_steps == 0:
+            return
+        pairs = torch.from_numpy(dm.forget.retain_pairs).long()
+        batch = min(len(pairs), int(getattr(dm.source, "batch_size", 2048)))
+        total = max(1, math.ceil(self.negative_epochs * len(pairs) / batch))
+        sim = min(self.drift_steps, total)
+        lr = self.negative_lr or training_lr(model)
+        rows = torch.as_tensor(users, dtype=torch.long)
+
+        def draw(g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+            pick = pairs[torch.randint(len(pairs), (batch,), generator=g)]
+            return pick[:, 0], pick[:, 1], torch.randint(dm.num_items, (batch,), generator=g)
+
+        def objective(m: nn.Module, u: Tensor, i: Tensor, j: Tensor) -> Tensor:
+            return torch.stack(list(losses(u, i, j).values())).sum()  # type: ignore[misc]
+
+        params = dict(model.named_parameters())
+        with torch.enable_grad():  # a probe: does Retrain's objective reach these rows at all?
+            u, i, j = (t.to(next(model.parameters()).device) for t in draw(torch.Generator().manual_seed(self._reset.seed)))
+            grads = torch.autograd.grad(objective(model, u, i, j), [params[n] for n in tables], allow_unused=True)
+        model.zero_grad(set_to_none=True)
+        if all(g is None or not bool(g[rows.to(g.device)].abs().sum() > 0) for g in grads):
+            return
+        norm0 = float(torch.cat([params[n].detach()[rows.to(params[n].device)] for n in tables], 1).norm(dim=1).mean())
+        torch.manual_seed(self._reset.seed + 3)  # the model's own dropout and sampling (prepare runs under isolate_rng)
+        self._fit_rows(model, tables, rows, draw, sim, lr * total / sim, self._reset.seed + 3, objective, decay=True)
+        norm = float(torch.cat([params[n].detach()[rows.to(params[n].device)] for n in tables], 1).norm(dim=1).mean())
+        self.negative_phase.update({"drift_users": int(len(users)), "drift_retrain_steps": int(total),
+                                    "drift_simulated_steps": int(sim), "drift_row_norm": [norm0, norm]})
+
     def _refit(self, model: nn.Module, dm: UnlearningDataModule) -> np.ndarray:
         r"""Interaction-wise: the forgetting users' rows re-fitted on their retained pairs alone, the rest frozen.
 
@@ -304,8 +401,9 @@ class TRU(UnlearningCallback):
         ``refit_steps`` Adam steps (the training lr, see ``negative_lr``) of BPR on :math:`R_u` with uniform negatives,
         items and shared layers fixed. The fit never sees :math:`F_u`, so the row's memory of it is gone, and it
         keeps :math:`u`'s retained preferences. A refit that costs more than ``max_utility_loss`` of the utility
-        guard's recall is undone with a warning (MIG-GT, planted data: -5.8% of Retrain's test NDCG@20 for no AUC
-        gained). Returns the users re-fitted.
+        guard's recall, or that does not lower the forget pairs' pair-MIA AUC, is undone with a warning (MIG-GT,
+        planted data: its items are aggregates of user rows, the refit cost 2-6% of test NDCG@20 and raised the AUC).
+        Returns the users re-fitted.
         """
         tables = entity_groups(model, dm.num_users, dm.num_items).get("user", [])
         users = np.unique(dm.forget.forget_pairs[:, 0])
@@ -323,7 +421,7 @@ class TRU(UnlearningCallback):
 
         info = {"users": int(len(users)), "steps": self.refit_steps, "lr": self.negative_lr or training_lr(model)}
         ok = self._refit_rows(model, dm, tables, users, draw, self._reset.seed + 1, "the forgetting users' rows", "undone",
-                              info)
+                              info, auc_gain=True)
         return users if ok else np.zeros(0, dtype=np.int64)
 
     def _refit_rows(
@@ -337,16 +435,19 @@ class TRU(UnlearningCallback):
         what: str,
         undone_key: str,
         info: dict[str, Any],
+        auc_gain: bool = False,
     ) -> bool:
         """Rows ``ids`` of ``tables`` back to the initial model's, then ``refit_steps`` steps of :meth:`_fit_rows` (the
         training lr, see ``negative_lr``), recorded in ``refit`` (``info``). Without a known initialiser nothing changes
         (nothing recorded); a refit that costs more than ``max_utility_loss`` of the guard's recall is undone
-        (``refit[undone_key]`` says so). ``False`` when not kept."""
+        (``refit[undone_key]`` says so), and with ``auc_gain`` (membership rule) one that does not lower the forget
+        pairs' pair-MIA AUC either (it removed nothing an attacker sees). ``False`` when not kept."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         rows = torch.as_tensor(ids, dtype=torch.long, device=dev)
         before = {n: p.detach().clone() for n, p in params.items()}
         utility0 = self._guard_recall(model, dm)
+        auc0 = self._audit_auc(model, dm) if auc_gain else None
         try:
             initial = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
         except (TypeError, ValueError) as err:  # no initialiser known: the reverse update does it all
@@ -364,7 +465,21 @@ class TRU(UnlearningCallback):
                                       f"of {what} (more than {self.max_utility_loss:.0%} lost)")
             rank_zero_warn(f"TRU: refit of {what} undone: {self.refit[undone_key]}")
             return False
+        auc = self._audit_auc(model, dm) if auc0 is not None else None
+        if auc0 is not None and auc is not None and auc >= auc0:
+            self._restore(model, before)
+            self.refit[undone_key] = (f"pair-MIA AUC of the forget pairs {auc0:.4f} -> {auc:.4f} after the refit of "
+                                      f"{what}: no gain (their memory is not in these rows alone)")
+            rank_zero_warn(f"TRU: refit of {what} undone: {self.refit[undone_key]}")
+            return False
         return True
+
+    def _audit_auc(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[float]:
+        """The verification's pair-MIA AUC of the forget pairs (membership rule), ``None`` without an audit."""
+        if self._audit is None:
+            return None
+        with eval_mode(model):
+            return float(pair_membership(model, *self._audit, dm.retained_train_csr())["auc_rank"])
 
     @staticmethod
     def _fit_rows(
@@ -375,20 +490,29 @@ class TRU(UnlearningCallback):
         steps: int,
         lr: float,
         seed: int,
+        objective: Optional[Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]] = None,
+        decay: bool = False,
     ) -> None:
-        r"""``steps`` Adam steps of BPR :math:`-\log\sigma(s_{ui} - s_{uj})` on the triples ``draw(g)`` gives, moving
-        only ``rows`` of ``tables``; every other parameter and row is exactly as before."""
+        r"""``steps`` Adam steps of BPR :math:`-\log\sigma(s_{ui} - s_{uj})` (or ``objective(model, u, i, j)``) on the
+        triples ``draw(g)`` gives, moving only ``rows`` of ``tables``; every other parameter and row is exactly as
+        before. ``decay``: the lr falls linearly, :math:`\eta_t = 2\eta (T - t)/(T + 1)` (the same total :math:`T\eta`)."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         rows = rows.to(dev)
         before = {n: p.detach().clone() for n, p in params.items()}
         opt = torch.optim.Adam([params[n] for n in tables], lr=lr)
         g = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            u, i, j = (t.to(dev) for t in draw(g))
-            (s_i, s_j), _ = group_pair_scores(model, [(u, i), (u, j)])
+        for t in range(steps):
+            u, i, j = (x.to(dev) for x in draw(g))
+            if decay:
+                for group in opt.param_groups:
+                    group["lr"] = 2.0 * lr * (steps - t) / (steps + 1)
             opt.zero_grad(set_to_none=True)
-            bpr_loss(s_i, s_j).backward()
+            if objective is None:
+                (s_i, s_j), _ = group_pair_scores(model, [(u, i), (u, j)])
+                bpr_loss(s_i, s_j).backward()
+            else:
+                objective(model, u, i, j).backward()
             for n in tables:
                 keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=dev)
                 keep[rows] = True
@@ -701,6 +825,7 @@ class TRU(UnlearningCallback):
             "kept_rows": {n: list(r) for n, r in self.kept_rows.items()},
             "negative_phase": dict(self.negative_phase),
             "refit": dict(self.refit),
+            "limitations": list(self.limitations),
         }
 
     @override
@@ -713,3 +838,4 @@ class TRU(UnlearningCallback):
         self.kept_rows = {n: list(r) for n, r in state.get("kept_rows", {}).items()}
         self.negative_phase = dict(state.get("negative_phase", {}))
         self.refit = dict(state.get("refit", {}))
+        self.limitations = list(state.get("limitations", []))
