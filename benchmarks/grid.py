@@ -404,7 +404,7 @@ class Runner:
                     try:
                         report = self.answer(bb, data, seed, ckpt, request, folder, cell.method, (gold_model, info), second,
                                              shadow=shadow)
-                    except Exception as e:  # a broken method must not lose the other cells
+                    except (Exception, SystemExit) as e:  # a broken method (or its config: the CLI exits) must not lose the other cells
                         print(f"FAILED {cell.key}: {type(e).__name__}: {e}"[:400], flush=True)
                         continue
                     if report["request"]["fingerprint"] != gold_report["request"]["fingerprint"]:

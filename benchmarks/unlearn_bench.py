@@ -144,7 +144,7 @@ def main() -> None:
                 cli = unlearn_cli(_args(cfg, extra, common, ckpt, a, work, method.replace("/", "-")), run=False)
                 report = answer_request(**cli.job(), retrained=(gold, info), retrained_seed2=second, shadow=shadow,
                                        verbose=False)
-            except Exception as e:  # a broken method must not lose the others' measurements
+            except (Exception, SystemExit) as e:  # a broken method (or its config: the CLI exits) must not lose the others
                 failed.append(f"{method}: {type(e).__name__}: {e}"[:300])
                 print("FAILED", data, method, e, flush=True)
                 continue

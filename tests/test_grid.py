@@ -165,3 +165,19 @@ def test_user_level_mia_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert not (tmp_path / "RESULTS.md").exists()  # --no-render
     off = grid.parse_args(_argv(tmp_path, "--methods", "tru", "--no-retrain-floor"))
     assert grid.setup_id(off) != rec["setup"]  # cells with and without the user-level MIA are different cells
+
+
+def test_a_method_whose_config_exits_does_not_lose_the_other_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A method whose run exits (a config the CLI rejects raises SystemExit) is reported FAILED; the grid goes on."""
+    real = grid.Runner.answer
+
+    def answer(self: Any, *args: Any, **kw: Any) -> Any:
+        if args[6] == "reset":
+            raise SystemExit(2)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(grid.Runner, "answer", answer)
+    assert grid.main(_argv(tmp_path, "--methods", "reset", "surgery", "--no-retrain-floor", "--no-render")) == 0
+    assert [r["method"] for r in _lines(tmp_path)] == ["surgery"]
+    assert "FAILED" in capsys.readouterr().out
