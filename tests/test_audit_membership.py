@@ -119,3 +119,55 @@ def test_trained_retrain_and_pushdown_on_planted_data() -> None:
     assert membership_verdict(pushed["auc"])["flag"] == "over_forgetting"  # reference 0.5 without Retrain
     other_seed = pair_membership(p.retrain2, members, non, excl)["auc"]
     assert membership_verdict(other_seed, retrain["auc"])["flag"] == "ok"
+
+
+class _Fixed(nn.Module):
+    """Scores from fixed tables (quantised: many ties)."""
+
+    def __init__(self, users: int, items: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.u = nn.Parameter(torch.randint(-2, 3, (users, 3), generator=g).float())
+        self.i = nn.Parameter(torch.randint(-2, 3, (items, 3), generator=g).float())
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.u, self.i
+
+    def score(self, users: Tensor, items: Tensor) -> Tensor:
+        return (self.u[users] * self.i[items]).sum(-1)
+
+
+@pytest.mark.parametrize("by_sort", [True, False, None])
+@pytest.mark.parametrize("max_cells", [7, 1 << 24])  # one pair per comparison block / all at once
+def test_rank_percentiles_match_a_naive_count(max_cells: int, by_sort: bool) -> None:
+    from lightning_tru.audit.membership import _scores_and_percentiles
+
+    rng = np.random.default_rng(0)
+    model = _Fixed(12, 9, 0)
+    exclude = sp.csr_matrix((rng.random((12, 9)) < 0.3).astype(np.float32))
+    free = np.argwhere(exclude.toarray() == 0)
+    pairs = free[rng.choice(len(free), 25, replace=False)]
+    scores, pct = _scores_and_percentiles(model, pairs, exclude, 9, batch_users=5, max_cells=max_cells,
+                                          by_sort=by_sort)
+    full = (model.u @ model.i.T).detach().numpy()
+    for (u, i), s, p in zip(pairs, scores, pct):
+        cand = full[u][exclude.toarray()[u] == 0]
+        less, equal = (cand < full[u, i]).sum(), (cand == full[u, i]).sum()
+        assert s == pytest.approx(full[u, i])
+        assert p == pytest.approx((less + 0.5 * (equal - 1)) / max(len(cand) - 1, 1))
+
+
+def test_frozen_scorer_scores_like_its_model_and_passes_through_others() -> None:
+    from lightning_tru.models.protocol import FrozenScorer, all_scores
+
+    model = _Fixed(6, 5, 1)
+    frozen = FrozenScorer.of(model)
+    users = torch.arange(6)
+    assert torch.equal(all_scores(frozen, users, 5), all_scores(model, users, 5))
+    assert torch.equal(frozen.score(users, users % 5), model.score(users, users % 5))
+    assert not any(p.requires_grad for p in frozen.parameters())
+    with torch.no_grad():
+        model.u.add_(1.0)  # an edit after freezing: the frozen scorer keeps the state it was built from
+    assert not torch.equal(all_scores(frozen, users, 5), all_scores(model, users, 5))
+    plain = nn.Linear(2, 2)  # no embeddings(): scored through the model itself
+    assert FrozenScorer.of(plain) is plain

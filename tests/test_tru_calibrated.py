@@ -151,6 +151,22 @@ def test_new_arguments_are_validated() -> None:
         TRU(negative_lr=0.0)
     with pytest.raises(ValueError, match="refit_steps"):
         TRU(refit_steps=-1)
+    with pytest.raises(ValueError, match="lr_growth"):
+        TRU(lr_growth=0.5)
+
+
+def test_step_size_control_reaches_the_band_in_fewer_steps(setup: tuple) -> None:
+    """The user-wise request of the band test: with a constant lr the item rows' row-share-scaled steps need many
+    verifications; the growing lr reaches the same band (and stays in it) in fewer steps."""
+    constant, growing = TRU(lr=5e-3, lr_growth=1.0), TRU(lr=5e-3)  # a small lr: many steps at a constant one
+    res = _compare(setup, "user", 0.2, {"constant": constant, "growing": growing}, seed=1)
+    assert constant.target_reached and growing.target_reached, (constant.stopping_reason, growing.stopping_reason)
+    assert growing.steps < constant.steps and growing.lr_scale > 1.0, (growing.steps, constant.steps)
+    assert constant.lr_scale == 1.0
+    gold = res["Retrain"]
+    for name in ("constant", "growing"):
+        assert abs(res[name]["auc"] - gold["auc"]) <= 0.05, res
+        assert 0.8 * gold["forget"] <= res[name]["forget"] <= 1.25 * gold["forget"], res
 
 
 def test_refit_without_an_initialiser_warns_and_falls_back_to_reverse_updates(

@@ -45,7 +45,7 @@ from lightning_tru.audit.membership import matched_nonmembers, membership_verdic
 from lightning_tru.audit.requests import users_forget_set
 from lightning_tru.audit.user_mia import user_mia
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
-from lightning_tru.models.protocol import attach_graph
+from lightning_tru.models.protocol import FrozenScorer, attach_graph
 
 __all__ = ["Shadow", "run_audits", "train_shadow"]
 
@@ -180,7 +180,11 @@ def run_audits(
     members, nonmembers = matched_nonmembers(udm.forget.forget_pairs, known, popularity, num_bins, seed)
 
     out: dict[str, dict[str, Any]] = {}
-    for col, (m, excl) in models.items():
+    frozen = {col: FrozenScorer.of(m) for col, (m, _) in models.items()}  # one propagation per model, every audit
+    retrain = frozen.get("Retrain", retrain)
+    retrain_seed2 = None if retrain_seed2 is None else FrozenScorer.of(retrain_seed2)
+    for col, (_, excl) in models.items():
+        m = frozen[col]
         res: dict[str, Any] = {"membership": pair_membership(m, members, nonmembers, retained, batch_users)}
         res["global_exposure"] = {f"exposure@{k}": global_exposure(m, users, udm.forget.items, excl, k, batch_users)}
         dm = udm.deployed if col == "before" else udm.retained

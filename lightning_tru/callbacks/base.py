@@ -19,7 +19,7 @@ from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
 from lightning_tru.audit.membership import matched_nonmembers, pair_membership
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.metrics.functional import check_k
-from lightning_tru.models.protocol import eval_mode
+from lightning_tru.models.protocol import FrozenScorer, eval_mode
 from lightning_tru.models.unlearning import UnlearningTask
 
 log = logging.getLogger("lightning_tru")
@@ -244,6 +244,7 @@ class UnlearningCallback(Callback, abc.ABC):
             return
         if not trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
             self._previous = self._snapshot(pl_module.model)  # type: ignore[attr-defined]
+            self.after_verification(trainer, res)
             return
         trainer.should_stop = True
         if self.stop_rule == "recall":
@@ -365,22 +366,23 @@ class UnlearningCallback(Callback, abc.ABC):
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
 
     # -------------------------------------------------------------------- verification
+    def after_verification(self, trainer: Trainer, res: dict[str, float]) -> None:
+        """Called after a verification that did not stop the run (``res`` is in :attr:`history`); default: nothing.
+        A method may adapt its step here (identical on every rank: ``res`` is)."""
+
     def verify(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, float]:
         """Forget Recall@K, exposure@K and (membership rule) the pair-MIA AUC ``mia_auc`` of the
         current model (identical on every rank)."""
-        was_training = model.training
-        model.eval()
-        try:
-            res = recall_exposure_at_k(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+        retained = dm.retained_train_csr()
+        with eval_mode(model):
+            scorer = FrozenScorer.of(model)  # one propagation shared by the three measures
+            res = recall_exposure_at_k(scorer, retained, dm.forget_csr(), self.k)
             if self._audit is not None:
-                mia = pair_membership(model, *self._audit, dm.retained_train_csr())
+                mia = pair_membership(scorer, *self._audit, retained)
                 res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
             if self._guard is not None:
-                retained = dm.retained_train_csr()
-                res["guard_recall"] = recall_exposure_at_k(model, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
-            return res
-        finally:
-            model.train(was_training)
+                res["guard_recall"] = recall_exposure_at_k(scorer, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
+        return res
 
     def _guard_rows(self, dm: UnlearningDataModule) -> sp.csr_matrix:
         """Valid rows of up to ``guard_users`` retained users (seeded: identical on every rank and on resume)."""

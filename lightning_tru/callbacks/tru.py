@@ -131,6 +131,9 @@ class TRU(UnlearningCallback):
             interactions get their rows re-fitted from the initial model (:meth:`_refit_items`); ``None``: off.
         drift_steps: :math:`S` of the simulation of Retrain's objective on the deleted users' reset rows
             (:meth:`_drift`, at most Retrain's :math:`N` steps); 0: off.
+        lr_growth, max_lr_scale: step-size control of the membership rule (:meth:`after_verification`): the lr
+            grows by ``lr_growth`` after a verification whose pace would need more than two more to reach the band,
+            up to ``max_lr_scale`` x ``lr``; an overshoot is then bisected back into the band. 1: a constant lr.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
     """
 
@@ -171,6 +174,8 @@ class TRU(UnlearningCallback):
         refit_steps: int = 50,
         item_refit_share: Optional[float] = 0.5,
         drift_steps: int = 100,
+        lr_growth: float = 2.0,
+        max_lr_scale: float = 16.0,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -204,6 +209,10 @@ class TRU(UnlearningCallback):
         if drift_steps < 0:
             raise ValueError(f"drift_steps={drift_steps} must be >= 0 (0: the deleted users' reset rows are not drifted)")
         self.drift_steps = drift_steps
+        if lr_growth < 1 or max_lr_scale < 1:
+            raise ValueError(f"lr_growth={lr_growth} and max_lr_scale={max_lr_scale} must be >= 1 (1: a constant lr)")
+        self.lr_growth, self.max_lr_scale = lr_growth, max_lr_scale
+        self.lr_scale = 1.0  # the product of the growths applied so far (see after_verification)
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
         self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -707,6 +716,25 @@ class TRU(UnlearningCallback):
             self._row_keep[n] = keep
 
     @override
+    def after_verification(self, trainer: Trainer, res: dict[str, float]) -> None:
+        r"""Step-size control (membership rule): with :math:`\Delta` the AUC the last verification interval removed
+        and :math:`g` what is left above the band, the lr of every group grows by ``lr_growth`` when
+        :math:`g > 2\Delta` (or :math:`\Delta \le 0`), while the total stays within ``max_lr_scale``. Measured on
+        TikTok (MGCN, user-wise 5%, converged): the row-share-scaled steps of the item rows remove the residual
+        AUC at about 0.006 per step, 30 steps at a constant lr."""
+        if self.lr_growth <= 1 or self.stop_rule != "membership" or len(self.history) < 2 or self.reference is None:
+            return
+        moved = self.history[-2]["mia_auc"] - res["mia_auc"]
+        left = res["mia_auc"] - (float(self.reference) + res["mia_band"])
+        factor = min(self.lr_growth, self.max_lr_scale / self.lr_scale)
+        if factor <= 1 or (moved > 0 and left <= 2 * moved):
+            return
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] *= factor
+        self.lr_scale *= factor
+
+    @override
     def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
         """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``."""
         entity = {n for names in entity_groups(model, dm.num_users, dm.num_items).values() for n in names}
@@ -826,6 +854,7 @@ class TRU(UnlearningCallback):
             "negative_phase": dict(self.negative_phase),
             "refit": dict(self.refit),
             "limitations": list(self.limitations),
+            "lr_scale": self.lr_scale,
         }
 
     @override
@@ -839,3 +868,4 @@ class TRU(UnlearningCallback):
         self.negative_phase = dict(state.get("negative_phase", {}))
         self.refit = dict(state.get("refit", {}))
         self.limitations = list(state.get("limitations", []))
+        self.lr_scale = float(state.get("lr_scale", 1.0))

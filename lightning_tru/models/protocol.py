@@ -62,6 +62,37 @@ def propagation(model: Any) -> Any:
     return backbone.propagate() if backbone is not None and hasattr(backbone, "propagate") else None
 
 
+class FrozenScorer(nn.Module):
+    r"""A model's final embeddings, propagated once: :math:`s(u, i) = e_u^\top e_i` with the
+    ``(U, d)`` / ``(I, d)`` tables held fixed (no gradients).
+
+    :meth:`of` takes a model between two edits; several audits of that same state (forget recall,
+    pair-level MIA, the utility guard) then share one propagation instead of running one each.
+    Explicit, never kept across an edit: build it again after the model changes.
+    """
+
+    def __init__(self, user: Tensor, item: Tensor) -> None:
+        super().__init__()
+        # parameters (frozen) rather than buffers: audits find the device through ``parameters()``
+        self.user = nn.Parameter(user.detach().clone(), requires_grad=False)  # a copy: later in-place edits stay out
+        self.item = nn.Parameter(item.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def of(cls, model: Any) -> Any:
+        """The frozen scorer of ``model`` in eval mode; ``model`` itself when it offers no ``embeddings()``."""
+        if not callable(getattr(model, "embeddings", None)):
+            return model
+        with eval_mode(model), torch.no_grad():
+            user, item = model.embeddings()
+        return cls(user, item)
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.user, self.item
+
+    def score(self, users: Tensor, items: Tensor) -> Tensor:
+        return (self.user[users] * self.item[items]).sum(-1)
+
+
 def group_scores(model: Any, groups: Sequence[tuple[Tensor, Tensor]], prop: Any = None) -> list[Tensor]:
     """Differentiable scores of several ``(users, items)`` groups in one forward pass.
 
