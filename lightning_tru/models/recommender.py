@@ -212,14 +212,15 @@ class RecommenderModule(LightningModule):
     # ------------------------------------------------- the unlearning protocol (models/protocol.py)
     def score(self, users: Tensor, items: Tensor) -> Tensor:
         """``(B,)`` scores of (user, item) pairs, over the pairs' computation graph where the backbone
-        restricts it (:meth:`~lightning_tru.nn.Backbone.local_propagation`: same values and gradients)."""
-        return self.backbone.score(users, items, self.backbone.local_propagation(users, items))
+        restricts it (:meth:`~lightning_tru.nn.Backbone.local_propagation`: same values and gradients; inside
+        ``backbone.sampling(fanout)`` an unbiased estimate over a sampled one, :meth:`~lightning_tru.nn.Backbone.pair_propagation`)."""
+        return self.backbone.score(users, items, self.backbone.pair_propagation(users, items))
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         return self.backbone.embeddings()
 
     def branch_scores(self, users: Tensor, items: Tensor) -> dict[str, Tensor]:
-        return self.backbone.branch_scores(users, items, self.backbone.local_propagation(users, items))
+        return self.backbone.branch_scores(users, items, self.backbone.pair_propagation(users, items))
 
     def branch_parameters(self) -> dict[str, list[str]]:
         return {b: [f"backbone.{n}" for n in ns] for b, ns in self.backbone.branch_parameters().items()}
