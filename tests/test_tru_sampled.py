@@ -61,3 +61,38 @@ def test_sample_fanout_is_validated() -> None:
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="sample_fanout"):
             TRU(sample_fanout=bad)  # type: ignore[arg-type]
+
+
+def test_a_verification_propagates_once(setup: tuple) -> None:
+    """Forget recall, pair-MIA and the utility guard rank from one set of embeddings (``FrozenEmbeddings``), and with
+    ``sample_fanout`` TRU keeps them for the gate's thresholds of the next steps."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.1, seed=0), seed=0)
+    calls = {"n": 0}
+
+    class Counting(TRU):
+        def verify(self, model: Any, data: Any) -> dict[str, float]:
+            backbone = model.backbone
+            original = backbone.embeddings
+
+            def counted() -> Any:
+                calls["n"] += 1
+                return original()
+
+            backbone.embeddings = counted  # type: ignore[method-assign]
+            try:
+                res = super().verify(model, data)
+            finally:
+                del backbone.embeddings
+            assert calls["n"] == 1, calls
+            calls["n"] = 0
+            return res
+
+    tru = Counting(sample_fanout=4, eval_every=2, stop_rule="recall", target_recall=0.0)
+    tru.use_initial(initial)
+    model = unlearn(trained, udm, tru, 4)
+    assert tru.steps == 4 and tru._guard is not None
+    steps_view = tru._t_view
+    assert steps_view is not None and steps_view[0] == 4  # the last verification's embeddings
+    u, i = model.backbone.embeddings()
+    torch.testing.assert_close(steps_view[1].embeddings()[1], i)  # they are the model's after the steps

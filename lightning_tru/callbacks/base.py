@@ -25,6 +25,37 @@ from lightning_tru.models.unlearning import UnlearningTask
 log = logging.getLogger("lightning_tru")
 
 
+class FrozenEmbeddings:
+    """A model's full-ranking surface at one propagation: ``embeddings()`` returns the tensors computed once (no
+    gradient), so the rankings of one verification (forget recall, pair-MIA, utility guard) cost one propagation, not
+    one each. Duck-types what the audits read (``embeddings``, ``parameters``, ``training`` / ``eval`` / ``train``)."""
+
+    training = False
+
+    def __init__(self, model: Any) -> None:
+        with torch.no_grad():
+            self._user, self._item = model.embeddings()
+
+    @staticmethod
+    def of(model: Any) -> Any:
+        """``model`` frozen, or ``model`` itself when it is already frozen or offers no ``embeddings()``."""
+        if isinstance(model, FrozenEmbeddings) or not callable(getattr(model, "embeddings", None)):
+            return model
+        return FrozenEmbeddings(model)
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self._user, self._item
+
+    def parameters(self) -> Any:
+        return iter((self._user,))
+
+    def eval(self) -> "FrozenEmbeddings":
+        return self
+
+    def train(self, mode: bool = True) -> "FrozenEmbeddings":
+        return self
+
+
 def check_retain_weight(retain_weight: float) -> float:
     r""":math:`\lambda_r`, the weight of a method's retain BPR term, validated (``>= 0``)."""
     if retain_weight < 0:
@@ -371,13 +402,14 @@ class UnlearningCallback(Callback, abc.ABC):
         was_training = model.training
         model.eval()
         try:
-            res = recall_exposure_at_k(model, dm.retained_train_csr(), dm.forget_csr(), self.k)
+            view = FrozenEmbeddings.of(model)  # one propagation serves every ranking below
+            res = recall_exposure_at_k(view, dm.retained_train_csr(), dm.forget_csr(), self.k)
             if self._audit is not None:
-                mia = pair_membership(model, *self._audit, dm.retained_train_csr())
+                mia = pair_membership(view, *self._audit, dm.retained_train_csr())
                 res["mia_auc"], res["mia_band"] = mia["auc_rank"], max(self.tolerance, 2.0 * mia["se"])
             if self._guard is not None:
                 retained = dm.retained_train_csr()
-                res["guard_recall"] = recall_exposure_at_k(model, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
+                res["guard_recall"] = recall_exposure_at_k(view, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
             return res
         finally:
             model.train(was_training)

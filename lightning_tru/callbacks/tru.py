@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.audit.membership import pair_membership
-from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
+from lightning_tru.callbacks.base import FrozenEmbeddings, UnlearningCallback, check_retain_weight
 from lightning_tru.callbacks.reset import Reset, deleted_entities
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import (
@@ -218,6 +218,7 @@ class TRU(UnlearningCallback):
         self._seed = seed
         self._retain_pool: Optional[Tensor] = None  # sample_fanout: the forget items' retained pairs (per request)
         self._t_cache: Optional[tuple[int, Tensor]] = None  # sample_fanout: (step, thresholds per user, NaN: unknown)
+        self._t_view: Optional[tuple[int, Any]] = None  # sample_fanout: (step, the last verification's FrozenEmbeddings)
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
         self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -836,9 +837,21 @@ class TRU(UnlearningCallback):
             self._t_cache = (step, torch.full((dm.num_users,), float("nan"), device=users.device))
         table = self._t_cache[1]
         missing = torch.unique(users[torch.isnan(table[users])])
-        if len(missing):
-            table[missing] = self._thresholds(model, missing, dm)
+        if len(missing):  # from the verification of this step when there was one (no propagation), else the model
+            view = self._t_view[1] if self._t_view is not None and self._t_view[0] == step else model
+            table[missing] = self._thresholds(view, missing, dm)
         return table[users]
+
+    @override
+    def verify(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, float]:
+        """:meth:`UnlearningCallback.verify`; with ``sample_fanout`` its embeddings are kept for the gate's thresholds
+        of the next ``eval_every`` steps (:meth:`_step_thresholds`)."""
+        if self.sample_fanout is None:
+            return super().verify(model, dm)
+        with eval_mode(model):
+            view = FrozenEmbeddings.of(model)
+        self._t_view = (self.steps, view)
+        return super().verify(view, dm)
 
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
