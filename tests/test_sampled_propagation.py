@@ -124,3 +124,18 @@ def test_recommender_scores_through_the_sampled_propagation() -> None:
     with pytest.raises(ValueError, match="fanout"):
         with model.backbone.sampling(0):
             pass
+
+
+def test_training_losses_sample_inside_sampling_only() -> None:
+    """A training batch's losses read the exact batch propagation, and the sampled one inside ``sampling``."""
+    model = RecommenderModule(partial(LightGCN, embedding_dim=4, num_layers=2), U, I)
+    model.backbone.set_graph(_edges())
+    users, pos, neg = torch.tensor([1, 2]), torch.tensor([4, 5]), torch.tensor([6, 7])
+    exact = model.training_losses(users, pos, neg)["bpr"]
+    full = model.backbone.propagate()
+    s_pos, s_neg = model.backbone.score(users, pos, full), model.backbone.score(users, neg, full)
+    torch.testing.assert_close(exact, bpr_loss(s_pos, s_neg))
+    with model.backbone.sampling(U + I, torch.Generator().manual_seed(0)):
+        torch.testing.assert_close(model.training_losses(users, pos, neg)["bpr"], exact)
+    with model.backbone.sampling(1, torch.Generator().manual_seed(0)):
+        assert not torch.allclose(model.training_losses(users, pos, neg)["bpr"], exact)

@@ -93,7 +93,8 @@ class RecommenderModule(LightningModule):
     # ------------------------------------------------------------------------- training
     def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """BPR plus the backbone's auxiliary terms, by name."""
-        prop = self.backbone.training_propagation(users, torch.cat([pos, neg]))  # exact on the batch's rows
+        # exact on the batch's rows (inside backbone.sampling: the sampled estimate)
+        prop = self.backbone.pair_propagation(users, torch.cat([pos, neg]), training=True)
         # one gather per table for both terms (each gather of a full table costs a full-size gradient buffer)
         pos_s, neg_s = self.backbone.score(torch.cat([users, users]), torch.cat([pos, neg]), prop).split(len(users))
         return {"bpr": bpr_loss(pos_s, neg_s), **self.backbone.auxiliary_losses(prop, users, pos, neg)}

@@ -156,12 +156,13 @@ class Backbone(nn.Module, abc.ABC):
         finally:
             self._sampling = before
 
-    def pair_propagation(self, users: Tensor, items: Tensor) -> Propagation:
+    def pair_propagation(self, users: Tensor, items: Tensor, training: bool = False) -> Propagation:
         """The propagation scoring the pairs of ``users`` x ``items`` reads: :meth:`sampled_propagation` inside
-        :meth:`sampling`, else :meth:`local_propagation` (exact)."""
-        if self._sampling is None:
-            return self.local_propagation(users, items)
-        return self.sampled_propagation(users, items, *self._sampling)
+        :meth:`sampling`, else (exact) :meth:`local_propagation`, or :meth:`training_propagation` for a training
+        batch (``training``)."""
+        if self._sampling is not None:
+            return self.sampled_propagation(users, items, *self._sampling)
+        return self.training_propagation(users, items) if training else self.local_propagation(users, items)
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """``(user (U, d), item (I, d))`` final embeddings."""
