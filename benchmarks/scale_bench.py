@@ -276,7 +276,7 @@ def main() -> None:
         cols = []
         for m in modes:
             x = r[m]
-            cols.append(f"{x['tru_s']:.1f} | {x['steps']} | {x['step_s']:.3f} | {x['surgery_s']:.2f} | {x['start_s']:.2f} | "
+            cols.append(f"{x['tru_s']:.1f} | {x['steps']} | {x['step_s']:.3f} | {x['setup_s']:.2f} | {x['surgery_s']:.2f} | {x['start_s']:.2f} | "
                         f"{x['steps_total_s']:.2f} | {x['verify_total_s']:.2f} ({x['verifications']}) | {x['peak_mib']:.0f}")
             if a.quality:
                 cols.append(f"{x['mia_auc']:.3f} | {x['forget_recall']:.4f} | {x['test_ndcg']:.4f}")
@@ -298,10 +298,10 @@ def main() -> None:
     cmd = " ".join(["python benchmarks/scale_bench.py", *sys.argv[1:]])
     head = ""
     for m in modes:
-        head += (f"TRU s ({m}) | steps | s/step | surgery s | start s | steps s | verifications s (n) | TRU peak MiB | ")
+        head += (f"TRU s ({m}) | steps | s/step | resolve s | surgery s | start s | steps s | verifications s (n) | TRU peak MiB | ")
         if a.quality:
             head += f"pair-MIA AUC ({m}) | forget R@20 | test N@20 | "
-    ncols = 8 + (2 if modes else 0) + len(modes) * (8 + 3 * a.quality) + (a.local == "both" and bool(modes))
+    ncols = 8 + (2 if modes else 0) + len(modes) * (9 + 3 * a.quality) + (a.local == "both" and bool(modes))
     items_rule = f"{int(a.items):,} items" if a.items else "items = users / 4"
     stop = (f"a fixed budget of {a.steps} steps (no stopping rule met, no utility guard)" if a.tru_stop == "budget"
             else f"TRU's own stopping rule (membership, two-sided) and utility guard, at most {a.steps} steps")
@@ -313,7 +313,7 @@ def main() -> None:
         + f"; full evaluation = one validation pass over every user with valid rows (batches of {a.eval_batch} users, "
         "top-K streamed per batch: no users x items matrix)"
         + (f"; TRU = default TRU with {stop}, a user-wise request of ~{a.request_users} users; TRU s = wall-clock from "
-           "resolving the request to the end of fit = request resolution + surgery (the retained graph installed) + start "
+           "resolving the request to the end of fit = request resolution (resolve: `UnlearningDataModule`) + surgery (the retained graph installed) + start "
            "(reset and row fits, first verification, profile) + steps + verifications (+ Lightning); s/step = median "
            "step (loss, backward, gradient edits, optimiser step) without the verifications; local = a step's scores "
            "over the pairs' exact L-hop computation graph (`Backbone.local_propagation`), full = over the whole graph, "
@@ -334,7 +334,7 @@ def main() -> None:
     print(body)
     title = a.title or f"Scale ({a.model}, synthetic{', local vs full TRU' if a.local == 'both' else ''})"
     write_section(Path(a.out), title, body)
-    if len(runs) > 1 and modes:
+    if len(runs) > 1 and modes and not a.quality:
         plot(runs, modes, Path(a.out).with_name(f"scale_{a.model}{'_sampled' if a.sample_fanout else ''}.png"), a)
 
 
