@@ -10,7 +10,10 @@ The unlearning-facing surface:
 * :meth:`Backbone.propagate` returns a :class:`Propagation` whose ``branches`` add up to the
   final embeddings, :math:`e_u = \sum_b e_u^b`, :math:`e_i = \sum_b e_i^b`;
 * :meth:`Backbone.branch_scores` splits a score into per-branch contributions that add up to it;
-* :meth:`Backbone.branch_parameters` / :meth:`Backbone.layer_parameters` name the parameter groups.
+* :meth:`Backbone.branch_parameters` / :meth:`Backbone.layer_parameters` name the parameter groups;
+* :meth:`Backbone.pair_propagation`: what scoring a few pairs reads, over their exact computation graph
+  (:meth:`Backbone.local_propagation`) or, inside :meth:`Backbone.sampling`, an unbiased estimate over a sampled one
+  at a cost independent of the data set's size (:meth:`Backbone.sampled_propagation`).
 """
 from __future__ import annotations
 
