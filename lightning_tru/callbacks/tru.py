@@ -791,7 +791,7 @@ class TRU(UnlearningCallback):
                 if n in self._before_step:
                     old = self._before_step[n]
                     f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
-                    p.copy_(old + f * (p - old))
+                    p.sub_(old).mul_(f).add_(old)  # old + f (p - old), in place (no (rows, d) temporaries)
         self._before_step = {}
 
     # --------------------------------------------------------------------------- update
