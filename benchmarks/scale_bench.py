@@ -2,6 +2,7 @@
 grow with the data set.
 
     python benchmarks/scale_bench.py --interactions 1e5 3e5 1e6 --model lightgcn --threads 2 --local both
+    python benchmarks/scale_bench.py --interactions 1e5 3e5 1e6 3e6 --threads 1 --local full --sample-fanout 5
 
 For each size (``users = interactions / mean_interactions``, ``items = users / 4``), in its own
 process: generation time; training s/epoch (``--train-batches`` BPR batches timed, scaled to the
@@ -10,7 +11,10 @@ RSS); one TRU request deleting ``--request-users`` users (all their interactions
 a fixed budget of ``--steps`` steps) with its wall-clock, median step time, verification time and peak
 RSS, its scores over the pairs' computation graph (``--local local``), the whole graph (``full``) or
 both, compared (``both``: also the largest weight difference between the two, and the share of a full
-propagation the step's computation graph holds). Peak RSS is reset before each
+propagation the step's computation graph holds); ``--sample-fanout F`` adds a run with TRU's bounded-cost
+approximate steps (``TRU(sample_fanout=F)``, mode ``sampled``). Each request's time is split into graph
+surgery, the start (reset and row fits, first verification, profile), the steps and the verifications;
+``--quality`` adds the request's pair-MIA AUC, forget recall and test NDCG@20 per mode. Peak RSS is reset before each
 phase (``/proc/self/clear_refs``), so each column is that phase's own peak. The table and the
 fitted log-log exponents (time ~ interactions^b) go to stdout and to the "Scale" section of
 benchmarks/RESULTS.md.
@@ -77,7 +81,7 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
 
     seed_everything(a.seed, verbose=False)
     users = max(200, int(round(n / a.mean_interactions)))
-    items = max(100, users // 4)
+    items = max(100, int(a.items) if a.items else users // 4)
     out: dict[str, Any] = {"users": users, "items": items}
     reset_peak()
     t = time.perf_counter()
@@ -91,7 +95,7 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
     quiet = dict(QUIET)
     timer = batch_timer()
     reset_peak()
-    Trainer(max_epochs=1, limit_train_batches=a.train_batches, limit_val_batches=0, callbacks=[timer], **quiet).fit(
+    Trainer(max_epochs=a.train_epochs, limit_train_batches=a.train_batches, limit_val_batches=0, callbacks=[timer], **quiet).fit(
         model, datamodule=dm)
     batches = -(-out["train_pairs"] // a.batch)
     out["train_s_epoch"] = med(timer.times[1:] or timer.times) * batches  # the first batch warms up
@@ -103,19 +107,25 @@ def single(n: int, a: argparse.Namespace) -> dict[str, Any]:
         Trainer(**quiet).validate(model, datamodule=dm, verbose=False)
         out["eval_s"] = time.perf_counter() - t
         out["eval_peak_mib"] = peak_mib()
-    for mode in (["local", "full"] if a.local == "both" else [a.local]):
+    for mode in [] if a.skip_tru else modes_of(a):
         out[mode] = tru_request(model, dm, a, mode)
     if a.local == "both":  # exact restriction: the two runs end at the same weights
         out["max_weight_diff"] = max(float((p - q).abs().max()) for p, q in
-                                     zip(out["local"].pop("params"), out["full"].pop("params")))
-    else:
-        out[a.local].pop("params")
+                                     zip(out["local"]["params"], out["full"]["params"]))
+    for mode in [] if a.skip_tru else modes_of(a):
+        out[mode].pop("params")
     return out
+
+
+def modes_of(a: argparse.Namespace) -> list[str]:
+    """The TRU runs of one size: ``local`` / ``full`` (exact, ``--local``), then ``sampled`` with ``--sample-fanout``."""
+    return (["local", "full"] if a.local == "both" else [a.local]) + (["sampled"] if a.sample_fanout else [])
 
 
 def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[str, Any]:
     """One TRU request on a copy of ``model``: the scores of a step over the pairs' computation graph
-    (``mode="local"``, ``Backbone.local_max_share`` 1, always restricted) or the whole graph (``"full"``, 0)."""
+    (``mode="local"``, ``Backbone.local_max_share`` 1, always restricted), the whole graph (``"full"``, 0) or a sampled
+    computation graph (``"sampled"``, ``TRU(sample_fanout=a.sample_fanout)``)."""
     import copy
 
     import torch
@@ -129,6 +139,15 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
     backbone = model.backbone
     backbone.local_max_share = 1.0 if mode == "local" else 0.0
     quiet = dict(QUIET)
+    surgery: list[float] = []
+    attach = model.attach
+
+    def timed_attach(datamodule: Any) -> None:  # graph surgery: the retained graph installed
+        t0 = time.perf_counter()
+        attach(datamodule)
+        surgery.append(time.perf_counter() - t0)
+
+    model.attach = timed_attach  # type: ignore[method-assign]
 
     out: dict[str, Any] = {}
     reset_peak()
@@ -140,8 +159,20 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
         def _reached(self, res: dict[str, float]) -> bool:
             return False
 
-    tru = FixedBudget(stop_rule="recall", target_recall=0.0, max_utility_loss=None)
+    fanout = a.sample_fanout if mode == "sampled" else None
+    if a.tru_stop == "budget":
+        tru: Any = FixedBudget(stop_rule="recall", target_recall=0.0, max_utility_loss=None, sample_fanout=fanout)
+    else:  # TRU's own stopping rule and utility guard (membership, two-sided)
+        tru = TRU(sample_fanout=fanout)
     verify, spent = tru.verify, []
+    fit_start, started = tru.on_fit_start, []
+
+    def timed_fit_start(*args: Any) -> None:
+        t0 = time.perf_counter()
+        fit_start(*args)
+        started.append(time.perf_counter() - t0)
+
+    tru.on_fit_start = timed_fit_start  # type: ignore[method-assign]
 
     def timed_verify(*args: Any) -> Any:
         t0 = time.perf_counter()
@@ -155,11 +186,16 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
     out["tru_s"] = time.perf_counter() - t
     out["steps"] = int(tru.steps)
     out["step_s"] = med(timer.times[1:] or timer.times) if timer.times else float("nan")
+    out["steps_total_s"] = float(sum(timer.times))
     out["verify_s"] = med(spent) if spent else float("nan")
     out["verifications"] = len(spent)
+    out["surgery_s"] = float(sum(surgery))
+    out["start_s"] = float(sum(started))  # reset, row fits, first verification, profile
+    out["verify_total_s"] = float(sum(spent[1:]))  # the first is inside the start
+    out["stopping_reason"] = tru.stopping_reason
     out["users"] = int(len(udm.forget.users))
     out["peak_mib"] = peak_mib()
-    out["forget_recall"] = float(tru.history[-1]["forget_recall@20"])
+    out["forget_recall"] = float(tru.history[-1]["forget_recall@20"])  # the last verification's
     if hasattr(backbone, "adj"):  # the share of a full propagation's products one step's scores cost
         fu, fi, fj, ru, ri, rj = udm.make_batch(0, 0)
         seeds = torch.cat([fu, ru, users + torch.cat([fi, fj, ri, rj])])
@@ -168,6 +204,18 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
         out["frontier_share"] = fr.nnz / max(1, layers * backbone.adj.nnz) if fr is not None else float("nan")
         forget_only = backbone.adj.frontiers(torch.cat([fu, users + torch.cat([fi, fj])]), layers)
         out["frontier_share_forget"] = forget_only.nnz / max(1, layers * backbone.adj.nnz) if forget_only else float("nan")
+    if a.quality:  # the request's result: pair-MIA AUC of the forget pairs, forget recall, test NDCG@20 (retained data)
+        from lightning_tru.audit.forgetting import recall_exposure_at_k
+        from lightning_tru.audit.membership import matched_nonmembers, pair_membership
+
+        model.attach(udm.retained)
+        model.eval()
+        pop = np.asarray(udm.retained_train_csr().sum(0)).ravel()
+        pairs = matched_nonmembers(udm.forget.forget_pairs, dm.data.csr("train", "valid", "test"), pop, seed=a.seed)
+        out["mia_auc"] = float(pair_membership(model, *pairs, udm.retained_train_csr())["auc_rank"])
+        out["forget_recall"] = recall_exposure_at_k(model, udm.retained_train_csr(), udm.forget_csr(), 20)["forget_recall@20"]
+        res = Trainer(**quiet).test(model, datamodule=udm.retained, verbose=False)[0]
+        out["test_ndcg"] = float(res["test/ndcg@20"])
     out["params"] = [p.detach().clone() for p in model.parameters()]
     return out
 
@@ -182,16 +230,25 @@ def main() -> None:
     ap.add_argument("--interactions", nargs="+", type=float, default=[1e5, 3e5, 1e6])
     ap.add_argument("--model", choices=["lightgcn", "mgcn"], default="lightgcn")
     ap.add_argument("--mean-interactions", type=float, default=20.0)
+    ap.add_argument("--items", type=float, default=None, help="items (default users / 4)")
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--eval-batch", type=int, default=1024)
     ap.add_argument("--train-batches", type=int, default=20, help="BPR batches timed per size")
+    ap.add_argument("--train-epochs", type=int, default=1, help="epochs of --train-batches batches before the request")
     ap.add_argument("--request-users", type=int, default=100)
     ap.add_argument("--steps", type=int, default=8, help="TRU's step budget (it may stop earlier)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--local", choices=["local", "full", "both"], default="local",
                     help="TRU's scores over the pairs' computation graph, the whole graph, or both (compared)")
+    ap.add_argument("--sample-fanout", type=int, default=None,
+                    help="also run TRU(sample_fanout=F): bounded-cost approximate steps over sampled computation graphs")
+    ap.add_argument("--tru-stop", choices=["budget", "default"], default="budget",
+                    help="budget: spend --steps steps (no stopping rule, no guard); default: TRU's own rule and guard")
+    ap.add_argument("--quality", action="store_true", help="the request's pair-MIA AUC, forget recall, test NDCG@20")
     ap.add_argument("--skip-eval", action="store_true", help="skip the full-ranking validation pass")
+    ap.add_argument("--skip-tru", action="store_true", help="no TRU request (training and evaluation only)")
+    ap.add_argument("--title", default=None, help="section title in RESULTS.md")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--single", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -204,21 +261,32 @@ def main() -> None:
     rows, runs = [], []
     passthrough = ["--model", a.model, "--mean-interactions", str(a.mean_interactions), "--batch", str(a.batch),
                    "--eval-batch", str(a.eval_batch), "--train-batches", str(a.train_batches),
-                   "--request-users", str(a.request_users), "--steps", str(a.steps), "--threads", str(a.threads),
-                   "--seed", str(a.seed), "--local", a.local] + (["--skip-eval"] if a.skip_eval else [])
-    modes = ["local", "full"] if a.local == "both" else [a.local]
+                   "--train-epochs", str(a.train_epochs), "--request-users", str(a.request_users), "--steps", str(a.steps),
+                   "--threads", str(a.threads), "--seed", str(a.seed), "--local", a.local, "--tru-stop", a.tru_stop]
+    passthrough += (["--skip-eval"] if a.skip_eval else []) + (["--skip-tru"] if a.skip_tru else [])
+    passthrough += (["--quality"] if a.quality else []) + (["--items", str(a.items)] if a.items else [])
+    passthrough += ["--sample-fanout", str(a.sample_fanout)] if a.sample_fanout else []
+    modes = [] if a.skip_tru else modes_of(a)
+    nan = float("nan")
     for n in a.interactions:
         r = run_isolated([__file__, "--single", str(n), *passthrough], timeout=7200, env={"PYTHONPATH": str(REPO)})
         print(r, flush=True)
         runs.append(r)
-        m0 = r[modes[0]]
-        tru_cols = " | ".join(f"{r[m]['tru_s']:.1f} | {r[m]['step_s']:.3f} | {r[m]['verify_s']:.2f} | {r[m]['peak_mib']:.0f}"
-                              for m in modes)
+        m0 = r[modes[0]] if modes else {}
+        cols = []
+        for m in modes:
+            x = r[m]
+            cols.append(f"{x['tru_s']:.1f} | {x['steps']} | {x['step_s']:.3f} | {x['setup_s']:.2f} | {x['surgery_s']:.2f} | {x['start_s']:.2f} | "
+                        f"{x['steps_total_s']:.2f} | {x['verify_total_s']:.2f} ({x['verifications']}) | {x['peak_mib']:.0f}")
+            if a.quality:
+                cols.append(f"{x['mia_auc']:.3f} | {x['forget_recall']:.4f} | {x['test_ndcg']:.4f}")
         rows.append(
             f"| {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['gen_s']:.1f} | {r['train_s_epoch']:.1f} | "
-            f"{r['train_peak_mib']:.0f} | {r['eval_s']:.1f} | {r['eval_peak_mib']:.0f} | {m0['users']} | {m0['steps']} | "
-            f"{m0.get('frontier_share_forget', float('nan')):.2f} / {m0.get('frontier_share', float('nan')):.2f} | {tru_cols} |"
-            + (f" {r['max_weight_diff']:.1e} |" if a.local == "both" else "")
+            f"{r['train_peak_mib']:.0f} | {r['eval_s']:.1f} | {r['eval_peak_mib']:.0f} | "
+            + (f"{m0['users']} | {m0.get('frontier_share_forget', nan):.2f} / {m0.get('frontier_share', nan):.2f} | "
+               if modes else "")
+            + "".join(c + " | " for c in cols)
+            + (f"{r['max_weight_diff']:.1e} |" if a.local == "both" and modes else "")
         )
     n = [float(r["interactions"]) for r in runs]
     fits = {name: slope(n, [float(r[k]) for r in runs]) for name, k in
@@ -228,27 +296,72 @@ def main() -> None:
         fits[f"TRU step ({m})"] = slope(n, [r[m]["step_s"] for r in runs])
         fits[f"TRU verification ({m})"] = slope(n, [r[m]["verify_s"] for r in runs])
     cmd = " ".join(["python benchmarks/scale_bench.py", *sys.argv[1:]])
-    head = " | ".join(f"TRU s ({m}) | s/step ({m}) | s/verification ({m}) | TRU peak MiB ({m})" for m in modes)
+    head = ""
+    for m in modes:
+        head += (f"TRU s ({m}) | steps | s/step | resolve s | surgery s | start s | steps s | verifications s (n) | TRU peak MiB | ")
+        if a.quality:
+            head += f"pair-MIA AUC ({m}) | forget R@20 | test N@20 | "
+    ncols = 8 + (2 if modes else 0) + len(modes) * (9 + 3 * a.quality) + (a.local == "both" and bool(modes))
+    items_rule = f"{int(a.items):,} items" if a.items else "items = users / 4"
+    stop = (f"a fixed budget of {a.steps} steps (no stopping rule met, no utility guard)" if a.tru_stop == "budget"
+            else f"TRU's own stopping rule (membership, two-sided) and utility guard, at most {a.steps} steps")
     body = (
         f"`{cmd}`\n\n{machine_header()}\n"
-        f"- {a.model}, synthetic data (users = interactions / {a.mean_interactions:g}, items = users / 4, seed {a.seed}); "
-        f"training s/epoch = median s/batch over {a.train_batches} timed BPR batches (batch {a.batch}) x batches per epoch; "
-        f"full evaluation = one validation pass over every user with valid rows (batches of {a.eval_batch} users); "
-        f"TRU = default TRU on that model with a fixed budget of {a.steps} steps (no stopping rule met, no utility guard), "
-        f"a user-wise request of ~{a.request_users} users; TRU s = wall-clock from resolving the request to the end of fit; "
-        "s/step = median of the timed steps (loss, backward, gradient edits, optimiser step; the ranking gate's thresholds "
-        "score every item: a full no-grad propagation per step) without the verifications (every 2 steps, full ranking of "
-        "the forget users, timed apart); local = a step's scores over the pairs' L-hop computation graph "
-        "(`Backbone.local_propagation`), full = over the whole graph; frontier share = entries of that computation graph / "
-        "L nnz(A) for the forget pairs alone / forget + retain batch; peak MiB = the phase's own peak RSS\n\n"
-        "| interactions | users | items | generate s | train s/epoch | train peak MiB | full eval s | eval peak MiB | "
-        f"request users | TRU steps | frontier share | {head} |" + (" max abs weight diff local vs full |" if a.local == "both" else "") + "\n"
-        + "|---" * (12 + 4 * len(modes) + (a.local == "both")) + "|\n" + "\n".join(rows) + "\n\n"
+        f"- {a.model}, synthetic data (users = interactions / {a.mean_interactions:g}, {items_rule}, seed {a.seed}); "
+        f"training s/epoch = median s/batch over {a.train_batches} timed BPR batches (batch {a.batch}) x batches per epoch"
+        + (f" ({a.train_epochs} epochs of {a.train_batches} batches before the request)" if a.train_epochs > 1 else "")
+        + f"; full evaluation = one validation pass over every user with valid rows (batches of {a.eval_batch} users, "
+        "top-K streamed per batch: no users x items matrix)"
+        + (f"; TRU = default TRU with {stop}, a user-wise request of ~{a.request_users} users; TRU s = wall-clock from "
+           "resolving the request to the end of fit = request resolution (resolve: `UnlearningDataModule`) + surgery (the retained graph installed) + start "
+           "(reset and row fits, first verification, profile) + steps + verifications (+ Lightning); s/step = median "
+           "step (loss, backward, gradient edits, optimiser step) without the verifications; local = a step's scores "
+           "over the pairs' exact L-hop computation graph (`Backbone.local_propagation`), full = over the whole graph, "
+           f"sampled = `TRU(sample_fanout={a.sample_fanout})` (scores over sampled computation graphs, at most "
+           f"{a.sample_fanout} neighbours per node and layer; retain pairs from the forget items' neighbourhood; the "
+           "gate's thresholds from the last verification); frontier share = entries of the exact computation graph / "
+           "L nnz(A) for the forget pairs alone / forget + retain batch; peak MiB = the phase's own peak RSS"
+           if modes else "")
+        + ("; quality: pair-MIA AUC (within-user rank) of the forget pairs vs popularity-matched non-members, forget "
+           "Recall@20 and test NDCG@20 on the retained data after the request" if a.quality else "")
+        + "\n\n| interactions | users | items | generate s | train s/epoch | train peak MiB | full eval s | eval peak MiB | "
+        + ("request users | frontier share | " if modes else "") + head
+        + (" max abs weight diff local vs full |" if a.local == "both" and modes else "") + "\n"
+        + "|---" * ncols + "|\n" + "\n".join(rows) + "\n\n"
         "Exponents b of time ~ interactions^b (least squares over the sizes): "
         + ", ".join(f"{k} {v:.2f}" for k, v in fits.items()) + "\n"
     )
     print(body)
-    write_section(Path(a.out), f"Scale ({a.model}, synthetic{', local vs full TRU' if a.local == 'both' else ''})", body)
+    title = a.title or f"Scale ({a.model}, synthetic{', local vs full TRU' if a.local == 'both' else ''})"
+    write_section(Path(a.out), title, body)
+    if len(runs) > 1 and modes and not a.quality:
+        plot(runs, modes, Path(a.out).with_name(f"scale_{a.model}{'_sampled' if a.sample_fanout else ''}.png"), a)
+
+
+def plot(runs: list[dict[str, Any]], modes: list[str], path: Path, a: argparse.Namespace) -> None:
+    """Log-log plot of a TRU request's and a step's wall-clock against interactions, one line per mode."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the optional extra `plot`
+        return
+    n = [float(r["interactions"]) for r in runs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, what in ((axes[0], "tru_s", "s per request"), (axes[1], "step_s", "s per step")):
+        for m in modes:
+            y = [r[m][key] for r in runs]
+            ax.loglog(n, y, "o-", label=f"{m} (b = {slope(n, y):.2f})")
+        ax.loglog(n, [y * n[i] / n[0] for i, y in enumerate([runs[0][modes[0]][key]] * len(n))], ":", color="grey",
+                  label="linear")
+        ax.set_xlabel("interactions")
+        ax.set_ylabel(what)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"TRU on {a.model}, {a.request_users}-user request, {a.threads} thread(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,16 @@ def test_normalized_bipartite_matches_dense_formula() -> None:
         normalized_bipartite(r, self_loops=True).toarray(), d2[:, None] * a_loop * d2[None, :], rtol=1e-6
     )
     np.testing.assert_allclose(normalized_interactions(r).toarray(), normalized_bipartite(r).toarray()[:9, 9:], rtol=1e-6)
+    # weighted, with an isolated user and item, unsorted input: the direct CSR build keeps the formula
+    w = sp.random(9, 7, density=0.4, random_state=0, format="coo", dtype=np.float64)
+    w = sp.coo_matrix((w.data + 0.5, (w.row, w.col)), shape=(9, 7)).tolil()
+    w[3, :], w[:, 5] = 0, 0
+    w = sp.csr_matrix(w)
+    aw = np.block([[np.zeros((9, 9)), w.toarray()], [w.toarray().T, np.zeros((7, 7))]])
+    dw = np.where(aw.sum(1) > 0, aw.sum(1) ** -0.5, 0.0)
+    out = normalized_bipartite(w)
+    assert out.has_sorted_indices and out.dtype == np.float32
+    np.testing.assert_allclose(out.toarray(), dw[:, None] * aw * dw[None, :], rtol=1e-6)
 
 
 def test_interaction_matrix_rejects_out_of_range_ids() -> None:

@@ -2,6 +2,7 @@ r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see doc
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Literal, Optional
 
 import numpy as np
@@ -19,7 +20,7 @@ from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.callbacks.reset import Reset, deleted_entities
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
 from lightning_tru.models.protocol import (
-    all_scores, branch_groups, entity_groups, eval_mode, group_pair_scores, layer_groups,
+    FrozenScorer, all_scores, branch_groups, entity_groups, eval_mode, group_pair_scores, layer_groups,
 )
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
 
@@ -135,6 +136,12 @@ class TRU(UnlearningCallback):
             grows by ``lr_growth`` after a verification whose pace would need more than two more to reach the band,
             up to ``max_lr_scale`` x ``lr``; an overshoot is then bisected back into the band. 1: a constant lr.
         stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
+        sample_fanout: bounded-cost approximate steps (``None``: off, exact). Every pair score of the steps, of the
+            profile and of the row fits in :meth:`prepare` is an unbiased estimate over a sampled computation graph, each
+            node reading at most this many neighbours (:meth:`~lightning_tru.nn.Backbone.sampled_propagation`; a model
+            without it scores exactly); the retain pairs of a step are drawn from the forget items' retained
+            interactions (:meth:`_neighbourhood_retain`); the gate's thresholds are refreshed every ``eval_every`` steps
+            (:meth:`_step_thresholds`). A step's work then depends on the request, not on the data set's size.
     """
 
     def __init__(
@@ -176,6 +183,7 @@ class TRU(UnlearningCallback):
         drift_steps: int = 100,
         lr_growth: float = 2.0,
         max_lr_scale: float = 16.0,
+        sample_fanout: Optional[int] = None,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -213,6 +221,13 @@ class TRU(UnlearningCallback):
             raise ValueError(f"lr_growth={lr_growth} and max_lr_scale={max_lr_scale} must be >= 1 (1: a constant lr)")
         self.lr_growth, self.max_lr_scale = lr_growth, max_lr_scale
         self.lr_scale = 1.0  # the product of the growths applied so far (see after_verification)
+        if sample_fanout is not None and (isinstance(sample_fanout, bool) or not isinstance(sample_fanout, int) or sample_fanout < 1):
+            raise ValueError(f"sample_fanout={sample_fanout!r} must be an integer >= 1 (neighbours per node) or None (exact steps)")
+        self.sample_fanout = sample_fanout
+        self._seed = seed
+        self._retain_pool: Optional[Tensor] = None  # sample_fanout: the forget items' retained pairs (per request)
+        self._t_cache: Optional[tuple[int, Tensor]] = None  # sample_fanout: (step, thresholds per user, NaN: unknown)
+        self._t_view: Optional[tuple[int, Any]] = None  # sample_fanout: (step, the last verification's FrozenScorer)
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
         self._kept: dict[str, tuple[Tensor, Tensor]] = {}  # table -> (rows, their values)
         if not 0 < scale_clip[0] <= 1 <= scale_clip[1]:
@@ -272,7 +287,7 @@ class TRU(UnlearningCallback):
             return
         self.reset_edits = dict(self._reset.edits)
         self.refit = {}
-        with isolate_rng():
+        with isolate_rng(), self._sampling(model, -1):
             model.train(self.train_mode)
             if self.negative_epochs > 0:
                 self._negatives(model, dm)
@@ -617,10 +632,11 @@ class TRU(UnlearningCallback):
         dev = next(model.parameters()).device
         shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
         fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
-        s_f, _ = group_pair_scores(model, [(fu, fi), (fu, fj)])
-        g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
-        s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
-        g_r = self._gradients(model, bpr_loss(*s_r) * len(ru), trainer)
+        with self._sampling(model, -2):
+            s_f, _ = group_pair_scores(model, [(fu, fi), (fu, fj)])
+            g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
+            s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
+            g_r = self._gradients(model, bpr_loss(*s_r) * len(ru), trainer)
         for n, (idx, _) in self._kept.items():  # kept rows are no candidates: profile what may move
             g_f[n][idx], g_r[n][idx] = 0, 0
         self._derive_rows(model, g_f, g_r, dm)
@@ -803,7 +819,7 @@ class TRU(UnlearningCallback):
                 if n in self._before_step:
                     old = self._before_step[n]
                     f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
-                    p.copy_(old + f * (p - old))
+                    p.sub_(old).mul_(f).add_(old)  # old + f (p - old), in place (no (rows, d) temporaries)
         self._before_step = {}
 
     # --------------------------------------------------------------------------- update
@@ -817,13 +833,64 @@ class TRU(UnlearningCallback):
         kth = torch.topk(scores, min(self.k, scores.shape[1]), dim=1).values[:, -1]
         return kth[inv]
 
+    def _sampling(self, model: nn.Module, salt: int) -> AbstractContextManager[Any]:
+        """With ``sample_fanout``: the model's backbone scores pairs over sampled computation graphs inside the block,
+        drawn from a generator seeded by ``(seed, salt)`` (a resumed run draws the same); otherwise nothing changes."""
+        backbone = getattr(model, "backbone", None)
+        if self.sample_fanout is None or not callable(getattr(backbone, "sampling", None)):
+            return nullcontext()
+        dev = next(model.parameters()).device
+        g = torch.Generator(device=dev).manual_seed(self._seed * 1_000_003 + 7_919 * (salt + 3))
+        return backbone.sampling(self.sample_fanout, g)  # type: ignore[union-attr]
+
+    def _neighbourhood_retain(self, dm: UnlearningDataModule, size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``size`` retain triples :math:`(u, i, j)` with :math:`(u, i)` a retained train pair of a forget item (the
+        rows TRU moves: their remaining users' scores are the utility at risk) and :math:`j` a uniform negative outside
+        :math:`u`'s retained items; the pool is built once per request, a draw costs :math:`O(\text{size})`. Without such
+        pairs (no forget item keeps a user), uniform retained pairs."""
+        if self._retain_pool is None:
+            rp = dm.forget.retain_pairs
+            near = rp[np.isin(rp[:, 1], np.unique(dm.forget.forget_pairs[:, 1]))]
+            self._retain_pool = torch.from_numpy(near if len(near) else rp).long()
+        g = torch.Generator().manual_seed(self._seed * 1_000_003 + 7_919 * self.steps + 1)
+        pick = self._retain_pool[torch.randint(len(self._retain_pool), (size,), generator=g)]
+        users = pick[:, 0]
+        return users.to(device), pick[:, 1].to(device), dm.retain_negatives(users, generator=g).to(device)
+
+    def _step_thresholds(self, model: nn.Module, users: Tensor, dm: UnlearningDataModule) -> Tensor:
+        """``sample_fanout``: :meth:`_thresholds` computed at most once every ``eval_every`` steps (a full ranking, as a
+        verification's) and reused in between: the steps move few rows, the thresholds little."""
+        step = self.steps - self.steps % self.eval_every
+        if self._t_cache is None or self._t_cache[0] != step:
+            self._t_cache = (step, torch.full((dm.num_users,), float("nan"), device=users.device))
+        table = self._t_cache[1]
+        missing = torch.unique(users[torch.isnan(table[users])])
+        if len(missing):  # from the verification of this step when there was one (no propagation), else the model
+            view = self._t_view[1] if self._t_view is not None and self._t_view[0] == step else model
+            table[missing] = self._thresholds(view, missing, dm)
+        return table[users]
+
+    @override
+    def verify(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, float]:
+        """:meth:`UnlearningCallback.verify`; with ``sample_fanout`` its embeddings are kept for the gate's thresholds
+        of the next ``eval_every`` steps (:meth:`_step_thresholds`)."""
+        if self.sample_fanout is None:
+            return super().verify(model, dm)
+        with eval_mode(model):
+            view = FrozenScorer.of(model)
+        self._t_view = (self.steps, view)
+        return super().verify(view, dm)
+
     @override
     def training_losses(self, model: nn.Module, batch: UnlearnBatch, dm: UnlearningDataModule) -> dict[str, Tensor]:
         fu, fi, fj, ru, ri, rj = batch
-        (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
+        if self.sample_fanout is not None:
+            ru, ri, rj = self._neighbourhood_retain(dm, len(ru), fu.device)
+        with self._sampling(model, self.steps):
+            (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.ranking_gate and self.gate_weight > 0:
-            t = self._thresholds(model, fu, dm)
+            t = self._thresholds(model, fu, dm) if self.sample_fanout is None else self._step_thresholds(model, fu, dm)
             tau = self.gate_temperature
             p = torch.sigmoid((s_fi.detach() - t) / tau)  # persistence (F,)
             if parts is not None and "id" in parts:

@@ -79,8 +79,8 @@ class FrozenScorer(nn.Module):
 
     @classmethod
     def of(cls, model: Any) -> Any:
-        """The frozen scorer of ``model`` in eval mode; ``model`` itself when it offers no ``embeddings()``."""
-        if not callable(getattr(model, "embeddings", None)):
+        """The frozen scorer of ``model`` in eval mode; ``model`` itself when it is one or offers no ``embeddings()``."""
+        if isinstance(model, FrozenScorer) or not callable(getattr(model, "embeddings", None)):
             return model
         with eval_mode(model), torch.no_grad():
             user, item = model.embeddings()

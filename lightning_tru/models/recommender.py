@@ -93,7 +93,8 @@ class RecommenderModule(LightningModule):
     # ------------------------------------------------------------------------- training
     def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """BPR plus the backbone's auxiliary terms, by name."""
-        prop = self.backbone.training_propagation(users, torch.cat([pos, neg]))  # exact on the batch's rows
+        # exact on the batch's rows (inside backbone.sampling: the sampled estimate)
+        prop = self.backbone.pair_propagation(users, torch.cat([pos, neg]), training=True)
         # one gather per table for both terms (each gather of a full table costs a full-size gradient buffer)
         pos_s, neg_s = self.backbone.score(torch.cat([users, users]), torch.cat([pos, neg]), prop).split(len(users))
         return {"bpr": bpr_loss(pos_s, neg_s), **self.backbone.auxiliary_losses(prop, users, pos, neg)}
@@ -212,14 +213,15 @@ class RecommenderModule(LightningModule):
     # ------------------------------------------------- the unlearning protocol (models/protocol.py)
     def score(self, users: Tensor, items: Tensor) -> Tensor:
         """``(B,)`` scores of (user, item) pairs, over the pairs' computation graph where the backbone
-        restricts it (:meth:`~lightning_tru.nn.Backbone.local_propagation`: same values and gradients)."""
-        return self.backbone.score(users, items, self.backbone.local_propagation(users, items))
+        restricts it (:meth:`~lightning_tru.nn.Backbone.local_propagation`: same values and gradients; inside
+        ``backbone.sampling(fanout)`` an unbiased estimate over a sampled one, :meth:`~lightning_tru.nn.Backbone.pair_propagation`)."""
+        return self.backbone.score(users, items, self.backbone.pair_propagation(users, items))
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         return self.backbone.embeddings()
 
     def branch_scores(self, users: Tensor, items: Tensor) -> dict[str, Tensor]:
-        return self.backbone.branch_scores(users, items, self.backbone.local_propagation(users, items))
+        return self.backbone.branch_scores(users, items, self.backbone.pair_propagation(users, items))
 
     def branch_parameters(self) -> dict[str, list[str]]:
         return {b: [f"backbone.{n}" for n in ns] for b, ns in self.backbone.branch_parameters().items()}

@@ -10,12 +10,16 @@ The unlearning-facing surface:
 * :meth:`Backbone.propagate` returns a :class:`Propagation` whose ``branches`` add up to the
   final embeddings, :math:`e_u = \sum_b e_u^b`, :math:`e_i = \sum_b e_i^b`;
 * :meth:`Backbone.branch_scores` splits a score into per-branch contributions that add up to it;
-* :meth:`Backbone.branch_parameters` / :meth:`Backbone.layer_parameters` name the parameter groups.
+* :meth:`Backbone.branch_parameters` / :meth:`Backbone.layer_parameters` name the parameter groups;
+* :meth:`Backbone.pair_propagation`: what scoring a few pairs reads, over their exact computation graph
+  (:meth:`Backbone.local_propagation`) or, inside :meth:`Backbone.sampling`, an unbiased estimate over a sampled one
+  at a cost independent of the data set's size (:meth:`Backbone.sampled_propagation`).
 """
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np
@@ -125,6 +129,43 @@ class Backbone(nn.Module, abc.ABC):
         (benchmarks/RESULTS.md, "Scale ... local vs full TRU": 67-91 % for LightGCN, L = 3), and the full products win.
         """
         return self.propagate()
+
+    def sampled_propagation(
+        self, users: Tensor, items: Tensor, fanout: int, generator: Optional[torch.Generator] = None
+    ) -> Propagation:
+        r"""An unbiased estimate of :meth:`local_propagation` on the rows ``users`` / ``items`` (other rows zero) at a
+        cost independent of the data set's size: every graph product over a *sampled* computation graph, each node
+        reading at most ``fanout`` neighbours drawn uniformly, re-weighted by degree / ``fanout``
+        (:meth:`~lightning_tru.nn.graph.SparseGraph.sample_block`), so each graph product's expectation is the
+        exact one with the full graph's normalisation. With ``fanout`` at least the largest degree it is exact.
+
+        Default: :meth:`local_propagation` (exact): a backbone that cannot sample keeps the exact path.
+        """
+        return self.local_propagation(users, items)
+
+    #: ``(fanout, generator)`` while inside :meth:`sampling`, else ``None``
+    _sampling: Optional[tuple[int, Optional[torch.Generator]]] = None
+
+    @contextmanager
+    def sampling(self, fanout: int, generator: Optional[torch.Generator] = None) -> Iterator["Backbone"]:
+        """Inside the block, :meth:`pair_propagation` (what scoring pairs reads) is :meth:`sampled_propagation`
+        with this ``fanout`` and ``generator``; the full :meth:`propagate` (rankings, evaluation) stays exact."""
+        if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 1:
+            raise ValueError(f"fanout={fanout!r} must be an integer >= 1 (neighbours read per node and layer)")
+        before = self._sampling
+        self._sampling = (fanout, generator)
+        try:
+            yield self
+        finally:
+            self._sampling = before
+
+    def pair_propagation(self, users: Tensor, items: Tensor, training: bool = False) -> Propagation:
+        """The propagation scoring the pairs of ``users`` x ``items`` reads: :meth:`sampled_propagation` inside
+        :meth:`sampling`, else (exact) :meth:`local_propagation`, or :meth:`training_propagation` for a training
+        batch (``training``)."""
+        if self._sampling is not None:
+            return self.sampled_propagation(users, items, *self._sampling)
+        return self.training_propagation(users, items) if training else self.local_propagation(users, items)
 
     def forward(self) -> tuple[Tensor, Tensor]:
         """``(user (U, d), item (I, d))`` final embeddings."""

@@ -240,6 +240,68 @@ class SparseGraph(nn.Module):
             nodes.append(nxt)
         return Frontiers(nodes, blocks, nnz)
 
+    def sample_block(
+        self, rows: Tensor, fanout: int, generator: Optional[torch.Generator] = None, also: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
+        r"""An unbiased sample of the block ``A[rows, :]``: ``(B as a CSR tensor (R, |C|), C)`` with ``C`` the sorted
+        distinct columns ``B`` reads, joined with the ids ``also``.
+
+        A row :math:`n` with :math:`d_n \le F` (``fanout``) keeps its entries; a row with more draws :math:`F` of them
+        uniformly with replacement, :math:`j_1 \dots j_F`, each weighted :math:`d_n / F`:
+
+        .. math::
+            (B x)_n = \frac{d_n}{F} \sum_{f=1}^{F} A_{n j_f} x_{j_f}, \qquad \mathbb E[B] = A[\text{rows}, :]
+
+        (GraphSAGE's neighbour sampling with the full graph's values, so the estimate keeps its normalisation).
+        Cost: :math:`O(R F \log(R F))`, whatever the graph's size. Duplicate draws are summed (a proper CSR).
+        """
+        if fanout < 1:
+            raise ValueError(f"fanout={fanout} must be >= 1 (neighbours drawn per row)")
+        dev = rows.device
+        start = self.crow[rows]
+        deg = self.crow[rows + 1] - start
+        take = deg.clamp(max=fanout)
+        total = int(take.sum())
+        row_of = torch.arange(len(rows), device=dev).repeat_interleave(take, output_size=total)
+        first = torch.zeros(len(rows) + 1, dtype=torch.long, device=dev)
+        torch.cumsum(take, 0, out=first[1:])
+        d = deg[row_of]
+        sampled = d > fanout
+        draw = torch.rand(total, generator=generator, device=generator.device if generator is not None else dev).to(dev)
+        offset = torch.where(sampled, (draw * d).long().clamp(max=(d - 1).clamp_min(0)), torch.arange(total, device=dev) - first[row_of])
+        idx = start[row_of] + offset
+        col = self.col[idx]
+        val = self.val[idx] * torch.where(sampled, d.to(self.val.dtype) / fanout, torch.ones_like(self.val[idx]))
+        cols, inv = torch.unique(col if also is None else torch.cat([col, also]), return_inverse=True)  # sorted
+        key = row_of * len(cols) + inv[:total]
+        keys, pos = torch.unique(key, return_inverse=True)  # sorted by (row, column); duplicate draws merged
+        summed = torch.zeros(len(keys), dtype=val.dtype, device=dev).index_add_(0, pos, val)
+        crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=dev)
+        torch.cumsum(torch.bincount(keys // max(1, len(cols)), minlength=len(rows)), 0, out=crow[1:])
+        mat = _csr_tensor(crow, keys % max(1, len(cols)), summed, (len(rows), len(cols)), check_invariants=False)
+        return mat, cols
+
+    def sampled_frontiers(self, seeds: Tensor, hops: int, fanout: int, generator: Optional[torch.Generator] = None) -> "Frontiers":
+        r"""A sampled ``hops``-hop computation graph of ``seeds`` (see :class:`Frontiers`): ``blocks[k]`` is an
+        independent :meth:`sample_block` of :math:`A[S_k, :]` and :math:`S_{k+1}` = its columns :math:`\cup S_0`.
+
+        The blocks are drawn independently, so :math:`\mathbb E[B_0 B_1 \cdots B_{l-1}] = (A^l)[S_0, :]`:
+        :meth:`Frontiers.apply` gives an unbiased estimate of the exact propagation on :math:`S_0`, exactly it when
+        ``fanout`` is at least the largest degree met. Cost: at most :math:`F |S_0| \sum_{k<L} (F+1)^k` entries,
+        independent of the graph's size.
+        """
+        if self.shape[0] != self.shape[1]:
+            raise ValueError(f"frontiers need a square graph, this one is {self.shape}")
+        nodes = [torch.unique(seeds)]
+        blocks: list[Tensor] = []
+        nnz = 0
+        for _ in range(hops):
+            mat, nxt = self.sample_block(nodes[-1], fanout, generator, also=nodes[0])
+            blocks.append(mat)
+            nodes.append(nxt)
+            nnz += int(mat.values().numel())
+        return Frontiers(nodes, blocks, nnz)
+
     def to_scipy(self) -> sp.csr_matrix:
         return sp.csr_matrix(
             (self.val.cpu().numpy(), self.col.cpu().numpy(), self.crow.cpu().numpy()), shape=self.shape
@@ -314,6 +376,18 @@ def normalized_bipartite(r: sp.csr_matrix, self_loops: bool = False) -> sp.csr_m
     Shapes: ``r`` is ``(U, I)``; the result is ``(U + I, U + I)``.
     """
     nu, ni = r.shape
+    if not self_loops:  # built directly in CSR (sorted rows, no sparse products): O(nnz) with small constants
+        r = sp.csr_matrix(r)
+        r.sum_duplicates()
+        rt = sp.csr_matrix(r.T)  # item rows, sorted
+        du = _inv_sqrt(np.diff(r.indptr) if np.all(r.data == 1) else np.asarray(r.sum(1)).ravel())
+        di = _inv_sqrt(np.diff(rt.indptr) if np.all(r.data == 1) else np.asarray(r.sum(0)).ravel())
+        rows_u = np.repeat(np.arange(nu), np.diff(r.indptr))
+        rows_i = np.repeat(np.arange(ni), np.diff(rt.indptr))
+        data = np.concatenate([r.data * du[rows_u] * di[r.indices], rt.data * di[rows_i] * du[rt.indices]])
+        indptr = np.concatenate([r.indptr, r.indptr[-1] + rt.indptr[1:]]).astype(np.int64)
+        indices = np.concatenate([r.indices.astype(np.int64) + nu, rt.indices.astype(np.int64)])
+        return sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(nu + ni, nu + ni))
     a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     if self_loops:
         a = a + sp.identity(nu + ni, dtype=np.float32, format="csr")

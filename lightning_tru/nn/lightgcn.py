@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from lightning_tru.nn.losses import l2_penalty
 from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
-from lightning_tru.nn.graph import Backend, SparseGraph, interaction_matrix, normalized_bipartite
+from lightning_tru.nn.graph import Backend, Frontiers, SparseGraph, interaction_matrix, normalized_bipartite
 
 
 class LightGCN(Backbone):
@@ -83,6 +83,21 @@ class LightGCN(Backbone):
         fr = self.adj.frontiers(seeds, self.num_layers, budget) if self.local_max_share > 0 else None
         if fr is None:
             return self.propagate()
+        return self._rows(fr)
+
+    def sampled_propagation(
+        self, users: Tensor, items: Tensor, fanout: int, generator: Optional[torch.Generator] = None
+    ) -> Propagation:
+        r""":meth:`local_propagation`'s rows estimated over a sampled ``L``-hop computation graph
+        (:meth:`SparseGraph.sampled_frontiers`: at most ``fanout`` neighbours per node and layer, unbiased); the other
+        rows are zero. Exact when ``fanout`` is at least the largest degree."""
+        if self.adj is None:
+            raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
+        seeds = torch.cat([users.reshape(-1), items.reshape(-1) + self.num_users])
+        return self._rows(self.adj.sampled_frontiers(seeds, self.num_layers, fanout, generator))
+
+    def _rows(self, fr: Frontiers) -> Propagation:
+        """The layer mean on the seeds of ``fr`` from the embedding rows of its last frontier; zeros elsewhere."""
         rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1])
         out = rows.new_zeros(self.num_users + self.num_items, rows.shape[1]).index_copy_(0, fr.nodes[0], fr.apply(rows, mean=True))
         user, item = out.split([self.num_users, self.num_items])

@@ -199,12 +199,26 @@ class MGCN(Backbone):
         their :math:`L_{ii}`-hop kNN computation graph, the purifier run on those items only. Exact (the full
         graphs' values). When a computation graph holds more than ``local_max_share`` of the full products'
         entries: the graph views in full, the fuser on the rows (:meth:`training_propagation`)."""
+        return self._local(users, items, None)
+
+    def sampled_propagation(
+        self, users: Tensor, items: Tensor, fanout: int, generator: Optional[torch.Generator] = None
+    ) -> Propagation:
+        r""":meth:`local_propagation` with every computation graph sampled (:meth:`SparseGraph.sample_block`: at most
+        ``fanout`` neighbours per node of :math:`\hat A`, of :math:`\tilde R`'s user rows and of the kNN graphs): the
+        graph views are unbiased estimates, the fuser (non-linear, node-wise) runs on them; never the full graphs."""
+        return self._local(users, items, (fanout, generator))
+
+    def _local(self, users: Tensor, items: Tensor, sample: Optional[tuple[int, Optional[torch.Generator]]]) -> Propagation:
         if self.adj is None or self.user_item is None or len(self.item_graphs) != len(self.modalities):
             raise RuntimeError("MGCN has no graph or features: call set_graph(edge_index) and set_features(features)")
         nu = self.num_users
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + nu])
         share = self.local_max_share
-        fr = self.adj.frontiers(seeds, self.num_ui_layers, int(share * self.num_ui_layers * self.adj.nnz)) if share > 0 else None
+        if sample is not None:
+            fr = self.adj.sampled_frontiers(seeds, self.num_ui_layers, *sample)
+        else:
+            fr = self.adj.frontiers(seeds, self.num_ui_layers, int(share * self.num_ui_layers * self.adj.nnz)) if share > 0 else None
         if fr is None:
             return self._propagate(torch.unique(seeds))
         nodes = fr.nodes[0]
@@ -212,13 +226,17 @@ class MGCN(Backbone):
         tu, ti = nodes[:split], nodes[split:] - nu
         item_id = self.item_id_embedding.weight
         content = fr.apply(entity_rows(self.user_embedding.weight, item_id, fr.nodes[-1]), mean=True)  # (N, d)
-        user_item, read = self.user_item.block(tu, also=ti)  # R~[tu, J], J: the items the rows read
+        # R~[tu, J], J: the items the rows read
+        user_item, read = self.user_item.block(tu, also=ti) if sample is None else self.user_item.sample_block(tu, *sample, also=ti)
         views = []
         for m in self.modalities:
             g = self.item_graphs[m]
-            fm = g.frontiers(read, self.num_ii_layers, int(share * max(1, self.num_ii_layers) * g.nnz))
-            if fm is None:
-                return self._propagate(nodes)
+            if sample is None:
+                fm = g.frontiers(read, self.num_ii_layers, int(share * max(1, self.num_ii_layers) * g.nnz))
+                if fm is None:
+                    return self._propagate(nodes)
+            else:
+                fm = g.sampled_frontiers(read, self.num_ii_layers, *sample)
             hop = fm.nodes[-1]
             h = item_id[hop] * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")[hop]))  # purifier on J's hops
             h = fm.apply(h, mean=False)  # (|J|, d)
