@@ -202,3 +202,39 @@ def test_a_refit_that_costs_utility_is_undone(setup: tuple) -> None:
         model = unlearn(trained, udm, tru, 1)
     assert "undone" in tru.refit and tru.kept_rows == {} and tru.steps == 0
     assert torch.equal(dict(model.named_parameters())[USERS], dict(trained.named_parameters())[USERS])
+
+
+def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tuple) -> None:
+    """Items the deployed model never saw in training (here: removed before it was trained) had Retrain's treatment
+    of a deleted item. The simulation runs on their initial rows beside the deleted ones and stops where their mean
+    score equals their trained rows'; they get their trained rows back, the deleted rows stay at that point (between
+    the reset and the full simulation)."""
+    dm, initial, _ = setup
+    cold = UnlearningDataModule(dm, ForgetRequest("item", 0.15, seed=5), seed=5).retained  # 30 never-trained items
+    seed_everything(0, verbose=False)
+    trained = retrain(initial, cold, max_epochs=30, patience=5, seed=0, accelerator="cpu")[0]
+    udm = UnlearningDataModule(cold, ForgetRequest("item", 0.1, seed=1), seed=1)
+    calibrated, full = TRU(), TRU()
+    full.min_controls = 10**9  # no calibration: the full simulated path
+    models = {}
+    for name, cb in (("calibrated", calibrated), ("full", full), ("reset", Reset())):
+        cb.use_initial(initial)
+        models[name] = unlearn(trained, udm, cb, 100)
+    phase = calibrated.negative_phase
+    assert phase["controls"] == 30 and full.negative_phase["controls"] == 0, phase
+    assert calibrated.steps == 0, calibrated.stopping_reason  # its reference is the phase it ran: no reverse step
+    assert 0 < phase["calibrated_step"] < phase["simulated_steps"], phase
+    assert phase["control_score_start"] > phase["control_score_trained"] > phase["control_score_simulated"], phase
+    table = "backbone.item_id_embedding.weight"
+    seen = np.diff(cold.data.csr("train").tocsc().indptr) > 0
+    controls = torch.as_tensor(np.flatnonzero(~seen))
+    deleted = torch.as_tensor(udm.forget.items)
+    weights = {n: dict(m.named_parameters())[table].detach() for n, m in models.items()}
+    torch.testing.assert_close(weights["calibrated"][controls], dict(trained.named_parameters())[table][controls])
+    rest = torch.ones(len(weights["calibrated"]), dtype=torch.bool)
+    rest[controls], rest[deleted] = False, False
+    torch.testing.assert_close(weights["calibrated"][rest], weights["reset"][rest])  # no other row moved
+    users = torch.as_tensor(udm.forget.retain_pairs[:, 0])
+    with torch.no_grad():
+        mean = {n: float(m.score(users, deleted[torch.arange(len(users)) % len(deleted)]).mean()) for n, m in models.items()}
+    assert mean["full"] < mean["calibrated"] < mean["reset"], mean
