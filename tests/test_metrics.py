@@ -412,3 +412,21 @@ def test_exposure_matches_a_naive_pair_count(seed: int) -> None:
     shown = sum(int(target[u, i]) for u in range(num_users) for i in topk[u, :k].tolist())
     assert metric.compute().item() == pytest.approx(shown / int(target.sum()), rel=1e-6)
     assert ExposureAtK(k=k).compute().item() == 0.0  # nothing seen: 0, not NaN
+
+
+@pytest.mark.parametrize("width", [1, 7, 8, 13, 64, 1003])
+def test_count_relevant_matches_a_naive_row_sum(width: int) -> None:
+    from lightning_tru.metrics.functional import count_relevant
+
+    g = torch.Generator().manual_seed(width)
+    target = torch.rand(9, width, generator=g) < 0.4
+    target[0] = True  # a full row (every byte 1)
+    target[1] = False
+    naive = torch.tensor([int(sum(bool(x) for x in row)) for row in target])
+    assert torch.equal(count_relevant(target), naive)
+    assert torch.equal(count_relevant(target[3:7]), naive[3:7])  # a row slice (storage offset)
+    flat = torch.zeros(9 * width + 3, dtype=torch.bool)
+    flat[3:] = target.reshape(-1)
+    shifted = flat[3:].view(9, width)  # storage offset 3: not 8-byte aligned
+    assert torch.equal(count_relevant(shifted), naive)
+    assert torch.equal(count_relevant(target.float()), naive)
