@@ -238,3 +238,28 @@ def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tu
     with torch.no_grad():
         mean = {n: float(m.score(users, deleted[torch.arange(len(users)) % len(deleted)]).mean()) for n, m in models.items()}
     assert mean["full"] < mean["calibrated"] < mean["reset"], mean
+
+
+def test_a_grown_lr_that_trips_the_guard_is_taken_back_once() -> None:
+    """The utility guard tripped after the lr grew: the run goes on from the restored point at the base lr, with no
+    further growth; at the base lr a trip stops the run (the default of every other method)."""
+    from types import SimpleNamespace
+
+    tru = TRU(lr=0.05)
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.Adam([{"params": [param], "lr": 0.05 * 8}, {"params": [torch.nn.Parameter(torch.zeros(1))],
+                                                                    "lr": 0.05 * 0.02 * 8}])
+    trainer = SimpleNamespace(optimizers=[opt])
+    tru.lr_scale = 8.0
+    assert tru.smaller_steps(trainer) is True
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.05 * 0.02])
+    assert tru.lr_scale == 1.0 and tru.growth_stopped
+    assert tru.smaller_steps(trainer) is False  # nothing left to take back: the guard stops the run
+    tru.history = [{"mia_auc": 0.9}, {"mia_auc": 0.89}]
+    tru.reference = 0.5
+    tru.after_verification(trainer, {"mia_auc": 0.89, "mia_band": 0.02})  # slow pace, but growth is over
+    assert tru.lr_scale == 1.0
+    state = tru.state_dict()
+    fresh = TRU()
+    fresh.load_state_dict(state)
+    assert fresh.growth_stopped and fresh.lr_scale == 1.0

@@ -234,6 +234,9 @@ class UnlearningCallback(Callback, abc.ABC):
         if self._guard is not None and res["guard_recall"] < (1 - self.max_utility_loss) * self.utility0:  # type: ignore[operator]
             if self._previous is not None:
                 self._restore(pl_module.model, self._previous)  # type: ignore[attr-defined]
+                if self.smaller_steps(trainer):  # the method goes on from there with smaller steps
+                    self.history[-1]["undone"] = 1.0
+                    return
             self.utility_guard_tripped = trainer.should_stop = True
             self.stopping_reason = (
                 f"utility guard after {self.steps} steps: retained valid recall@{self.k} fell from {self.utility0:.4f} to "
@@ -366,6 +369,11 @@ class UnlearningCallback(Callback, abc.ABC):
         return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
 
     # -------------------------------------------------------------------- verification
+    def smaller_steps(self, trainer: Trainer) -> bool:
+        """The utility guard tripped and the model is back at the last verified point: ``True`` when the method
+        continues from there with smaller steps (e.g. an lr it had grown), ``False`` (default) to stop."""
+        return False
+
     def after_verification(self, trainer: Trainer, res: dict[str, float]) -> None:
         """Called after a verification that did not stop the run (``res`` is in :attr:`history`); default: nothing.
         A method may adapt its step here (identical on every rank: ``res`` is)."""
