@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from typing import Literal, NamedTuple, Optional
+from typing import Callable, Literal, NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -226,19 +226,30 @@ class SparseGraph(nn.Module):
         Cost: the degree sum of :math:`S_0 \dots S_{hops-1}`; ``None`` as soon as the blocks would hold more
         than ``max_nnz`` entries (the caller then propagates over the whole graph).
         """
+        budget = {"nnz": 0}
+
+        def step(nodes: list[Tensor]) -> Optional[tuple[Tensor, Tensor]]:
+            budget["nnz"] += int((self.crow[nodes[-1] + 1] - self.crow[nodes[-1]]).sum())
+            if max_nnz is not None and budget["nnz"] > max_nnz:
+                return None
+            return self.block(nodes[-1], also=nodes[-1])
+
+        return self._grow(seeds, hops, step)
+
+    def _grow(self, seeds: Tensor, hops: int,
+              step: Callable[[list[Tensor]], Optional[tuple[Tensor, Tensor]]]) -> Optional["Frontiers"]:
+        """:class:`Frontiers` from ``hops`` calls of ``step(nodes so far) -> (block, next nodes)`` (``None``: give up)."""
         if self.shape[0] != self.shape[1]:
             raise ValueError(f"frontiers need a square graph, this one is {self.shape}")
         nodes = [torch.unique(seeds)]
         blocks: list[Tensor] = []
-        nnz = 0
         for _ in range(hops):
-            nnz += int((self.crow[nodes[-1] + 1] - self.crow[nodes[-1]]).sum())
-            if max_nnz is not None and nnz > max_nnz:
+            out = step(nodes)
+            if out is None:
                 return None
-            mat, nxt = self.block(nodes[-1], also=nodes[-1])
-            blocks.append(mat)
-            nodes.append(nxt)
-        return Frontiers(nodes, blocks, nnz)
+            blocks.append(out[0])
+            nodes.append(out[1])
+        return Frontiers(nodes, blocks, sum(int(b.values().numel()) for b in blocks))
 
     def sample_block(
         self, rows: Tensor, fanout: int, generator: Optional[torch.Generator] = None, also: Optional[Tensor] = None
@@ -290,17 +301,9 @@ class SparseGraph(nn.Module):
         ``fanout`` is at least the largest degree met. Cost: at most :math:`F |S_0| \sum_{k<L} (F+1)^k` entries,
         independent of the graph's size.
         """
-        if self.shape[0] != self.shape[1]:
-            raise ValueError(f"frontiers need a square graph, this one is {self.shape}")
-        nodes = [torch.unique(seeds)]
-        blocks: list[Tensor] = []
-        nnz = 0
-        for _ in range(hops):
-            mat, nxt = self.sample_block(nodes[-1], fanout, generator, also=nodes[0])
-            blocks.append(mat)
-            nodes.append(nxt)
-            nnz += int(mat.values().numel())
-        return Frontiers(nodes, blocks, nnz)
+        out = self._grow(seeds, hops, lambda nodes: self.sample_block(nodes[-1], fanout, generator, also=nodes[0]))
+        assert out is not None  # a sampled step never gives up
+        return out
 
     def to_scipy(self) -> sp.csr_matrix:
         return sp.csr_matrix(
