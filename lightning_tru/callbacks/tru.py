@@ -368,7 +368,7 @@ class TRU(UnlearningCallback):
         batch = int(getattr(dm.source, "batch_size", 2048))
         total = max(1, math.ceil(self.negative_epochs * len(pairs) / batch))
         sim = min(self.negative_sim_steps, total)
-        controls = self._controls(model, dm, tables, items)
+        controls, initial = self._controls(model, dm, tables, items)
         moved = np.concatenate([items, controls]).astype(np.int64)
         per_step = max(1, round(batch * len(moved) / dm.num_items * total / sim))
         lr = self.negative_lr or training_lr(model)
@@ -384,8 +384,7 @@ class TRU(UnlearningCallback):
             c = torch.as_tensor(controls, dtype=torch.long)
             with torch.no_grad():
                 for n in tables:
-                    init = self._reset._initial_table(model, n, params[n])[0]
-                    params[n][c.to(params[n].device)] = init[c].to(device=params[n].device, dtype=params[n].dtype)
+                    params[n][c.to(params[n].device)] = initial[n].to(device=params[n].device, dtype=params[n].dtype)
         path: list[dict[str, Tensor]] = [{n: params[n].detach()[d.to(params[n].device)].clone() for n in tables}]
         self._fit_rows(model, tables, d, draw, sim, lr * total / sim, self._reset.seed, trace=path)
         self.negative_phase = {"items": int(len(items)), "retrain_steps": int(total), "simulated_steps": int(sim),
@@ -398,22 +397,25 @@ class TRU(UnlearningCallback):
     #: at most this many control items are simulated (a seeded draw among all)
     max_controls: int = 512
 
-    def _controls(self, model: nn.Module, dm: UnlearningDataModule, tables: list[str], deleted: np.ndarray) -> np.ndarray:
+    def _controls(self, model: nn.Module, dm: UnlearningDataModule, tables: list[str],
+                  deleted: np.ndarray) -> tuple[np.ndarray, dict[str, Tensor]]:
         """Items without a train interaction in the deployed data (and not deleted now), up to ``max_controls``
-        (seeded draw); empty when fewer than ``min_controls`` or when no initial rows are known for them."""
+        (seeded draw), and their initial rows per table; empty when fewer than ``min_controls`` or when no initial
+        rows are known for them."""
+        none: tuple[np.ndarray, dict[str, Tensor]] = (np.zeros(0, dtype=np.int64), {})
         seen = np.diff(dm.source.data.csr("train").tocsc().indptr) > 0
         cold = np.setdiff1d(np.flatnonzero(~seen), deleted)
         if len(cold) < self.min_controls:
-            return np.zeros(0, dtype=np.int64)
+            return none
         params = dict(model.named_parameters())
         try:
-            for n in tables:
-                self._reset._initial_table(model, n, params[n])
+            tables_init = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
         except (TypeError, ValueError):
-            return np.zeros(0, dtype=np.int64)
+            return none
         if len(cold) > self.max_controls:
             cold = np.sort(np.random.default_rng(self._reset.seed).choice(cold, self.max_controls, replace=False))
-        return cold.astype(np.int64)
+        c = torch.as_tensor(cold, dtype=torch.long)
+        return cold.astype(np.int64), {n: t[c] for n, t in tables_init.items()}
 
     def _calibrate(self, model: nn.Module, dm: UnlearningDataModule, tables: list[str], rows: Tensor, n_deleted: int,
                    trained: dict[str, Tensor], path: list[dict[str, Tensor]]) -> dict[str, Any]:
