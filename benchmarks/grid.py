@@ -8,7 +8,10 @@
 Every cell (backbone, data, regime, selection, share, seed, method) answers one deletion request through
 ``lightning_tru.lifecycle.answer_request`` beside a Retrain of the same request (trained once, cached,
 with a second Retrain of seed + 1 for the distance floor) and writes one JSON line with every audit
-number to the results file (``grid_results.jsonl`` next to RESULTS.md). Finished cells are skipped on a
+number to the results file (``grid_results.jsonl`` next to RESULTS.md). The method ``retrain2`` is that second
+Retrain as a row of its own, audited against the first like a method (same non-members): the seed floor of
+every audit (a method closer to Retrain than ``retrain2`` is within the training seed's noise); it reuses the
+floor's cached Retrain and needs no ``floor`` setting, so it can be added to finished cells. Finished cells are skipped on a
 rerun; trained checkpoints and Retrains are cached in ``--work`` (keyed by backbone / data / seed / caps
 and request), so a grid can be spread over several sessions. Rendering (``write_section``): one main
 table per backbone (regimes as column groups, mean ± std over seeds), a detail table, the TRU ablation
@@ -44,6 +47,7 @@ from lightning_tru.cli import train_cli, unlearn_cli  # noqa: E402
 from lightning_tru.datamodules.deletions import DeletionStore  # noqa: E402
 from lightning_tru.datamodules.forget import REGIMES, SELECTIONS, ForgetRequest  # noqa: E402
 from lightning_tru.datamodules.unlearning import UnlearningDataModule  # noqa: E402
+from lightning_tru.audit.suite import run_audits  # noqa: E402
 from lightning_tru.lifecycle import answer_request, request_shadow  # noqa: E402
 
 try:
@@ -55,8 +59,11 @@ BACKBONES = ("mgcn", "miggt", "lightgcn")
 DATASETS = ("tiktok", "baby", "synthetic")
 UNLEARN = REPO / "configs" / "unlearn"
 ABLATIONS = tuple(sorted(p.stem for p in (UNLEARN / "ablations").glob("*.yaml")))
-METHODS = ("retrain", "surgery", "reset", "tru", *ABLATIONS, "finetune", "neggrad", "mmrecun", "multidelete", "scalegun")
+METHODS = ("retrain", "retrain2", "surgery", "reset", "tru", *ABLATIONS, "finetune", "neggrad", "mmrecun", "multidelete", "scalegun")
 FLOORS = ("surgery", "reset")
+#: reference rows, not methods: Retrain and a second Retrain of another seed (seed + 1), the seed floor of every audit
+REFERENCES = ("retrain", "retrain2")
+SECOND = "Retrain (seed+1)"  # the report column of retrain2
 K = 20
 #: rough seconds per training epoch (evaluation included) on 2 quiet cores, for the estimate only
 EPOCH_SECONDS = {("mgcn", "tiktok"): 6.5, ("miggt", "tiktok"): 4.2, ("lightgcn", "tiktok"): 2.8,
@@ -157,7 +164,7 @@ def check_args(a: argparse.Namespace) -> None:
         for bb in a.backbones:
             if not (REPO / f"configs/train/{bb}_{data}.yaml").is_file():
                 raise GridError(f"no training config configs/train/{bb}_{data}.yaml; drop {bb} or {data}")
-    if a.successive and not set(a.methods) - {"retrain", *FLOORS}:
+    if a.successive and not set(a.methods) - {*REFERENCES, *FLOORS}:
         raise GridError("--successive chains methods that answer requests: add one besides retrain/surgery/reset")
 
 
@@ -189,7 +196,7 @@ def cells_of(a: argparse.Namespace) -> list[Cell]:
     sid = setup_id(a)
     if a.successive:
         return [Cell(bb, d, r, s, a.share, seed, m, sid, "successive", "union")
-                for bb, d, seed, r, s in requests_of(a) for m in a.methods if m not in ("retrain", *FLOORS)]
+                for bb, d, seed, r, s in requests_of(a) for m in a.methods if m not in (*REFERENCES, *FLOORS)]
     return [Cell(bb, d, r, s, a.share, seed, m, sid) for bb, d, seed, r, s in requests_of(a) for m in a.methods]
 
 
@@ -352,6 +359,26 @@ class Runner:
         cli.model.load_state_dict(state["state_dict"])
         return cli.model, report["details"]["Retrain"], report
 
+    def second_report(self, bb: str, data: str, seed: int, ckpt: Path, request: list[str], folder: Path,
+                      gold_model: Any, gold_report: dict[str, Any]) -> dict[str, Any]:
+        """The second Retrain (seed + 1, cached: the floor's) audited as a method against the first, with the
+        other cells' audit seed (the same popularity-matched non-members): how far an exact answer lands from
+        Retrain by the training seed alone, on every audit."""
+        model2, _, rep2 = self.retrain(bb, data, seed, ckpt, request, folder, 1)
+        store = self._store(folder)
+        try:
+            job = unlearn_cli([*self._unlearn_args(bb, data, seed, ckpt, request, folder, None), "--deletions", store],
+                              run=False).job()
+            udm = UnlearningDataModule(job["datamodule"], job["request"], seed=job["seed"])
+            if udm.forget.fingerprint != gold_report["request"]["fingerprint"]:
+                raise RuntimeError(f"the request resolved differently from its cached Retrain's; remove {folder} and run again")
+            audits = run_audits(model2, udm, retrain=gold_model, name=SECOND, seed=job["seed"])
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
+        return {**rep2, "method": SECOND, "metrics": {SECOND: rep2["metrics"]["Retrain"], "Retrain": gold_report["metrics"]["Retrain"]},
+                "audits": audits, "seconds": {SECOND: rep2["seconds"]["Retrain"], "Retrain": gold_report["seconds"]["Retrain"]},
+                "efficiency": {SECOND: rep2.get("efficiency", {}).get("Retrain", {})}}
+
     @staticmethod
     def _store(folder: Path) -> str:
         folder.mkdir(parents=True, exist_ok=True)
@@ -400,6 +427,9 @@ class Runner:
             for cell in group:
                 if cell.method == "retrain":
                     rec = record_of(cell, gold_report, "Retrain", self.a)
+                elif cell.method == "retrain2":
+                    rec = record_of(cell, self.second_report(bb, data, seed, ckpt, request, folder, gold_model, gold_report),
+                                    SECOND, self.a)
                 else:
                     try:
                         report = self.answer(bb, data, seed, ckpt, request, folder, cell.method, (gold_model, info), second,
@@ -483,16 +513,17 @@ def estimate_seconds(a: argparse.Namespace, runner: Runner) -> float:
     todo = [c for c in cells_of(a) if c.key not in runner.done]
     models = {(c.backbone, c.data, c.seed) for c in todo if not runner.trained_cached(c.backbone, c.data, c.seed)}
     requests = {(c.backbone, c.data, c.seed, c.regime, c.selection) for c in todo}
-    retrains = (1 if a.no_retrain_floor else 2) * len(requests)
+    second = not a.no_retrain_floor or "retrain2" in a.methods
+    retrains = (2 if second else 1) * len(requests)
 
     def train_s(bb: str, data: str) -> float:
         return a.max_epochs * EPOCH_SECONDS.get((bb, data), 1.5)  # synthetic: the --quick size
 
     steps = 6 if a.successive else 1  # four steps, the union request, the plan
     total = sum(train_s(bb, d) for bb, d, _ in models)
-    total += sum((1 if a.no_retrain_floor else 2) * train_s(bb, d) for bb, d, _, _, _ in requests)
+    total += sum((2 if second else 1) * train_s(bb, d) for bb, d, _, _, _ in requests)
     for c in todo:
-        if c.method != "retrain":
+        if c.method not in REFERENCES:
             total += steps * (8.0 if c.data == "synthetic" else 15.0)
             total += steps * train_s(c.backbone, c.data) if a.user_mia and a.successive and c.regime == "user" else 0.0
     if a.user_mia and not a.successive:  # one shadow per user-wise request, shared by its methods
@@ -560,7 +591,7 @@ def fronts(stats: dict[tuple[Any, ...], dict[str, tuple[float, float, int]]]) ->
     over every method but Retrain and the TRU ablations (means over seeds)."""
     points: dict[tuple[Any, ...], dict[str, tuple[float, float]]] = {}
     for (*cell, method), st in stats.items():
-        if method in ("retrain", *ABLATIONS) or "util_ratio" not in st or "mia_distance" not in st:
+        if method in (*REFERENCES, *ABLATIONS) or "util_ratio" not in st or "mia_distance" not in st:
             continue
         points.setdefault(tuple(cell), {})[method] = (st["util_ratio"][0], st["mia_distance"][0])
     return {cell: pareto_front(p) for cell, p in points.items()}
@@ -585,8 +616,8 @@ def main_tables(records: list[dict[str, Any]]) -> str:
                         mark = " ◆" if m in front.get((bb, data, sel, reg), set()) else ""
                         cells += [_ms(st.get("util_ratio"), ".1f", 100) + ("%" if st.get("util_ratio") else ""),
                                   _ms(st.get("forget_ratio"), ".2f"), _ms(st.get("mia_delta"), "+.3f") + mark,
-                                  "-" if m == "retrain" else _ms(st.get("speedup"), ".0f") + ("x" if st.get("speedup") else "")]
-                    name = f"**{m}**" if m == "retrain" else f"*{m}*" if m in FLOORS else m
+                                  "-" if m in REFERENCES else _ms(st.get("speedup"), ".0f") + ("x" if st.get("speedup") else "")]
+                    name = f"**{m}**" if m in REFERENCES else f"*{m}*" if m in FLOORS else m
                     lines.append(f"| {data} | {sel} | {name} | " + " | ".join(cells) + " |")
         cells_with_tru = sorted(c for c in front if c[0] == bb and (bb, *c[1:], "tru") in stats)
         missing = [c for c in cells_with_tru if "tru" not in front[c]]
@@ -665,7 +696,7 @@ def render_plot(records: list[dict[str, Any]], bb: str, data: str) -> Optional[b
     if not regimes:
         return None
     stats = aggregate(mine, CELL, ("util_ratio", "mia_distance", "speedup"))
-    style = {"retrain": ("*", "tab:red"), "surgery": ("s", "tab:blue"), "reset": ("D", "tab:purple"),
+    style = {"retrain": ("*", "tab:red"), "retrain2": ("*", "salmon"), "surgery": ("s", "tab:blue"), "reset": ("D", "tab:purple"),
              "tru": ("P", "tab:green")}
     others = iter(["tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy", "teal"])
     colors = {m: style.get(m, ("o", next(others, "black"))) for m in METHODS}
@@ -686,7 +717,7 @@ def render_plot(records: list[dict[str, Any]], bb: str, data: str) -> Optional[b
                 top.scatter([x], [100 * st["util_ratio"][0]], marker=marker, color=color,
                             s=110 if marker == "*" else 50, zorder=5 if m == "tru" else 3)
             top.annotate(m, (x, 100 * st["util_ratio"][0]), textcoords="offset points", xytext=(4, 3), fontsize=7)
-            if m != "retrain" and "speedup" in st:
+            if m not in REFERENCES and "speedup" in st:
                 speed.append((m, st["speedup"][0], color))
         top.set_xlabel("|pair-MIA AUC − Retrain's| (0 = Retrain)")
         top.set_ylabel("test NDCG@20, % of Retrain's")

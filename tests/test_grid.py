@@ -181,3 +181,18 @@ def test_a_method_whose_config_exits_does_not_lose_the_other_cells(tmp_path: Pat
     assert grid.main(_argv(tmp_path, "--methods", "reset", "surgery", "--no-retrain-floor", "--no-render")) == 0
     assert [r["method"] for r in _lines(tmp_path)] == ["surgery"]
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_second_retrain_is_the_seed_floor_of_every_audit(tmp_path: Path) -> None:
+    """``retrain2``: a Retrain of seed + 1 audited against the first one (same non-members), as the floor row."""
+    assert grid.main(_argv(tmp_path, "--methods", "retrain", "retrain2", "reset", "--no-retrain-floor")) == 0
+    recs = {r["method"]: r for r in _lines(tmp_path)}
+    gold, second, reset = recs["retrain"], recs["retrain2"], recs["reset"]
+    assert second["request"]["fingerprint"] == gold["request"]["fingerprint"] and second["answered"] is True
+    assert second["retrain_mia_auc"] == pytest.approx(gold["mia_auc"])  # the first Retrain's AUC on the same pairs
+    assert second["mia_delta"] == pytest.approx(second["mia_auc"] - gold["mia_auc"])
+    assert second["mia_delta"] != 0.0 and second["ndcg"] != gold["ndcg"]  # another seed: another model
+    assert 0.0 < second["jaccard"] < 1.0 and second["util_ratio"] == pytest.approx(second["ndcg"] / gold["ndcg"])
+    assert reset["retrain_mia_auc"] == pytest.approx(gold["mia_auc"])
+    table = grid.main_tables(_lines(tmp_path))
+    assert "| synthetic | random | **retrain2** |" in table and "retrain2" not in table.split("front")[-1]
