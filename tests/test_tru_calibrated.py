@@ -263,3 +263,23 @@ def test_a_grown_lr_that_trips_the_guard_is_taken_back_once() -> None:
     fresh = TRU()
     fresh.load_state_dict(state)
     assert fresh.growth_stopped and fresh.lr_scale == 1.0
+
+
+class _OverForgettingTRU(TRU):
+    """Retrain's expected AUC far above where the preparation leaves the forget pairs: the preparation over-forgot."""
+
+    def reference_auc(self, model: Any, dm: UnlearningDataModule) -> float:
+        return 0.95
+
+
+def test_a_preparation_that_over_forgets_is_an_overshoot_not_an_answer(setup: tuple) -> None:
+    """Below the band before the first step: reported as an overshoot (over-forgetting), never as indistinguishable."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    tru = _OverForgettingTRU()
+    tru.use_initial(initial)
+    unlearn(trained, udm, tru, 100)
+    first = tru.history[0]
+    assert first["mia_auc"] < tru.reference - first["mia_band"], tru.history  # the preparation went past the band
+    assert tru.overshoot and not tru.target_reached and tru.steps == 0
+    assert tru.stopping_reason.startswith("overshoot before the first step"), tru.stopping_reason

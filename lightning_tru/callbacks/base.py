@@ -209,9 +209,17 @@ class UnlearningCallback(Callback, abc.ABC):
         )
         self._profiled = True
         if trainer.strategy.reduce_boolean_decision(self._reached(res), all=False):
+            trainer.should_stop = True
+            if self.stop_rule == "membership" and not self._inside(res):  # the preparation alone went past the band
+                self.overshoot = True
+                self.stopping_reason = (
+                    f"overshoot before the first step: pair-MIA AUC {res['mia_auc']:.4f} vs {self.reference:.4f} +- "
+                    f"{res['mia_band']:.3f} after the preparation alone (over-forgetting); the request is NOT answered"
+                )
+                rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
+                return
             self.stopping_reason = "already indistinguishable from Retrain before the first step (0 steps)"
             self._met = True
-            trainer.should_stop = True
             return
         with isolate_rng():
             model.train(self.train_mode)
