@@ -64,6 +64,29 @@ def test_sparse_graph_forward_and_gradient_match_dense(symmetric: bool) -> None:
     torch.testing.assert_close(x.grad, xd.grad)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_sparse_graph_transpose_and_rows_products_match_dense(symmetric: bool) -> None:
+    """``graph(x, transpose=True)`` is A^T x and ``rows_product(rows, x[, transpose])`` the rows of A x (A^T x), values and
+    gradients (rows unsorted and repeated)."""
+    r = interaction_matrix(_random_edges(seed=4), 9, 7)
+    m = normalized_bipartite(r) if symmetric else normalized_interactions(r)
+    g = SparseGraph(m, symmetric=symmetric)
+    dense = torch.tensor(m.toarray())
+    for transpose in (False, True):
+        a = dense.T if transpose else dense
+        x = torch.randn(a.shape[1], 3, requires_grad=True)
+        rows = torch.tensor([a.shape[0] - 1, 0, 2, 0])
+        w = torch.randn(len(rows), 3)
+        got = g.rows_product(rows, x, transpose)
+        torch.testing.assert_close(got, (a @ x)[rows])
+        torch.testing.assert_close(torch.autograd.grad((got * w).sum(), x)[0], torch.autograd.grad(((a @ x)[rows] * w).sum(), x)[0])
+        full = g(x, transpose=transpose)
+        torch.testing.assert_close(full, a @ x)
+        torch.testing.assert_close(torch.autograd.grad(full.pow(2).sum(), x)[0], torch.autograd.grad((a @ x).pow(2).sum(), x)[0])
+    with pytest.raises(ValueError, match="cannot multiply"):
+        g.rows_product(torch.tensor([0]), torch.randn(m.shape[1] + 1, 2))
+
+
 def test_sparse_graph_rejects_wrong_rows_and_backend() -> None:
     g = SparseGraph(sp.identity(4, format="csr"))
     with pytest.raises(ValueError, match="cannot multiply"):

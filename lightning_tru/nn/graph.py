@@ -56,19 +56,17 @@ def _spmm(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int], x: Ten
 
 
 class _SpMM(torch.autograd.Function):
-    """:math:`Y = A X` with :math:`\\nabla_X = A^\\top \\nabla_Y` (the graph itself gets no gradient)."""
+    """:math:`Y = A X` (or :math:`A^\\top X`) with :math:`\\nabla_X = A^\\top \\nabla_Y` (or :math:`A \\nabla_Y`);
+    the graph itself gets no gradient."""
 
     @staticmethod
-    def forward(ctx, graph: "SparseGraph", x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.graph = graph
-        return _spmm(graph.crow, graph.col, graph.val, graph.shape, x, graph.backend)
+    def forward(ctx, graph: "SparseGraph", x: Tensor, transpose: bool = False) -> Tensor:  # type: ignore[override]
+        ctx.graph, ctx.transpose = graph, transpose
+        return graph.product(x, transpose)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
-        g: SparseGraph = ctx.graph
-        if g.symmetric:
-            return None, _spmm(g.crow, g.col, g.val, g.shape, grad, g.backend)
-        return None, _spmm(g.crow_t, g.col_t, g.val_t, (g.shape[1], g.shape[0]), grad, g.backend)
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        return None, ctx.graph.product(grad, not ctx.transpose), None
 
 
 class ReweightedSpMM(torch.autograd.Function):
@@ -187,22 +185,43 @@ class SparseGraph(nn.Module):
     def nnz(self) -> int:
         return int(self.val.numel())
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[0] != self.shape[1]:
-            raise ValueError(f"graph of shape {self.shape} cannot multiply a matrix with {x.shape[0]} rows")
+    def forward(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """:math:`A x`, or :math:`A^\\top x` with ``transpose`` (the stored transpose: no conversion)."""
+        if x.shape[0] != self.shape[0 if transpose else 1]:
+            raise ValueError(f"graph of shape {self.shape}{'^T' if transpose else ''} cannot multiply a matrix with {x.shape[0]} rows")
         if x.dtype != self.val.dtype:
             x = x.to(self.val.dtype)
-        return _SpMM.apply(self, x)
+        return _SpMM.apply(self, x, transpose)
 
-    def rows(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """CSR ``(crow (R+1,), col (nnz_R,), val (nnz_R,))`` of the rows ``rows`` (``(R,)`` long), columns unchanged."""
-        start = self.crow[rows]
-        counts = self.crow[rows + 1] - start
+    def product(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """:math:`A x` or :math:`A^\\top x`, outside autograd's bookkeeping (the backend's product)."""
+        if not transpose or self.symmetric:
+            return _spmm(self.crow, self.col, self.val, self.shape, x, self.backend)
+        return _spmm(self.crow_t, self.col_t, self.val_t, (self.shape[1], self.shape[0]), x, self.backend)
+
+    def rows_product(self, rows: Tensor, x: Tensor, transpose: bool = False) -> Tensor:
+        r"""``(R, d)``: :math:`(A x)_{\text{rows}}` (or :math:`(A^\top x)_{\text{rows}}`) from the CSR rows ``rows`` alone
+        (cost: their entries), differentiable in ``x`` (:class:`BlockMM`: :math:`\nabla_x = A[\text{rows}]^\top \nabla`)."""
+        if x.shape[0] != self.shape[0 if transpose else 1]:
+            raise ValueError(f"graph of shape {self.shape}{'^T' if transpose else ''} cannot multiply a matrix with {x.shape[0]} rows")
+        crow, col, val = self.rows(rows, transpose)
+        block = _csr_tensor(crow, col, val, (len(rows), self.shape[0 if transpose else 1]), check_invariants=False)
+        return BlockMM.apply(block, x.to(self.val.dtype))
+
+    def rows(self, rows: Tensor, transpose: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """CSR ``(crow (R+1,), col (nnz_R,), val (nnz_R,))`` of the rows ``rows`` (``(R,)`` long) of :math:`A`
+        (of :math:`A^\\top` with ``transpose``), columns unchanged."""
+        if transpose and not self.symmetric:
+            crow_a, col_a, val_a = self.crow_t, self.col_t, self.val_t
+        else:
+            crow_a, col_a, val_a = self.crow, self.col, self.val
+        start = crow_a[rows]
+        counts = crow_a[rows + 1] - start
         crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
         torch.cumsum(counts, 0, out=crow[1:])
         total = int(crow[-1])
         idx = torch.arange(total, device=rows.device) + (start - crow[:-1]).repeat_interleave(counts, output_size=total)
-        return crow, self.col.index_select(0, idx), self.val.index_select(0, idx)
+        return crow, col_a.index_select(0, idx), val_a.index_select(0, idx)
 
     def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``(A[rows, C] as a CSR tensor (R, |C|), C)`` with ``C`` the sorted distinct columns the rows read,
