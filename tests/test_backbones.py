@@ -152,6 +152,36 @@ def test_mgcn_training_propagation_is_exact_on_the_batch_rows(tiny_data: Interac
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("ui", [2, 0])
+def test_mgcn_training_losses_equal_the_full_propagation_terms(tiny_data: InteractionData, ui: int) -> None:
+    """MGCN's batch-row training losses (never expanded to (U+I, d)) equal BPR + auxiliary terms over the full
+    propagation, values and gradients; inside ``sampling`` they are the base class's (the sampled estimate)."""
+    from lightning_tru.nn.base import Backbone
+    from lightning_tru.nn.losses import bpr_loss
+
+    model = _mgcn(tiny_data, cl_weight=0.5, num_ui_layers=ui)
+    users, pos, neg = torch.tensor([0, 1, 0, 5, 7]), torch.tensor([3, 3, 4, 9, 0]), torch.tensor([6, 7, 8, 3, 11])
+    full = model.propagate()
+    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
+           **model.auxiliary_losses(full, users, pos, neg)}
+    got = model.training_losses(users, pos, neg)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    params = list(model.parameters())
+    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
+    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b)
+    with model.sampling(2, torch.Generator().manual_seed(0)):
+        sampled = model.training_losses(users, pos, neg)
+    with model.sampling(2, torch.Generator().manual_seed(0)):
+        base = Backbone.training_losses(model, users, pos, neg)
+    for k in ref:
+        torch.testing.assert_close(sampled[k], base[k])
+    assert not torch.allclose(sampled["bpr"], ref["bpr"])  # the estimate, not the exact rows
+
+
 def test_backbone_input_errors(tiny_data: InteractionData) -> None:
     with pytest.raises(ValueError, match="at least one modality"):
         MGCN(8, 12, {})

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.nn.losses import info_nce, l2_penalty
+from lightning_tru.nn.losses import bpr_loss, info_nce, l2_penalty
 from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import (
     Backend,
@@ -134,10 +134,38 @@ class MGCN(Backbone):
         and of the modality views come from one product of :math:`\tilde R`'s rows with
         :math:`[i_{L-1}, H_1, \dots, H_M]` (``(I, (M+1) d)``).
         """
-        return self._batch_rows(torch.unique(torch.cat([users, items + self.num_users])))
+        nodes = torch.unique(torch.cat([users, items + self.num_users]))
+        content, side, fusion, specific = self._batch_rows(nodes)
 
-    def _batch_rows(self, nodes: Tensor) -> Propagation:
-        """:meth:`training_propagation` on ``nodes``, sorted distinct ids of the stacked ``[users; items]``."""
+        def full(t: Tensor) -> Tensor:  # (U+I, d), zeros off the rows
+            return t.new_zeros(self.num_users + self.num_items, t.shape[1]).index_copy_(0, nodes, t)
+
+        return self._output(full(content), full(side), full(fusion), {m: full(t) for m, t in specific.items()})
+
+    def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """:meth:`Backbone.training_losses` (the same values) read from the batch rows' ``(N, d)`` tables of
+        :meth:`training_propagation`, never expanded to ``(U+I, d)`` (inside :meth:`sampling`: the base's)."""
+        if self._sampling is not None:
+            return super().training_losses(users, pos, neg)
+        nu = self.num_users
+        nodes = torch.unique(torch.cat([users, pos + nu, neg + nu]))  # sorted: users first
+        content, side, _, _ = self._batch_rows(nodes)
+        final = content + side  # (N, d)
+
+        def rows(ids: Tensor) -> Tensor:
+            return torch.searchsorted(nodes, ids)
+
+        fu, fi = final[rows(users)], final[rows(torch.cat([pos, neg]) + nu)]  # (B, d), (2B, d)
+        pos_s, neg_s = (fu.repeat(2, 1) * fi).sum(-1).split(len(users))
+        fp, fn = fi.split(len(users))
+        uniq_u, count_u = torch.unique(users, return_counts=True)
+        uniq_i, count_i = torch.unique(pos, return_counts=True)
+        at = rows(torch.cat([uniq_u, uniq_i + nu]))
+        return {"bpr": bpr_loss(pos_s, neg_s), **self._aux(fu, fp, fn, side[at], content[at], count_u, count_i)}
+
+    def _batch_rows(self, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """``(content, side, fusion, {modality: specific})`` on ``nodes`` (sorted distinct ids of the stacked
+        ``[users; items]``), each ``(N, d)``: :meth:`training_propagation`'s rows."""
         if self.adj is None or self.user_item is None:
             raise RuntimeError("MGCN has no graph: call set_graph(edge_index) first")
         if len(self.item_graphs) != len(self.modalities):
@@ -165,11 +193,7 @@ class MGCN(Backbone):
         content = torch.cat([acc_u, acc_i]) / (layers + 1)  # (N, d)
         views = [torch.cat([pu, h[node_i]]) for pu, h in zip(parts, hs)]  # [(N, d)]
         side, fusion, specific = self._fuse(content, views)
-
-        def full(t: Tensor) -> Tensor:  # (U+I, d), zeros off the rows
-            return t.new_zeros(nu + self.num_items, t.shape[1]).index_copy_(0, nodes, t)
-
-        return self._output(full(content), full(side), full(fusion), {m: full(t) for m, t in specific.items()})
+        return content, side, fusion, specific
 
     def _propagate(self, nodes: Optional[Tensor]) -> Propagation:
         if self.adj is None or self.user_item is None:
@@ -293,14 +317,17 @@ class MGCN(Backbone):
         uniq_u, count_u = torch.unique(users, return_counts=True)
         uniq_i, count_i = torch.unique(pos, return_counts=True)
         rows = torch.cat([uniq_u, uniq_i + self.num_users])
-        side, content, n = p.extras["side"][rows], p.extras["content"][rows], len(uniq_u)
+        return self._aux(p.user[users], p.item[pos], p.item[neg], p.extras["side"][rows], p.extras["content"][rows], count_u, count_i)
+
+    def _aux(self, user: Tensor, pos: Tensor, neg: Tensor, side: Tensor, content: Tensor, count_u: Tensor,
+             count_i: Tensor) -> dict[str, Tensor]:
+        """L2 of the batch's final rows ``(B, d)`` and InfoNCE(side, content) over the distinct users then items
+        (``side``, ``content``: ``(D_u + D_i, d)``, ``count_u`` ``(D_u,)`` and ``count_i`` ``(D_i,)`` their repeats)."""
+        n = len(count_u)
         cl = info_nce(side[n:], content[n:], self.cl_temperature, count_i) + info_nce(
             side[:n], content[:n], self.cl_temperature, count_u
         )
-        return {
-            "l2": self.reg_weight * l2_penalty(p.user[users], p.item[pos], p.item[neg]),
-            "cl": self.cl_weight * cl,
-        }
+        return {"l2": self.reg_weight * l2_penalty(user, pos, neg), "cl": self.cl_weight * cl}
 
     def branch_parameters(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {"id": ["user_embedding.weight", "item_id_embedding.weight"]}
