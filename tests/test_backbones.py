@@ -182,6 +182,29 @@ def test_mgcn_training_losses_equal_the_full_propagation_terms(tiny_data: Intera
     assert not torch.allclose(sampled["bpr"], ref["bpr"])  # the estimate, not the exact rows
 
 
+@pytest.mark.parametrize("layers", [3, 1, 0])
+def test_lightgcn_training_losses_equal_the_full_propagation_terms(tiny_data: InteractionData, layers: int) -> None:
+    """LightGCN's training losses (Backbone.training_losses) equal BPR over the full propagation + L2, values and gradients."""
+    from lightning_tru.nn.losses import bpr_loss
+
+    torch.manual_seed(0)
+    model = LightGCN(8, 12, embedding_dim=5, num_layers=layers)
+    model.set_graph(edge_index_from_pairs(tiny_data.split_pairs("train")))
+    users, pos, neg = torch.tensor([0, 1, 0, 5, 7]), torch.tensor([3, 3, 4, 9, 0]), torch.tensor([6, 7, 8, 3, 11])
+    params = list(model.parameters())
+    full = model.propagate()
+    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
+           **model.auxiliary_losses(full, users, pos, neg)}
+    got = model.training_losses(users, pos, neg)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
+    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b)
+
+
 def test_backbone_input_errors(tiny_data: InteractionData) -> None:
     with pytest.raises(ValueError, match="at least one modality"):
         MGCN(8, 12, {})
