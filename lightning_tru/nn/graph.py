@@ -111,29 +111,60 @@ class SampledMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, samples: Tensor) -> Tensor:  # type: ignore[override]
-        n, s = samples.shape
-        crow = torch.arange(0, n * s + 1, s, device=x.device)
-        col = samples.reshape(-1)
-        ctx.save_for_backward(x, w, crow, col)
-        mat = _csr_tensor(crow, col, w.reshape(-1), (n, x.shape[0]), check_invariants=False)
-        return csr_mm(mat, x)
+        ctx.save_for_backward(x, w, samples)
+        return _mix(x, w, samples)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        x, w, crow, col = ctx.saved_tensors
-        n, s = w.shape
-        num = x.shape[0]
-        order = torch.argsort(col, stable=True)
-        crow_t = torch.zeros(num + 1, dtype=torch.long, device=x.device)
-        crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
-        rows = torch.arange(n, device=x.device).repeat_interleave(s)
-        mat_t = _csr_tensor(
-            crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False
-        )
-        grad_x = csr_mm(mat_t, grad.contiguous())  # (I, d)
-        pattern = _csr_tensor(crow, col, grad.new_zeros(n * s), (n, num), check_invariants=False)
-        grad_w = torch.sparse.sampled_addmm(pattern, grad.contiguous(), x.T.contiguous(), beta=0.0)
-        return grad_x, grad_w.values().view(n, s), None
+        x, w, samples = ctx.saved_tensors
+        return _mix_t(w, samples, x.shape[0], grad), _sampled_dot(grad, x, samples), None
+
+
+class SampledDot(torch.autograd.Function):
+    r""":math:`y_{nj} = q_n^\top x_{s_{nj}}`: each row of ``q`` against the rows ``samples[n]`` of ``x`` (the entries
+    :math:`s_{nj}` of :math:`q x^\top`, a sampled dense-dense product), without gathering the ``(N, S, d)`` rows.
+
+    Backward with :math:`P_{n, s_{nj}} = \nabla_{y_{nj}}`: :math:`\nabla_q = P x`, :math:`\nabla_x = P^\top q`
+    (:class:`SampledMix`'s products, repeated samples summed).
+    Shapes: ``q`` ``(N, d)``, ``x`` ``(I, d)``, ``samples`` ``(N, S)`` -> ``(N, S)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, x: Tensor, samples: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(q, x, samples)
+        return _sampled_dot(q, x, samples)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        q, x, samples = ctx.saved_tensors
+        return _mix(x, grad, samples), _mix_t(grad, samples, x.shape[0], q), None
+
+
+def _mix(x: Tensor, w: Tensor, samples: Tensor) -> Tensor:
+    """``(N, d)``: :math:`P x` with :math:`P_{n, s_{nj}} = w_{nj}` (CSR, ``S`` entries a row)."""
+    n, s = samples.shape
+    crow = torch.arange(0, n * s + 1, s, device=x.device)
+    return csr_mm(_csr_tensor(crow, samples.reshape(-1), w.reshape(-1), (n, x.shape[0]), check_invariants=False), x)
+
+
+def _mix_t(w: Tensor, samples: Tensor, num: int, grad: Tensor) -> Tensor:
+    """``(num, d)``: :math:`P^\\top G` with :math:`P_{n, s_{nj}} = w_{nj}` (the transpose's CSR by a stable sort)."""
+    n, s = samples.shape
+    col = samples.reshape(-1)
+    order = torch.argsort(col, stable=True)
+    crow_t = torch.zeros(num + 1, dtype=torch.long, device=col.device)
+    crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
+    rows = torch.arange(n, device=col.device).repeat_interleave(s)
+    mat_t = _csr_tensor(crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False)
+    return csr_mm(mat_t, grad.contiguous())
+
+
+def _sampled_dot(q: Tensor, x: Tensor, samples: Tensor) -> Tensor:
+    """``(N, S)``: :math:`q_n^\\top x_{s_{nj}}` (``torch.sparse.sampled_addmm`` on the samples' pattern)."""
+    n, s = samples.shape
+    crow = torch.arange(0, n * s + 1, s, device=q.device)
+    pattern = _csr_tensor(crow, samples.reshape(-1), q.new_zeros(n * s), (n, x.shape[0]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, q.contiguous(), x.T.contiguous(), beta=0.0).values().view(n, s)
 
 
 class _RowsMM(torch.autograd.Function):
