@@ -55,7 +55,7 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.2, counts: Optional[Te
     a = F.normalize(a, dim=1) / temperature  # scaling the (B, d) side is cheaper than the (B, B) logits
     b = F.normalize(b, dim=1)
     c = torch.ones(a.shape[0], dtype=a.dtype, device=a.device) if counts is None else counts.to(a.dtype)
-    return _InfoNCE.apply(a, b, c)
+    return _InfoNCE.apply(a, b, c, torch.is_grad_enabled() and (a.requires_grad or b.requires_grad))
 
 
 class _InfoNCE(torch.autograd.Function):
@@ -67,17 +67,17 @@ class _InfoNCE(torch.autograd.Function):
     exponentiated once, turned into its block of :math:`G` in place and contracted at once into
     :math:`\nabla_a = G b` and :math:`\nabla_b = G^\top a`; the backward only scales them. Memory
     :math:`O(\text{block} \cdot B)` instead of the :math:`(B, B)` logits, their softmax and its gradient.
+    The gradients are computed only when ``need`` (grad mode on and an input requiring grad).
     Shapes: ``a``, ``b``: ``(B, d)``; ``c``: ``(B,)``.
     """
 
     block = 128
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, c: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, a: Tensor, b: Tensor, c: Tensor, need: bool) -> Tensor:  # type: ignore[override]
         n = a.shape[0]
         w = c / c.sum()  # (B,) row weights c_j / C
         log_c = c.log().unsqueeze(0)  # (1, B)
-        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_a = torch.empty_like(a) if need else None
         grad_b = torch.zeros_like(b) if need else None
         total = a.new_zeros(())
@@ -100,9 +100,9 @@ class _InfoNCE(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], None, None]:  # type: ignore[override]
         grad_a, grad_b = ctx.saved_tensors
-        return (grad_a * grad if ctx.needs_input_grad[0] else None, grad_b * grad if ctx.needs_input_grad[1] else None, None)
+        return (grad_a * grad if ctx.needs_input_grad[0] else None, grad_b * grad if ctx.needs_input_grad[1] else None, None, None)
 
 
 def info_nce_batch(a: Tensor, b: Tensor, ids: Tensor, temperature: float = 0.2) -> Tensor:
