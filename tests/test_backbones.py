@@ -125,10 +125,11 @@ def test_mgcn_contrastive_term_is_the_repeated_batch_infonce(tiny_data: Interact
     torch.testing.assert_close(model.auxiliary_losses(p, users, pos, neg)["cl"], 0.5 * naive)
 
 
-def test_mgcn_training_propagation_is_exact_on_the_batch_rows(tiny_data: InteractionData) -> None:
+@pytest.mark.parametrize("ui,ii", [(2, 1), (0, 1), (1, 0), (3, 2)])
+def test_mgcn_training_propagation_is_exact_on_the_batch_rows(tiny_data: InteractionData, ui: int, ii: int) -> None:
     from lightning_tru.nn.losses import bpr_loss
 
-    model = _mgcn(tiny_data, cl_weight=0.5)
+    model = _mgcn(tiny_data, cl_weight=0.5, num_ui_layers=ui, num_ii_layers=ii)
     users, pos, neg = torch.tensor([0, 1, 0, 5]), torch.tensor([3, 3, 4, 9]), torch.tensor([6, 7, 8, 3])
 
     def loss(p):  # type: ignore[no-untyped-def]
@@ -142,10 +143,65 @@ def test_mgcn_training_propagation_is_exact_on_the_batch_rows(tiny_data: Interac
     for b, (bu, bi) in full.branches.items():
         torch.testing.assert_close(part.branches[b][0][users], bu[users])
         torch.testing.assert_close(part.branches[b][1][items], bi[items])
-    assert not torch.allclose(part.user, full.user)  # rows off the batch are not computed
+    off = torch.ones(tiny_data.num_users, dtype=torch.bool)
+    off[users] = False
+    assert part.user[off].abs().sum() == 0 and full.user[off].abs().sum() > 0  # rows off the batch are not computed
     g_full = torch.autograd.grad(loss(full), list(model.parameters()))
     g_part = torch.autograd.grad(loss(model.training_propagation(users, items)), list(model.parameters()))
     for a, b in zip(g_part, g_full):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("ui", [2, 0])
+def test_mgcn_training_losses_equal_the_full_propagation_terms(tiny_data: InteractionData, ui: int) -> None:
+    """MGCN's batch-row training losses (never expanded to (U+I, d)) equal BPR + auxiliary terms over the full
+    propagation, values and gradients; inside ``sampling`` they are the base class's (the sampled estimate)."""
+    from lightning_tru.nn.base import Backbone
+    from lightning_tru.nn.losses import bpr_loss
+
+    model = _mgcn(tiny_data, cl_weight=0.5, num_ui_layers=ui)
+    users, pos, neg = torch.tensor([0, 1, 0, 5, 7]), torch.tensor([3, 3, 4, 9, 0]), torch.tensor([6, 7, 8, 3, 11])
+    full = model.propagate()
+    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
+           **model.auxiliary_losses(full, users, pos, neg)}
+    got = model.training_losses(users, pos, neg)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    params = list(model.parameters())
+    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
+    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b)
+    with model.sampling(2, torch.Generator().manual_seed(0)):
+        sampled = model.training_losses(users, pos, neg)
+    with model.sampling(2, torch.Generator().manual_seed(0)):
+        base = Backbone.training_losses(model, users, pos, neg)
+    for k in ref:
+        torch.testing.assert_close(sampled[k], base[k])
+    assert not torch.allclose(sampled["bpr"], ref["bpr"])  # the estimate, not the exact rows
+
+
+@pytest.mark.parametrize("layers", [3, 1, 0])
+def test_lightgcn_training_losses_equal_the_full_propagation_terms(tiny_data: InteractionData, layers: int) -> None:
+    """LightGCN's training losses (Backbone.training_losses) equal BPR over the full propagation + L2, values and gradients."""
+    from lightning_tru.nn.losses import bpr_loss
+
+    torch.manual_seed(0)
+    model = LightGCN(8, 12, embedding_dim=5, num_layers=layers)
+    model.set_graph(edge_index_from_pairs(tiny_data.split_pairs("train")))
+    users, pos, neg = torch.tensor([0, 1, 0, 5, 7]), torch.tensor([3, 3, 4, 9, 0]), torch.tensor([6, 7, 8, 3, 11])
+    params = list(model.parameters())
+    full = model.propagate()
+    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
+           **model.auxiliary_losses(full, users, pos, neg)}
+    got = model.training_losses(users, pos, neg)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
+    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
+    for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b)
 
 

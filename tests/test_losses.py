@@ -50,3 +50,23 @@ def test_info_nce_batch_equals_repeated_batch_value_and_gradients() -> None:
     torch.testing.assert_close(info_nce(a, b, 0.5, torch.ones(7)), info_nce(a, b, 0.5))
     with pytest.raises(ValueError, match="one positive count per row"):
         info_nce(a, b, 0.5, torch.tensor([1, 0, 1, 1, 1, 1, 1]))
+
+
+def test_info_nce_over_row_blocks_equals_the_dense_logits() -> None:
+    """The fused, blocked InfoNCE (several blocks, the last one partial) gives the dense cross-entropy's value and
+    gradients, with and without counts."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    n = 300  # > 2 blocks of 128 rows
+    a, b = torch.randn(n, 5, dtype=torch.float64, requires_grad=True), torch.randn(n, 5, dtype=torch.float64, requires_grad=True)
+    for counts in (None, torch.randint(1, 4, (n,))):
+        c = torch.ones(n, dtype=torch.float64) if counts is None else counts.double()
+        an, bn = F.normalize(a, dim=1) / 0.3, F.normalize(b, dim=1)
+        per_row = torch.logsumexp(an @ bn.T + c.log(), 1) - (an * bn).sum(1)  # dense (n, n) logits
+        ref = (c * per_row).sum() / c.sum()
+        got = info_nce(a, b, 0.3, counts)
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(torch.autograd.grad(got, (a, b)), torch.autograd.grad(ref, (a, b)))
+    with torch.no_grad():  # no gradient work, the same value
+        torch.testing.assert_close(info_nce(a, b, 0.3, counts), got.detach())

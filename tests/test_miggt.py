@@ -14,7 +14,7 @@ from lightning_tru.cli import train_cli
 from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.models import RecommenderModule
 from lightning_tru.nn import MIGGT
-from lightning_tru.nn.graph import SampledMix
+from lightning_tru.nn.graph import SampledDot, SampledMix
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -214,6 +214,36 @@ def test_unsmooth_loss_position_zero_is_the_final_item() -> None:
     losses = model.auxiliary_losses(prop, users, pos, neg)
     assert set(losses) == {"l2", "unsmooth"}
     assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+
+
+def test_sampled_dot_gradients() -> None:
+    torch.manual_seed(0)
+    q = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    samples = torch.randint(7, (11, 4))
+    samples[0] = 2  # repeated samples within a row
+    torch.testing.assert_close(SampledDot.apply(q, x, samples), (q.unsqueeze(1) * x[samples]).sum(-1))
+    assert torch.autograd.gradcheck(lambda a, b: SampledDot.apply(a, b, samples), (q, x))
+
+
+def test_unsmooth_logits_equal_the_attended_sequence() -> None:
+    """TUR's logits without the (B, 1+S, d) sequence equal e_u . attend(m, m)_j, values and gradients."""
+    model = _tiny(num_samples=3).eval()
+    prop = model.propagate()
+    users, pos, _ = _batch(model)
+    items = prop.extras["summed"][5:]
+    seq = torch.cat([pos.unsqueeze(1), prop.extras["samples"][5 + pos]], dim=1)
+    memory = items[seq]
+    ref = (prop.user[users].unsqueeze(1) * model.attend(memory, memory)).sum(-1)
+    got = model.unsmooth_logits(prop.user[users], items, seq)
+    torch.testing.assert_close(got, ref)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), params, retain_graph=True, allow_unused=True)
+    g_got = torch.autograd.grad(got.pow(2).sum(), params, allow_unused=True)
+    for a, b in zip(g_got, g_ref):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
 
 
 def test_no_samples_is_mig_without_transformer() -> None:

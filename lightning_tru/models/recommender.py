@@ -13,7 +13,6 @@ from typing_extensions import override
 from lightning_tru.datamodules.deletions import LINEAGE_KEY, check_answered, check_lineage
 from lightning_tru.metrics import ranking_metrics
 from lightning_tru.metrics.functional import count_relevant
-from lightning_tru.nn.losses import bpr_loss
 from lightning_tru.nn.base import Backbone, BackboneFactory
 
 CHECKPOINT_KEY = "lightning_tru"
@@ -92,12 +91,8 @@ class RecommenderModule(LightningModule):
 
     # ------------------------------------------------------------------------- training
     def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
-        """BPR plus the backbone's auxiliary terms, by name."""
-        # exact on the batch's rows (inside backbone.sampling: the sampled estimate)
-        prop = self.backbone.pair_propagation(users, torch.cat([pos, neg]), training=True)
-        # one gather per table for both terms (each gather of a full table costs a full-size gradient buffer)
-        pos_s, neg_s = self.backbone.score(torch.cat([users, users]), torch.cat([pos, neg]), prop).split(len(users))
-        return {"bpr": bpr_loss(pos_s, neg_s), **self.backbone.auxiliary_losses(prop, users, pos, neg)}
+        """BPR plus the backbone's auxiliary terms, by name (:meth:`~lightning_tru.nn.Backbone.training_losses`)."""
+        return self.backbone.training_losses(users, pos, neg)
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:

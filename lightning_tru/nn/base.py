@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.nn.losses import l2_penalty
+from lightning_tru.nn.losses import bpr_loss, l2_penalty
 
 
 class Propagation(NamedTuple):
@@ -203,6 +203,15 @@ class Backbone(nn.Module, abc.ABC):
         return torch.topk(scores, k, dim=1).indices
 
     # ------------------------------------------------------------------------- losses
+    def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """The loss terms of a training batch of ``(B,)`` triples by name: ``"bpr"`` over the scores of
+        :meth:`pair_propagation` (``training=True``: exact on the batch's rows; inside :meth:`sampling` the sampled
+        estimate) plus :meth:`auxiliary_losses`. A backbone may override it with the same values at lower cost."""
+        prop = self.pair_propagation(users, torch.cat([pos, neg]), training=True)
+        # one gather per table for both terms (each gather of a full table costs a full-size gradient buffer)
+        pos_s, neg_s = self.score(torch.cat([users, users]), torch.cat([pos, neg]), prop).split(len(users))
+        return {"bpr": bpr_loss(pos_s, neg_s), **self.auxiliary_losses(prop, users, pos, neg)}
+
     def auxiliary_losses(self, propagation: Propagation, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """Backbone-specific loss terms added to BPR (default: L2 of the batch's final embeddings)."""
         p = propagation

@@ -51,24 +51,32 @@ def _spmm(crow: Tensor, col: Tensor, val: Tensor, shape: tuple[int, int], x: Ten
             rowptr=crow, col=col, value=val, sparse_sizes=shape, is_sorted=True, trust_data=True
         )
         return mat.matmul(x)
-    a = _csr_tensor(crow, col, val, shape, check_invariants=False)
-    return a @ x
+    return csr_mm(_csr_tensor(crow, col, val, shape, check_invariants=False), x)
+
+
+def csr_mm(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` for a CSR tensor ``a`` and a dense ``x``, the product written straight into a fresh output
+    (``addmm`` with ``beta=0``, which ignores the output's content): torch's ``a @ x`` on the CPU zero-fills its
+    result and copies it once more, 3-4x the product's own time on one thread. Differentiable calls (``x``
+    requiring grad under grad mode: double backward) take ``a @ x``."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return a @ x
+    out = x.new_empty(a.shape[0], x.shape[1])
+    return torch.addmm(out, a, x, beta=0.0, out=out)
 
 
 class _SpMM(torch.autograd.Function):
-    """:math:`Y = A X` with :math:`\\nabla_X = A^\\top \\nabla_Y` (the graph itself gets no gradient)."""
+    """:math:`Y = A X` (or :math:`A^\\top X`) with :math:`\\nabla_X = A^\\top \\nabla_Y` (or :math:`A \\nabla_Y`);
+    the graph itself gets no gradient."""
 
     @staticmethod
-    def forward(ctx, graph: "SparseGraph", x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.graph = graph
-        return _spmm(graph.crow, graph.col, graph.val, graph.shape, x, graph.backend)
+    def forward(ctx, graph: "SparseGraph", x: Tensor, transpose: bool = False) -> Tensor:  # type: ignore[override]
+        ctx.graph, ctx.transpose = graph, transpose
+        return graph.product(x, transpose)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
-        g: SparseGraph = ctx.graph
-        if g.symmetric:
-            return None, _spmm(g.crow, g.col, g.val, g.shape, grad, g.backend)
-        return None, _spmm(g.crow_t, g.col_t, g.val_t, (g.shape[1], g.shape[0]), grad, g.backend)
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        return None, ctx.graph.product(grad, not ctx.transpose), None
 
 
 class ReweightedSpMM(torch.autograd.Function):
@@ -103,29 +111,85 @@ class SampledMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, samples: Tensor) -> Tensor:  # type: ignore[override]
-        n, s = samples.shape
-        crow = torch.arange(0, n * s + 1, s, device=x.device)
-        col = samples.reshape(-1)
-        ctx.save_for_backward(x, w, crow, col)
-        mat = _csr_tensor(crow, col, w.reshape(-1), (n, x.shape[0]), check_invariants=False)
-        return mat @ x
+        ctx.save_for_backward(x, w, samples)
+        return _mix(x, w, samples)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
-        x, w, crow, col = ctx.saved_tensors
-        n, s = w.shape
-        num = x.shape[0]
-        order = torch.argsort(col, stable=True)
-        crow_t = torch.zeros(num + 1, dtype=torch.long, device=x.device)
-        crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
-        rows = torch.arange(n, device=x.device).repeat_interleave(s)
-        mat_t = _csr_tensor(
-            crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False
-        )
-        grad_x = mat_t @ grad.contiguous()  # (I, d)
-        pattern = _csr_tensor(crow, col, grad.new_zeros(n * s), (n, num), check_invariants=False)
-        grad_w = torch.sparse.sampled_addmm(pattern, grad.contiguous(), x.T.contiguous(), beta=0.0)
-        return grad_x, grad_w.values().view(n, s), None
+        x, w, samples = ctx.saved_tensors
+        return _mix_t(w, samples, x.shape[0], grad), _sampled_dot(grad, x, samples), None
+
+
+class SampledDot(torch.autograd.Function):
+    r""":math:`y_{nj} = q_n^\top x_{s_{nj}}`: each row of ``q`` against the rows ``samples[n]`` of ``x`` (the entries
+    :math:`s_{nj}` of :math:`q x^\top`, a sampled dense-dense product), without gathering the ``(N, S, d)`` rows.
+
+    Backward with :math:`P_{n, s_{nj}} = \nabla_{y_{nj}}`: :math:`\nabla_q = P x`, :math:`\nabla_x = P^\top q`
+    (:class:`SampledMix`'s products, repeated samples summed).
+    Shapes: ``q`` ``(N, d)``, ``x`` ``(I, d)``, ``samples`` ``(N, S)`` -> ``(N, S)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, x: Tensor, samples: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(q, x, samples)
+        return _sampled_dot(q, x, samples)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # type: ignore[override]
+        q, x, samples = ctx.saved_tensors
+        return _mix(x, grad, samples), _mix_t(grad, samples, x.shape[0], q), None
+
+
+def _mix(x: Tensor, w: Tensor, samples: Tensor) -> Tensor:
+    """``(N, d)``: :math:`P x` with :math:`P_{n, s_{nj}} = w_{nj}` (CSR, ``S`` entries a row)."""
+    n, s = samples.shape
+    crow = torch.arange(0, n * s + 1, s, device=x.device)
+    return csr_mm(_csr_tensor(crow, samples.reshape(-1), w.reshape(-1), (n, x.shape[0]), check_invariants=False), x)
+
+
+def _mix_t(w: Tensor, samples: Tensor, num: int, grad: Tensor) -> Tensor:
+    """``(num, d)``: :math:`P^\\top G` with :math:`P_{n, s_{nj}} = w_{nj}` (the transpose's CSR by a stable sort)."""
+    n, s = samples.shape
+    col = samples.reshape(-1)
+    order = torch.argsort(col, stable=True)
+    crow_t = torch.zeros(num + 1, dtype=torch.long, device=col.device)
+    crow_t[1:] = torch.bincount(col, minlength=num).cumsum(0)
+    rows = torch.arange(n, device=col.device).repeat_interleave(s)
+    mat_t = _csr_tensor(crow_t, rows[order], w.reshape(-1)[order], (num, n), check_invariants=False)
+    return csr_mm(mat_t, grad.contiguous())
+
+
+def _sampled_dot(q: Tensor, x: Tensor, samples: Tensor) -> Tensor:
+    """``(N, S)``: :math:`q_n^\\top x_{s_{nj}}` (``torch.sparse.sampled_addmm`` on the samples' pattern)."""
+    n, s = samples.shape
+    crow = torch.arange(0, n * s + 1, s, device=q.device)
+    pattern = _csr_tensor(crow, samples.reshape(-1), q.new_zeros(n * s), (n, x.shape[0]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, q.contiguous(), x.T.contiguous(), beta=0.0).values().view(n, s)
+
+
+class _RowsMM(torch.autograd.Function):
+    r""":math:`Y = B X` for :math:`B = A[\text{rows}]` (or :math:`A^\top[\text{rows}]`), a CSR block of a :class:`SparseGraph`.
+
+    Backward :math:`\nabla_X = B^\top \nabla_Y`: through the COO view of :math:`B^\top` (:class:`BlockMM`) while
+    :math:`B` holds at most a quarter of the graph's entries; above, the graph's stored transpose times
+    :math:`\nabla_Y` scattered to all rows (a full product beats the unsorted COO one there: ~12 vs ~40 ns an entry
+    on one CPU thread).
+    """
+
+    @staticmethod
+    def forward(ctx, graph: "SparseGraph", rows: Tensor, block: Tensor, transpose: bool, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.graph, ctx.block, ctx.transpose = graph, block, transpose
+        ctx.save_for_backward(rows)
+        return csr_mm(block, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, None, None, Tensor]:  # type: ignore[override]
+        g: SparseGraph = ctx.graph
+        if 4 * ctx.block.values().numel() <= g.nnz:
+            return None, None, None, None, _block_t_mm(ctx.block, grad)
+        (rows,) = ctx.saved_tensors
+        spread = grad.new_zeros(g.shape[1 if ctx.transpose else 0], grad.shape[1]).index_add_(0, rows, grad)
+        return None, None, None, None, g.product(spread, not ctx.transpose)
 
 
 class BlockMM(torch.autograd.Function):
@@ -135,15 +199,19 @@ class BlockMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.block = block
-        return block @ x
+        return csr_mm(block, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
-        b: Tensor = ctx.block
-        crow = b.crow_indices()
-        rows = torch.arange(b.shape[0], device=crow.device).repeat_interleave(crow.diff(), output_size=b.values().numel())
-        t = torch.sparse_coo_tensor(torch.stack([b.col_indices(), rows]), b.values(), (b.shape[1], b.shape[0]), check_invariants=False)
-        return None, torch.sparse.mm(t, grad)
+        return None, _block_t_mm(ctx.block, grad)
+
+
+def _block_t_mm(b: Tensor, grad: Tensor) -> Tensor:
+    """:math:`B^\\top G` for a CSR tensor :math:`B` through the COO view of :math:`B^\\top` (no sort)."""
+    crow = b.crow_indices()
+    rows = torch.arange(b.shape[0], device=crow.device).repeat_interleave(crow.diff(), output_size=b.values().numel())
+    t = torch.sparse_coo_tensor(torch.stack([b.col_indices(), rows]), b.values(), (b.shape[1], b.shape[0]), check_invariants=False)
+    return torch.sparse.mm(t, grad)
 
 
 class SparseGraph(nn.Module):
@@ -187,22 +255,43 @@ class SparseGraph(nn.Module):
     def nnz(self) -> int:
         return int(self.val.numel())
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[0] != self.shape[1]:
-            raise ValueError(f"graph of shape {self.shape} cannot multiply a matrix with {x.shape[0]} rows")
+    def forward(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """:math:`A x`, or :math:`A^\\top x` with ``transpose`` (the stored transpose: no conversion)."""
+        if x.shape[0] != self.shape[0 if transpose else 1]:
+            raise ValueError(f"graph of shape {self.shape}{'^T' if transpose else ''} cannot multiply a matrix with {x.shape[0]} rows")
         if x.dtype != self.val.dtype:
             x = x.to(self.val.dtype)
-        return _SpMM.apply(self, x)
+        return _SpMM.apply(self, x, transpose)
 
-    def rows(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """CSR ``(crow (R+1,), col (nnz_R,), val (nnz_R,))`` of the rows ``rows`` (``(R,)`` long), columns unchanged."""
-        start = self.crow[rows]
-        counts = self.crow[rows + 1] - start
+    def product(self, x: Tensor, transpose: bool = False) -> Tensor:
+        """:math:`A x` or :math:`A^\\top x`, outside autograd's bookkeeping (the backend's product)."""
+        if not transpose or self.symmetric:
+            return _spmm(self.crow, self.col, self.val, self.shape, x, self.backend)
+        return _spmm(self.crow_t, self.col_t, self.val_t, (self.shape[1], self.shape[0]), x, self.backend)
+
+    def rows_product(self, rows: Tensor, x: Tensor, transpose: bool = False) -> Tensor:
+        r"""``(R, d)``: :math:`(A x)_{\text{rows}}` (or :math:`(A^\top x)_{\text{rows}}`) from the CSR rows ``rows`` alone
+        (cost: their entries), differentiable in ``x`` (:class:`_RowsMM`)."""
+        if x.shape[0] != self.shape[0 if transpose else 1]:
+            raise ValueError(f"graph of shape {self.shape}{'^T' if transpose else ''} cannot multiply a matrix with {x.shape[0]} rows")
+        crow, col, val = self.rows(rows, transpose)
+        block = _csr_tensor(crow, col, val, (len(rows), self.shape[0 if transpose else 1]), check_invariants=False)
+        return _RowsMM.apply(self, rows, block, transpose, x.to(self.val.dtype))
+
+    def rows(self, rows: Tensor, transpose: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """CSR ``(crow (R+1,), col (nnz_R,), val (nnz_R,))`` of the rows ``rows`` (``(R,)`` long) of :math:`A`
+        (of :math:`A^\\top` with ``transpose``), columns unchanged."""
+        if transpose and not self.symmetric:
+            crow_a, col_a, val_a = self.crow_t, self.col_t, self.val_t
+        else:
+            crow_a, col_a, val_a = self.crow, self.col, self.val
+        start = crow_a[rows]
+        counts = crow_a[rows + 1] - start
         crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
         torch.cumsum(counts, 0, out=crow[1:])
         total = int(crow[-1])
         idx = torch.arange(total, device=rows.device) + (start - crow[:-1]).repeat_interleave(counts, output_size=total)
-        return crow, self.col.index_select(0, idx), self.val.index_select(0, idx)
+        return crow, col_a.index_select(0, idx), val_a.index_select(0, idx)
 
     def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``(A[rows, C] as a CSR tensor (R, |C|), C)`` with ``C`` the sorted distinct columns the rows read,

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from lightning_tru.nn.losses import info_nce, l2_penalty
+from lightning_tru.nn.losses import bpr_loss, info_nce, l2_penalty
 from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import (
     Backend,
@@ -124,14 +124,76 @@ class MGCN(Backbone):
         return self._propagate(None)
 
     def training_propagation(self, users: Tensor, items: Tensor) -> Propagation:
-        """:meth:`propagate` with the behaviour-aware fuser run on the batch's rows only.
+        r""":meth:`propagate` on the batch's rows only: the rows ``users`` of ``.user`` and ``items`` of ``.item``
+        (and of the branches and ``extras``) equal :meth:`propagate`'s, the other rows are zero.
 
-        The graph views are propagated in full (they mix every node); the fuser is node-wise, so
-        the rows ``users`` of ``.user`` and ``items`` of ``.item`` (and of the branches and
-        ``extras``) equal :meth:`propagate`'s, while the other rows hold the ID branch alone.
+        The graph views mix every node, so all but their last product run over the whole graph; the last one
+        and the fuser (node-wise) run on the rows. With :math:`\hat A` bipartite (blocks :math:`\tilde R`,
+        :math:`\tilde R^\top`) the user-item view is :math:`u_l = \tilde R\, i_{l-1}`,
+        :math:`i_l = \tilde R^\top u_{l-1}` (no :math:`(U+I, d)` stack), and the users' rows of its last layer
+        and of the modality views come from one product of :math:`\tilde R`'s rows with
+        :math:`[i_{L-1}, H_1, \dots, H_M]` (``(I, (M+1) d)``).
         """
         nodes = torch.unique(torch.cat([users, items + self.num_users]))
-        return self._propagate(nodes)
+        content, side, fusion, specific = self._batch_rows(nodes)
+
+        def full(t: Tensor) -> Tensor:  # (U+I, d), zeros off the rows
+            return t.new_zeros(self.num_users + self.num_items, t.shape[1]).index_copy_(0, nodes, t)
+
+        return self._output(full(content), full(side), full(fusion), {m: full(t) for m, t in specific.items()})
+
+    def training_losses(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """:meth:`Backbone.training_losses` (the same values) read from the batch rows' ``(N, d)`` tables of
+        :meth:`training_propagation`, never expanded to ``(U+I, d)`` (inside :meth:`sampling`: the base's)."""
+        if self._sampling is not None:
+            return super().training_losses(users, pos, neg)
+        nu = self.num_users
+        nodes = torch.unique(torch.cat([users, pos + nu, neg + nu]))  # sorted: users first
+        content, side, _, _ = self._batch_rows(nodes)
+        final = content + side  # (N, d)
+
+        def rows(ids: Tensor) -> Tensor:
+            return torch.searchsorted(nodes, ids)
+
+        fu, fi = final[rows(users)], final[rows(torch.cat([pos, neg]) + nu)]  # (B, d), (2B, d)
+        pos_s, neg_s = (fu.repeat(2, 1) * fi).sum(-1).split(len(users))
+        fp, fn = fi.split(len(users))
+        uniq_u, count_u = torch.unique(users, return_counts=True)
+        uniq_i, count_i = torch.unique(pos, return_counts=True)
+        at = rows(torch.cat([uniq_u, uniq_i + nu]))
+        return {"bpr": bpr_loss(pos_s, neg_s), **self._aux(fu, fp, fn, side[at], content[at], count_u, count_i)}
+
+    def _batch_rows(self, nodes: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """``(content, side, fusion, {modality: specific})`` on ``nodes`` (sorted distinct ids of the stacked
+        ``[users; items]``), each ``(N, d)``: :meth:`training_propagation`'s rows."""
+        if self.adj is None or self.user_item is None:
+            raise RuntimeError("MGCN has no graph: call set_graph(edge_index) first")
+        if len(self.item_graphs) != len(self.modalities):
+            raise RuntimeError("MGCN has no features: call set_features(features) first")
+        nu, r, layers = self.num_users, self.user_item, self.num_ui_layers
+        split = int(torch.searchsorted(nodes, nu))
+        node_u, node_i = nodes[:split], nodes[split:] - nu
+        u, i = self.user_embedding.weight, self.item_id_embedding.weight
+        acc_u, acc_i = u[node_u], i[node_i]  # (Nu, d), (Ni, d): layer 0 of the user-item view
+        for _ in range(layers - 1):  # the full layers 1 .. L-1
+            u, i = r(i), r(u, transpose=True)  # (U, d), (I, d)
+            acc_u, acc_i = acc_u + u[node_u], acc_i + i[node_i]
+        hs = []
+        for m in self.modalities:  # the modality views' item part H_m (I, d): purifier, L_ii kNN hops
+            h = self.item_id_embedding.weight * self.gate[m](self.transform[m](getattr(self, f"feat_{m}")))
+            for _ in range(self.num_ii_layers):
+                h = self.item_graphs[m](h)
+            hs.append(h)
+        d = u.shape[1]
+        # user rows: the last user-item layer and the modality views, one product of R~'s rows
+        wide = r.rows_product(node_u, torch.cat([i, *hs], 1) if layers else torch.cat(hs, 1))  # (Nu, (M+1) d)
+        parts = list(wide.split(d, 1))
+        if layers:
+            acc_u, acc_i = acc_u + parts.pop(0), acc_i + r(u, transpose=True)[node_i]  # the last layer
+        content = torch.cat([acc_u, acc_i]) / (layers + 1)  # (N, d)
+        views = [torch.cat([pu, h[node_i]]) for pu, h in zip(parts, hs)]  # [(N, d)]
+        side, fusion, specific = self._fuse(content, views)
+        return content, side, fusion, specific
 
     def _propagate(self, nodes: Optional[Tensor]) -> Propagation:
         if self.adj is None or self.user_item is None:
@@ -198,7 +260,7 @@ class MGCN(Backbone):
         items :math:`J` the rows read (the target items and the user rows' items in :math:`\tilde R`) and
         their :math:`L_{ii}`-hop kNN computation graph, the purifier run on those items only. Exact (the full
         graphs' values). When a computation graph holds more than ``local_max_share`` of the full products'
-        entries: the graph views in full, the fuser on the rows (:meth:`training_propagation`)."""
+        entries: the graph views in full, the fuser on the rows only."""
         return self._local(users, items, None)
 
     def sampled_propagation(
@@ -255,14 +317,17 @@ class MGCN(Backbone):
         uniq_u, count_u = torch.unique(users, return_counts=True)
         uniq_i, count_i = torch.unique(pos, return_counts=True)
         rows = torch.cat([uniq_u, uniq_i + self.num_users])
-        side, content, n = p.extras["side"][rows], p.extras["content"][rows], len(uniq_u)
+        return self._aux(p.user[users], p.item[pos], p.item[neg], p.extras["side"][rows], p.extras["content"][rows], count_u, count_i)
+
+    def _aux(self, user: Tensor, pos: Tensor, neg: Tensor, side: Tensor, content: Tensor, count_u: Tensor,
+             count_i: Tensor) -> dict[str, Tensor]:
+        """L2 of the batch's final rows ``(B, d)`` and InfoNCE(side, content) over the distinct users then items
+        (``side``, ``content``: ``(D_u + D_i, d)``, ``count_u`` ``(D_u,)`` and ``count_i`` ``(D_i,)`` their repeats)."""
+        n = len(count_u)
         cl = info_nce(side[n:], content[n:], self.cl_temperature, count_i) + info_nce(
             side[:n], content[:n], self.cl_temperature, count_u
         )
-        return {
-            "l2": self.reg_weight * l2_penalty(p.user[users], p.item[pos], p.item[neg]),
-            "cl": self.cl_weight * cl,
-        }
+        return {"l2": self.reg_weight * l2_penalty(user, pos, neg), "cl": self.cl_weight * cl}
 
     def branch_parameters(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {"id": ["user_embedding.weight", "item_id_embedding.weight"]}

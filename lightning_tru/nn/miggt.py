@@ -16,6 +16,7 @@ from lightning_tru.nn.base import Backbone, Propagation
 from lightning_tru.nn.graph import (
     Backend,
     ReweightedSpMM,
+    SampledDot,
     SampledMix,
     SparseGraph,
     interaction_matrix,
@@ -418,15 +419,30 @@ class MIGGT(Backbone):
         losses = {"l2": self.reg_weight * l2}
         if self.num_samples > 0 and "samples" in p.extras:
             nu = self.num_users
-            items = p.extras["summed"][nu:]
-            memory = torch.cat(
-                [items[pos].unsqueeze(1), items[p.extras["samples"][nu + pos]]], dim=1
-            )  # (B, 1+S, d)
-            z = self.attend(memory, memory)  # (B, 1+S, d); z[:, 0] == item[pos]
-            logits = (p.user[users].unsqueeze(1) * z).sum(-1)  # (B, 1+S)
+            seq = torch.cat([pos.unsqueeze(1), p.extras["samples"][nu + pos]], dim=1)  # (B, 1+S) item ids
+            logits = self.unsmooth_logits(p.user[users], p.extras["summed"][nu:], seq)  # (B, 1+S)
             target = torch.zeros(batch, dtype=torch.long, device=logits.device)
             losses["unsmooth"] = self.unsmooth_weight * F.cross_entropy(logits, target)
         return losses
+
+    def unsmooth_logits(self, users: Tensor, items: Tensor, seq: Tensor) -> Tensor:
+        r"""TUR's logits :math:`e_u^\top \tilde z_{i,j}`, :math:`\tilde z = ` :meth:`attend` of the item sequence
+        :math:`m = z_{\text{seq}}` over itself, without the ``(B, 1+S, d)`` sequence: since the values are the inputs,
+
+        .. math::
+            e_u^\top \tilde z_j = w_r\, e_u^\top m_j + w_a \textstyle\sum_l \mathrm{softmax}_l\big(
+                (W_q m_j)^\top (W_k m_l)/\sqrt{d_a}\big)\, e_u^\top m_l
+
+        with :math:`W_q m_j`, :math:`W_k m_l` gathered from the items' ``(I, d_a)`` projections and
+        :math:`e_u^\top m_l` a sampled dense-dense product (:class:`~lightning_tru.nn.graph.SampledDot`).
+        Shapes: ``users`` ``(B, d)``, ``items`` ``(I, d)``, ``seq`` ``(B, L)`` item ids -> ``(B, L)``.
+        """
+        if self.query is None or self.key is None:
+            raise RuntimeError("the transformer is off (num_samples=0)")
+        q, k = self.query(items)[seq], self.key(items)[seq]  # (B, L, a)
+        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(self.attention_dim), dim=-1)  # (B, L, L)
+        dots = SampledDot.apply(users, items, seq)  # (B, L): e_u^T m_l
+        return self.residual_weight * dots + self.attention_weight * (att @ dots.unsqueeze(-1)).squeeze(-1)
 
     # ------------------------------------------------------------------ parameter groups
     def branch_parameters(self) -> dict[str, list[str]]:
