@@ -4,6 +4,7 @@ from lightning_tru.nn.graph import SparseGraph, knn_graph, normalized_bipartite,
 from lightning_tru.nn.lightgcn import LightGCN
 from lightning_tru.nn.mf import MF
 from lightning_tru.nn.mgcn import MGCN
+from lightning_tru.nn.row_adam import RowAdam
 from lightning_tru.nn.miggt import MIGGT
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "MGCN",
     "MIGGT",
     "Propagation",
+    "RowAdam",
     "SparseGraph",
     "knn_graph",
     "normalized_bipartite",

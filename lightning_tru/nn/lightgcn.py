@@ -90,15 +90,23 @@ class LightGCN(Backbone):
     ) -> Propagation:
         r""":meth:`local_propagation`'s rows estimated over a sampled ``L``-hop computation graph
         (:meth:`SparseGraph.sampled_frontiers`: at most ``fanout`` neighbours per node and layer, unbiased); the other
-        rows are zero. Exact when ``fanout`` is at least the largest degree."""
+        rows are zero. Exact when ``fanout`` is at least the largest degree. Inside ``sampling(..., sparse=True)``:
+        compact (only the rows of ``users`` / ``items``, :attr:`Propagation.index`) with sparse table gradients, so
+        neither the forward nor the backward touches a whole table."""
         if self.adj is None:
             raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + self.num_users])
-        return self._rows(self.adj.sampled_frontiers(seeds, self.num_layers, fanout, generator))
+        return self._rows(self.adj.sampled_frontiers(seeds, self.num_layers, fanout, generator), compact=self._row_sparse)
 
-    def _rows(self, fr: Frontiers) -> Propagation:
-        """The layer mean on the seeds of ``fr`` from the embedding rows of its last frontier; zeros elsewhere."""
-        rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1])
+    def _rows(self, fr: Frontiers, compact: bool = False) -> Propagation:
+        """The layer mean on the seeds of ``fr`` from the embedding rows of its last frontier; zeros elsewhere, or
+        (``compact``) only the seeds' rows with sparse gradients of the tables."""
+        rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1], sparse=compact)
+        if compact:
+            seeds = fr.nodes[0]
+            split = int(torch.searchsorted(seeds, self.num_users))
+            user, item = fr.apply(rows, mean=True).split([split, len(seeds) - split])  # (U_c, d), (I_c, d)
+            return Propagation(user, item, {"id": (user, item)}, {}, (seeds[:split], seeds[split:] - self.num_users))
         out = rows.new_zeros(self.num_users + self.num_items, rows.shape[1]).index_copy_(0, fr.nodes[0], fr.apply(rows, mean=True))
         user, item = out.split([self.num_users, self.num_items])
         return Propagation(user, item, {"id": (user, item)}, {})
