@@ -23,6 +23,7 @@ from lightning_tru.models.protocol import (
     FrozenScorer, all_scores, branch_groups, entity_groups, eval_mode, group_pair_scores, layer_groups,
 )
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
+from lightning_tru.nn.row_adam import RowAdam
 
 
 def training_lr(model: nn.Module, default: float = 1e-3) -> float:
@@ -227,6 +228,8 @@ class TRU(UnlearningCallback):
         self.sample_fanout = sample_fanout
         self._seed = seed
         self._retain_pool: Optional[Tensor] = None  # sample_fanout: the forget items' retained pairs (per request)
+        self._row_sparse = False  # sample_fanout on one device: row-sparse steps (see configure_optimizer)
+        self._before_rows: dict[str, tuple[Tensor, Tensor]] = {}  # row-sparse: (rows the step moves, their values)
         self._t_cache: Optional[tuple[int, Tensor]] = None  # sample_fanout: (step, thresholds per user, NaN: unknown)
         self._t_view: Optional[tuple[int, Any]] = None  # sample_fanout: (step, the last verification's FrozenScorer)
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
@@ -864,18 +867,28 @@ class TRU(UnlearningCallback):
 
     @override
     def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
-        """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``."""
+        """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``.
+
+        Row-sparse steps (``sample_fanout`` on a single device): the steps score inside ``sampling(..., sparse=True)``,
+        so a backbone that supports it (LightGCN) gives the entity tables sparse gradients on the rows its sampled
+        computation graph read; the gradient edits, the row step scaling and the optimiser (:class:`RowAdam`, Adam on
+        those rows) then touch those rows only, and a step costs the request, not the tables."""
+        trainer = getattr(dm, "trainer", None)
+        self._row_sparse = self.sample_fanout is not None and (trainer is None or trainer.world_size == 1)
         entity = {n for names in entity_groups(model, dm.num_users, dm.num_items).values() for n in names}
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in params if n in entity], "lr": self.lr},
                   {"params": [p for n, p in params if n not in entity], "lr": self.lr * self.shared_lr_scale}]
-        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
+        return (RowAdam if self._row_sparse else torch.optim.Adam)([g for g in groups if g["params"]], lr=self.lr)
 
     # ---------------------------------------------------------------------- gradients
     @override
     def edit_gradients(self, model: nn.Module) -> None:
         for n, p in model.named_parameters():
             if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                p.grad = self._edit_sparse(n, p.grad)
                 continue
             if n in self._kept:
                 p.grad[self._kept[n][0]] = 0
@@ -886,6 +899,20 @@ class TRU(UnlearningCallback):
                 p.grad[~self._row_keep[n]] = 0
             if self.modality_scaling:
                 p.grad.mul_(self._param_scale.get(n, 1.0))
+
+    def _edit_sparse(self, n: str, grad: Tensor) -> Tensor:
+        """:meth:`edit_gradients` on a sparse (row-sparse) gradient: the same masks and scale on its rows; the rows
+        masked out are dropped, so the optimiser does not touch them (dense: zeroed)."""
+        g = grad.coalesce()
+        rows, vals = g.indices()[0], g.values()
+        keep = torch.full((len(rows),), not (self.layer_isolation and n in self._param_masked), device=rows.device)
+        if n in self._kept:
+            keep &= ~torch.isin(rows, self._kept[n][0])
+        if self.row_isolation and n in self._row_keep:
+            keep &= self._row_keep[n][rows]
+        scale = self._param_scale.get(n, 1.0) if self.modality_scaling else 1.0
+        return torch.sparse_coo_tensor(rows[keep].unsqueeze(0), vals[keep] * scale, g.shape, is_coalesced=True,
+                                       check_invariants=False)
 
     # ----------------------------------------------------------------- row step scaling
     def _row_shares(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, Tensor]:
@@ -908,7 +935,15 @@ class TRU(UnlearningCallback):
         model = pl_module.model
         if not self._share:
             self._share = self._row_shares(model, trainer.datamodule)
-        self._before_step = {n: p.detach().clone() for n, p in model.named_parameters() if n in self._share}
+        self._before_step, self._before_rows = {}, {}
+        for n, p in model.named_parameters():
+            if n not in self._share or (self._row_sparse and p.grad is None):  # RowAdam leaves it as it is
+                continue
+            if p.grad is not None and p.grad.is_sparse:  # a row-sparse step moves its gradient's rows only
+                rows = p.grad.coalesce().indices()[0]
+                self._before_rows[n] = (rows, p.detach().index_select(0, rows))
+            else:
+                self._before_step[n] = p.detach().clone()
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -924,7 +959,7 @@ class TRU(UnlearningCallback):
         :math:`\theta_r \leftarrow \theta_r^{old} + f_r(\theta_r^{new} - \theta_r^{old})`. A row that keeps most of its
         interactions changes little in Retrain too; under Adam's per-coordinate normalisation a
         gradient scale would cancel, so the step itself is scaled."""
-        if not self._before_step:
+        if not self._before_step and not self._before_rows:
             return
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -932,7 +967,11 @@ class TRU(UnlearningCallback):
                     old = self._before_step[n]
                     f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
                     p.sub_(old).mul_(f).add_(old)  # old + f (p - old), in place (no (rows, d) temporaries)
-        self._before_step = {}
+                elif n in self._before_rows:  # the same on the rows a row-sparse step moved
+                    rows, old = self._before_rows[n]
+                    f = self._share[n].to(p.device)[rows].view(-1, *([1] * (p.dim() - 1)))
+                    p.index_copy_(0, rows, p.index_select(0, rows).sub_(old).mul_(f).add_(old))
+        self._before_step, self._before_rows = {}, {}
 
     # --------------------------------------------------------------------------- update
     def _thresholds(self, model: nn.Module, users: Tensor, dm: UnlearningDataModule) -> Tensor:
@@ -945,14 +984,17 @@ class TRU(UnlearningCallback):
         kth = torch.topk(scores, min(self.k, scores.shape[1]), dim=1).values[:, -1]
         return kth[inv]
 
-    def _sampling(self, model: nn.Module, salt: int) -> AbstractContextManager[Any]:
+    def _sampling(self, model: nn.Module, salt: int, sparse: bool = False) -> AbstractContextManager[Any]:
         """With ``sample_fanout``: the model's backbone scores pairs over sampled computation graphs inside the block,
-        drawn from a generator seeded by ``(seed, salt)`` (a resumed run draws the same); otherwise nothing changes."""
+        drawn from a generator seeded by ``(seed, salt)`` (a resumed run draws the same); otherwise nothing changes.
+        ``sparse``: row-sparse (compact propagation, sparse table gradients; see :meth:`configure_optimizer`)."""
         backbone = getattr(model, "backbone", None)
         if self.sample_fanout is None or not callable(getattr(backbone, "sampling", None)):
             return nullcontext()
         dev = next(model.parameters()).device
         g = torch.Generator(device=dev).manual_seed(self._seed * 1_000_003 + 7_919 * (salt + 3))
+        if sparse:
+            return backbone.sampling(self.sample_fanout, g, sparse=True)  # type: ignore[union-attr]
         return backbone.sampling(self.sample_fanout, g)  # type: ignore[union-attr]
 
     def _neighbourhood_retain(self, dm: UnlearningDataModule, size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -998,7 +1040,7 @@ class TRU(UnlearningCallback):
         fu, fi, fj, ru, ri, rj = batch
         if self.sample_fanout is not None:
             ru, ri, rj = self._neighbourhood_retain(dm, len(ru), fu.device)
-        with self._sampling(model, self.steps):
+        with self._sampling(model, self.steps, sparse=self._row_sparse):
             (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.ranking_gate and self.gate_weight > 0:
