@@ -99,3 +99,32 @@ def test_row_sparse_sampling_matches_the_dense_sampled_step() -> None:
     opt.step()
     for p, w in zip(params, want):
         torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-7)
+
+
+def test_propagate_from_equals_a_full_propagation() -> None:
+    """LightGCN's incremental propagation: after a few rows change (and after many, and on a new graph) the snapshot's
+    embeddings equal ``propagate()``'s."""
+    torch.manual_seed(0)
+    U, I = 40, 25
+    model = LightGCN(U, I, embedding_dim=4, num_layers=3)
+    edges = torch.stack([torch.arange(U).repeat_interleave(3), torch.randint(0, I, (3 * U,))])
+    model.set_graph(edges)
+
+    def full() -> torch.Tensor:
+        with torch.no_grad():
+            p = model.propagate()
+        return torch.cat([p.user, p.item])
+
+    snap = model.propagate_from()
+    torch.testing.assert_close(snap.final, full())
+    for rows in ([U + 3, U + 7], [2], list(range(U + I))):  # a few item rows, a user row, every row
+        with torch.no_grad():
+            for r in rows:
+                table = model.user_embedding.weight if r < U else model.item_embedding.weight
+                table[r if r < U else r - U] += torch.randn(4)
+        snap = model.propagate_from(snap)
+        torch.testing.assert_close(snap.final, full(), rtol=1e-5, atol=1e-6)
+    unchanged = model.propagate_from(snap)
+    torch.testing.assert_close(unchanged.final, snap.final)
+    model.set_graph(edges[:, :-5])  # a new graph: propagated in full again
+    torch.testing.assert_close(model.propagate_from(snap).final, full())

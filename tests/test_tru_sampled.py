@@ -73,17 +73,21 @@ def test_a_verification_propagates_once(setup: tuple) -> None:
     class Counting(TRU):
         def verify(self, model: Any, data: Any) -> dict[str, float]:
             backbone = model.backbone
-            original = backbone.embeddings
+            original, incremental = backbone.embeddings, backbone.propagate_from
 
             def counted() -> Any:
                 calls["n"] += 1
                 return original()
 
-            backbone.embeddings = counted  # type: ignore[method-assign]
+            def counted_from(*args: Any) -> Any:  # LightGCN: the propagation from the last verification's
+                calls["n"] += 1
+                return incremental(*args)
+
+            backbone.embeddings, backbone.propagate_from = counted, counted_from  # type: ignore[method-assign]
             try:
                 res = super().verify(model, data)
             finally:
-                del backbone.embeddings
+                del backbone.embeddings, backbone.propagate_from
             assert calls["n"] == 1, calls
             calls["n"] = 0
             return res

@@ -230,6 +230,7 @@ class TRU(UnlearningCallback):
         self._retain_pool: Optional[Tensor] = None  # sample_fanout: the forget items' retained pairs (per request)
         self._row_sparse = False  # sample_fanout on one device: row-sparse steps (see configure_optimizer)
         self._before_rows: dict[str, tuple[Tensor, Tensor]] = {}  # row-sparse: (rows the step moves, their values)
+        self._propagated: Optional[Any] = None  # sample_fanout: the last verification's Snapshot (Backbone.propagate_from)
         self._t_cache: Optional[tuple[int, Tensor]] = None  # sample_fanout: (step, thresholds per user, NaN: unknown)
         self._t_view: Optional[tuple[int, Any]] = None  # sample_fanout: (step, the last verification's FrozenScorer)
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
@@ -1027,11 +1028,18 @@ class TRU(UnlearningCallback):
     @override
     def verify(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, float]:
         """:meth:`UnlearningCallback.verify`; with ``sample_fanout`` its embeddings are kept for the gate's thresholds
-        of the next ``eval_every`` steps (:meth:`_step_thresholds`)."""
+        of the next ``eval_every`` steps (:meth:`_step_thresholds`), and a backbone with ``propagate_from`` (LightGCN)
+        computes them from the previous verification's, propagating only what the rows moved since then changed
+        (exact: the same embeddings, at the cost of those rows' neighbourhood)."""
         if self.sample_fanout is None:
             return super().verify(model, dm)
+        backbone = getattr(model, "backbone", None)
         with eval_mode(model):
-            view = FrozenScorer.of(model)
+            if callable(getattr(backbone, "propagate_from", None)):  # exact, from the rows moved since the last one
+                self._propagated = backbone.propagate_from(self._propagated)  # type: ignore[union-attr]
+                view = FrozenScorer(*self._propagated.final.split([backbone.num_users, backbone.num_items]))  # type: ignore[union-attr]
+            else:
+                view = FrozenScorer.of(model)
         self._t_view = (self.steps, view)
         return super().verify(view, dm)
 

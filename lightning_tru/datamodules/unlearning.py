@@ -137,7 +137,10 @@ class UnlearningDataModule(LightningDataModule):
         return self.source.feature_dims
 
     def train_edge_index(self) -> Tensor:
-        return self.retained.train_edge_index()
+        """``(2, E)`` retained train edges (graph surgery), read off the retained CSR: distinct, sorted."""
+        r = self.retained_train_matrix
+        users = np.repeat(np.arange(r.shape[0], dtype=np.int64), np.diff(r.indptr))
+        return torch.from_numpy(np.stack([users, r.indices.astype(np.int64)]))
 
     def feature_tensors(self) -> dict[str, Tensor]:
         return self.source.feature_tensors()

@@ -1,5 +1,5 @@
 """Backbones as plain ``nn.Module``s and the graph operators they share."""
-from lightning_tru.nn.base import Backbone, BackboneFactory, Propagation
+from lightning_tru.nn.base import Backbone, BackboneFactory, Propagation, Snapshot
 from lightning_tru.nn.graph import SparseGraph, knn_graph, normalized_bipartite, normalized_interactions
 from lightning_tru.nn.lightgcn import LightGCN
 from lightning_tru.nn.mf import MF
@@ -16,6 +16,7 @@ __all__ = [
     "MIGGT",
     "Propagation",
     "RowAdam",
+    "Snapshot",
     "SparseGraph",
     "knn_graph",
     "normalized_bipartite",

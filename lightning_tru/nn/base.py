@@ -58,6 +58,20 @@ class Propagation(NamedTuple):
         return torch.searchsorted(self.index[0], users), torch.searchsorted(self.index[1], items)
 
 
+class Snapshot(NamedTuple):
+    """A full propagation's final embeddings and what they were computed from (``Backbone.propagate_from``).
+
+    Attributes:
+        final: ``(U+I, d)`` final embeddings, users then items.
+        tables: ``(U+I, d)`` the layer-0 entity tables they come from.
+        graph: the graph module they were propagated over.
+    """
+
+    final: Tensor
+    tables: Tensor
+    graph: nn.Module
+
+
 class Backbone(nn.Module, abc.ABC):
     """Base of the recommender backbones.
 

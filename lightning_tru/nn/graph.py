@@ -204,6 +204,12 @@ class SparseGraph(nn.Module):
         idx = torch.arange(total, device=rows.device) + (start - crow[:-1]).repeat_interleave(counts, output_size=total)
         return crow, self.col.index_select(0, idx), self.val.index_select(0, idx)
 
+    def row_product(self, rows: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``((A x)[rows] (R, d), the columns those rows read (nnz_R,))``, at the cost of the rows' entries (no
+        gradient through the graph; ``x`` ``(m, d)``)."""
+        crow, col, val = self.rows(rows)
+        return _csr_tensor(crow, col, val, (len(rows), self.shape[1]), check_invariants=False) @ x, col
+
     def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``(A[rows, C] as a CSR tensor (R, |C|), C)`` with ``C`` the sorted distinct columns the rows read,
         joined with the ids ``also``; the full matrix's values."""

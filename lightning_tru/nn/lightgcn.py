@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_tru.nn.losses import l2_penalty
-from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
+from lightning_tru.nn.base import Backbone, Propagation, Snapshot, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import Backend, Frontiers, SparseGraph, interaction_matrix, normalized_bipartite
 
 
@@ -63,13 +63,54 @@ class LightGCN(Backbone):
         if self.adj is None:
             raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])  # (U+I, d)
-        out = x
+        out = x.clone()
         for _ in range(self.num_layers):
             x = self.adj(x)
-            out = out + x
-        out = out / (self.num_layers + 1)
+            out.add_(x)  # in place: one (U+I, d) buffer for the sum (its backward needs no input)
+        out.div_(self.num_layers + 1)
         user, item = out.split([self.num_users, self.num_items])
         return Propagation(user, item, {"id": (user, item)}, {})
+
+    @torch.no_grad()
+    def propagate_from(self, since: Optional[Snapshot] = None, max_share: float = 0.5) -> Snapshot:
+        r""":meth:`propagate`'s final embeddings (no gradient), stacked ``(U+I, d)``, as a :class:`Snapshot`; with
+        ``since`` (an earlier snapshot over the same graph) computed from it by linearity,
+
+        .. math::
+            E = E_0 + \frac{1}{L+1}\sum_{l=0}^{L} \hat A^l (X - X_0),
+
+        each product only over the rows it reaches from the rows of :math:`X` that changed (their out-neighbourhood,
+        layer by layer; the full products once more than ``max_share`` of the rows changed). A request that moves a
+        few rows between two verifications then costs their neighbourhood's products instead of :math:`L` full ones
+        (exact up to float rounding)."""
+        if self.adj is None:
+            raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight]).detach()  # (U+I, d)
+        if since is None or since.graph is not self.adj or since.tables.shape != x.shape:
+            p = self.propagate()
+            return Snapshot(torch.cat([p.user, p.item]), x, self.adj)
+        delta = x - since.tables  # (U+I, d), zero off the changed rows
+        rows = delta.ne(0).any(1).nonzero().squeeze(1)
+        if len(rows) > max_share * x.shape[0]:
+            p = self.propagate()
+            return Snapshot(torch.cat([p.user, p.item]), x, self.adj)
+        out = since.final.clone()
+        scale = 1.0 / (self.num_layers + 1)
+        out.index_add_(0, rows, delta[rows], alpha=scale)
+        _, col, _ = self.adj.rows(rows)
+        for layer in range(self.num_layers):
+            reach = self._marked(col)  # rows of A^l delta that can be non-zero
+            y, col = self.adj.row_product(reach, delta)  # (|reach|, d)
+            out.index_add_(0, reach, y, alpha=scale)
+            if layer + 1 < self.num_layers:
+                delta = torch.zeros_like(delta).index_copy_(0, reach, y)
+        return Snapshot(out, x, self.adj)
+
+    def _marked(self, ids: Tensor) -> Tensor:
+        """The sorted distinct ``ids`` of ``[0, U+I)`` (a mark per node, no sort)."""
+        mark = torch.zeros(self.num_users + self.num_items, dtype=torch.bool, device=ids.device)
+        mark[ids] = True
+        return mark.nonzero().squeeze(1)
 
     def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
         r""":meth:`propagate` on the rows ``users`` / ``items`` only, over their ``L``-hop computation graph
