@@ -205,9 +205,15 @@ class SparseGraph(nn.Module):
         return crow, self.col.index_select(0, idx), self.val.index_select(0, idx)
 
     def row_product(self, rows: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``((A x)[rows] (R, d), the columns those rows read (nnz_R,))``, at the cost of the rows' entries (no
-        gradient through the graph; ``x`` ``(m, d)``)."""
-        crow, col, val = self.rows(rows)
+        """``((A x)[rows] (R, d), the columns those rows read (nnz_R,))`` for sorted distinct ``rows``, at the cost of
+        the rows' entries (no gradient through the graph; ``x`` ``(m, d)``); a contiguous range of rows is a slice of
+        the CSR arrays (no gather)."""
+        if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            a, b = int(self.crow[lo]), int(self.crow[hi])
+            crow, col, val = self.crow[lo : hi + 1] - a, self.col[a:b], self.val[a:b]
+        else:
+            crow, col, val = self.rows(rows)
         return _csr_tensor(crow, col, val, (len(rows), self.shape[1]), check_invariants=False) @ x, col
 
     def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:

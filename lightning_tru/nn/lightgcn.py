@@ -80,30 +80,34 @@ class LightGCN(Backbone):
             E = E_0 + \frac{1}{L+1}\sum_{l=0}^{L} \hat A^l (X - X_0),
 
         each product only over the rows it reaches from the rows of :math:`X` that changed (their out-neighbourhood,
-        layer by layer; the full products once more than ``max_share`` of the rows changed). A request that moves a
-        few rows between two verifications then costs their neighbourhood's products instead of :math:`L` full ones
-        (exact up to float rounding)."""
+        layer by layer, one side of the bipartite graph each; the full products once more than ``max_share`` of the
+        rows changed). ``since`` is consumed (its embeddings are updated in place). A request that moves a few item
+        rows between two verifications then costs :math:`L` products over one side of the graph instead of :math:`L`
+        over both (exact up to float rounding; measured 0.7-0.8 x the time of :meth:`propagate` at 3e6 interactions)."""
         if self.adj is None:
             raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight]).detach()  # (U+I, d)
         if since is None or since.graph is not self.adj or since.tables.shape != x.shape:
             p = self.propagate()
             return Snapshot(torch.cat([p.user, p.item]), x, self.adj)
-        delta = x - since.tables  # (U+I, d), zero off the changed rows
-        rows = delta.ne(0).any(1).nonzero().squeeze(1)
+        delta = x - since.tables  # (U+I, d): zero off the changed rows; then the buffer of A^l delta
+        rows = delta.any(1).nonzero().squeeze(1)
         if len(rows) > max_share * x.shape[0]:
             p = self.propagate()
             return Snapshot(torch.cat([p.user, p.item]), x, self.adj)
-        out = since.final.clone()
-        scale = 1.0 / (self.num_layers + 1)
+        out, scale = since.final, 1.0 / (self.num_layers + 1)  # updated in place: ``since`` is consumed
         out.index_add_(0, rows, delta[rows], alpha=scale)
         _, col, _ = self.adj.rows(rows)
+        support = rows
         for layer in range(self.num_layers):
-            reach = self._marked(col)  # rows of A^l delta that can be non-zero
+            reach = self._marked(col)  # rows of A^l delta that can be non-zero (one side of the bipartite graph)
+            if len(reach) and 2 * len(reach) >= int(reach[-1]) - int(reach[0]) + 1:  # dense in its range: slice it
+                reach = torch.arange(int(reach[0]), int(reach[-1]) + 1, device=reach.device)
             y, col = self.adj.row_product(reach, delta)  # (|reach|, d)
             out.index_add_(0, reach, y, alpha=scale)
             if layer + 1 < self.num_layers:
-                delta = torch.zeros_like(delta).index_copy_(0, reach, y)
+                delta.index_fill_(0, support, 0.0).index_copy_(0, reach, y)
+                support = reach
         return Snapshot(out, x, self.adj)
 
     def _marked(self, ids: Tensor) -> Tensor:
