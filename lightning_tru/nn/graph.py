@@ -175,12 +175,16 @@ class SparseGraph(nn.Module):
         m.sort_indices()
         self.shape = (int(m.shape[0]), int(m.shape[1]))
         self._register_csr("", m)
-        self._register_csr("_t", m if symmetric else sp.csr_matrix(m.T))
+        if symmetric:  # the transpose is the matrix itself: the same tensors under both names (no copy)
+            for name in ("crow", "col", "val"):
+                self.register_buffer(name + "_t", getattr(self, name), persistent=False)
+        else:
+            self._register_csr("_t", sp.csr_matrix(m.T))
 
     def _register_csr(self, suffix: str, m: sp.csr_matrix) -> None:
         m.sort_indices()
-        self.register_buffer("crow" + suffix, torch.from_numpy(m.indptr.astype(np.int64)), persistent=False)
-        self.register_buffer("col" + suffix, torch.from_numpy(m.indices.astype(np.int64)), persistent=False)
+        self.register_buffer("crow" + suffix, torch.from_numpy(m.indptr.astype(np.int64, copy=False)), persistent=False)
+        self.register_buffer("col" + suffix, torch.from_numpy(m.indices.astype(np.int64, copy=False)), persistent=False)
         self.register_buffer("val" + suffix, torch.from_numpy(m.data.astype(np.float32)), persistent=False)
 
     @property
