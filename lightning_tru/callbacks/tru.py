@@ -268,7 +268,7 @@ class TRU(UnlearningCallback):
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         out = {}
         for (n, p), g in zip(params.items(), grads):
-            g = torch.zeros_like(p) if g is None else g.detach()
+            g = torch.zeros_like(p) if g is None else (g.to_dense() if g.is_sparse else g).detach()  # row-sparse profile
             out[n] = trainer.strategy.reduce(g, reduce_op="sum")
         return out
 
@@ -735,7 +735,7 @@ class TRU(UnlearningCallback):
         dev = next(model.parameters()).device
         shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
         fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
-        with self._sampling(model, -2):
+        with self._sampling(model, -2, sparse=self._row_sparse):  # row-sparse: no dense pass in the backward
             s_f, _ = group_pair_scores(model, [(fu, fi), (fu, fj)])
             g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
             s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
