@@ -761,8 +761,8 @@ class TRU(UnlearningCallback):
         logmean = sum(math.log(v) for v in raw.values()) / max(len(raw), 1)
         lo, hi = self.scale_clip
         self.branch_scales = {b: min(hi, max(lo, v / math.exp(logmean))) for b, v in raw.items()}
-        nnz_f = {n: int((g != 0).sum()) for n, g in g_f.items()}
-        nnz_r = {n: int((g != 0).sum()) for n, g in g_r.items()}
+        nnz_f = {n: int(torch.count_nonzero(g)) for n, g in g_f.items()}
+        nnz_r = {n: int(torch.count_nonzero(g)) for n, g in g_r.items()}
 
         def rms(sq: dict[str, float], nnz: dict[str, int], names: list[str]) -> float:
             return norm(sq, names) / math.sqrt(max(1, sum(nnz.get(n, 0) for n in names)))
