@@ -9,12 +9,16 @@ import torch
 from lightning_tru.datamodules import InteractionData, RecDataModule, UnlearningDataModule
 from lightning_tru.datamodules.datasets import BPRDataset
 from lightning_tru.datamodules.forget import ForgetRequest
-from lightning_tru.datamodules.unlearning import choose
+from lightning_tru.datamodules.unlearning import PERMUTE_UP_TO, choose
 
 
-@pytest.mark.parametrize("n,size", [(20, 5), (20, 15), (7, 7), (1000, 3)])
+@pytest.mark.parametrize("n,size", [(20, 5), (20, 15), (7, 7), (1000, 3), (100, 4)])
 def test_choose_draws_a_uniform_subset(n: int, size: int) -> None:
-    """Distinct indices in range, the same for the same seed, each index drawn with probability size / n."""
+    """Distinct indices in range, the same for the same seed, each index drawn with probability size / n; a
+    permutation's prefix up to ``PERMUTE_UP_TO * size`` (as before), the O(size) draw above (1000 x 3, 100 x 4)."""
+    if n <= PERMUTE_UP_TO * size:
+        assert torch.equal(choose(n, size, torch.Generator().manual_seed(3)),
+                           torch.randperm(n, generator=torch.Generator().manual_seed(3))[:size])
     counts = np.zeros(n)
     draws = 3000
     for s in range(draws):

@@ -202,14 +202,19 @@ class UnlearningDataModule(LightningDataModule):
         return UnlearnBatch(*f, *r)
 
 
+#: :func:`choose` permutes all ``n`` indices while ``n`` is at most this many times ``size`` (then also O(size))
+PERMUTE_UP_TO = 16
+
+
 def choose(n: int, size: int, generator: torch.Generator) -> Tensor:
     """``size`` distinct indices of ``range(n)``, a uniformly random subset in random order, in expected
-    :math:`O(\\text{size})` (no permutation of ``n``): the distinct values of ``2 size`` i.i.d. uniform draws are a
-    uniformly random subset of their count (exchangeability), and a random ``size`` of them is one of ``range(n)``;
-    ``randperm(n)`` when ``size`` is over half of ``n``."""
+    :math:`O(\\text{size})`: ``randperm(n)[:size]`` while ``n <= PERMUTE_UP_TO * size`` (the draws of earlier
+    versions, at O(size) cost); above, no permutation of ``n``: the distinct values of ``2 size`` i.i.d. uniform draws
+    are a uniformly random subset of their count (exchangeability), and a random ``size`` of them is one of
+    ``range(n)``."""
     if not 0 <= size <= n:
         raise ValueError(f"size={size} must be in [0, n={n}]")
-    if 2 * size > n:
+    if n <= PERMUTE_UP_TO * size:
         return torch.randperm(n, generator=generator)[:size]
     m = 2 * size
     while True:
