@@ -1005,7 +1005,7 @@ class TRU(UnlearningCallback):
         pairs (no forget item keeps a user), uniform retained pairs."""
         if self._retain_pool is None:
             rp = dm.forget.retain_pairs
-            near = rp[np.isin(rp[:, 1], np.unique(dm.forget.forget_pairs[:, 1]))]
+            near = rp[np.isin(rp[:, 1], np.unique(dm.forget.forget_pairs[:, 1]), kind="table")]  # O(E + I), no sort
             self._retain_pool = torch.from_numpy(near if len(near) else rp).long()
         g = torch.Generator().manual_seed(self._seed * 1_000_003 + 7_919 * self.steps + 1)
         pick = self._retain_pool[torch.randint(len(self._retain_pool), (size,), generator=g)]
