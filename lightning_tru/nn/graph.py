@@ -365,12 +365,19 @@ class Frontiers(NamedTuple):
 def interaction_matrix(edge_index: Tensor | np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
     """Binary ``(num_users, num_items)`` matrix :math:`R` from ``(2, E)`` (user, item) edges."""
     e = edge_index.detach().cpu().numpy() if isinstance(edge_index, Tensor) else np.asarray(edge_index)
-    e = e.reshape(2, -1).astype(np.int64)
+    e = e.reshape(2, -1).astype(np.int64, copy=False)
     if e.size and (e.min() < 0 or e[0].max() >= num_users or e[1].max() >= num_items):
         raise ValueError(
             f"edge ids out of range for num_users={num_users}, num_items={num_items}; "
             "build the graph from the same data the model was sized for"
         )
+    key = e[0] * num_items + e[1]
+    if bool(np.all(key[1:] > key[:-1])):  # sorted distinct edges (a CSR's, e.g. the retained graph): no sort
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(e[0], minlength=num_users), out=indptr[1:])
+        r = sp.csr_matrix((np.ones(e.shape[1], np.float32), e[1], indptr), shape=(num_users, num_items))
+        r.has_canonical_format = True
+        return r
     r = sp.csr_matrix((np.ones(e.shape[1], np.float32), (e[0], e[1])), shape=(num_users, num_items))
     r.sum_duplicates()
     r.data[:] = 1.0
@@ -398,15 +405,20 @@ def normalized_bipartite(r: sp.csr_matrix, self_loops: bool = False) -> sp.csr_m
     if not self_loops:  # built directly in CSR (sorted rows, no sparse products): O(nnz) with small constants
         r = sp.csr_matrix(r)
         r.sum_duplicates()
-        rt = sp.csr_matrix(r.T)  # item rows, sorted
-        du = _inv_sqrt(np.diff(r.indptr) if np.all(r.data == 1) else np.asarray(r.sum(1)).ravel())
-        di = _inv_sqrt(np.diff(rt.indptr) if np.all(r.data == 1) else np.asarray(r.sum(0)).ravel())
+        binary = bool(np.all(r.data == 1))
+        du = _inv_sqrt(np.diff(r.indptr) if binary else np.asarray(r.sum(1)).ravel())
+        di = _inv_sqrt(np.bincount(r.indices, minlength=ni) if binary else np.asarray(r.sum(0)).ravel())
         rows_u = np.repeat(np.arange(nu), np.diff(r.indptr))
-        rows_i = np.repeat(np.arange(ni), np.diff(rt.indptr))
-        data = np.concatenate([r.data * du[rows_u] * di[r.indices], rt.data * di[rows_i] * du[rt.indices]])
+        # (E,) float64: D_U^-1/2 R D_I^-1/2 on R's entries
+        w = du[rows_u] * di[r.indices] if binary else r.data * du[rows_u] * di[r.indices]
+        # the item rows: the transpose of the normalised block (the same products, CSC order; sorted rows)
+        rt = sp.csr_matrix(sp.csr_matrix((w.astype(np.float32), r.indices, r.indptr), shape=r.shape).T)
         indptr = np.concatenate([r.indptr, r.indptr[-1] + rt.indptr[1:]]).astype(np.int64)
-        indices = np.concatenate([r.indices.astype(np.int64) + nu, rt.indices.astype(np.int64)])
-        return sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(nu + ni, nu + ni))
+        indices = np.concatenate([r.indices, rt.indices]).astype(np.int64)
+        indices[: len(r.indices)] += nu
+        out = sp.csr_matrix((np.concatenate([w.astype(np.float32), rt.data]), indices, indptr), shape=(nu + ni, nu + ni))
+        out.has_canonical_format = True  # rows sorted (R's, then the transpose's), no duplicates
+        return out
     a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     if self_loops:
         a = a + sp.identity(nu + ni, dtype=np.float32, format="csr")
