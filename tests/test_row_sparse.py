@@ -1,4 +1,5 @@
-"""RowAdam: dense Adam on the rows a sparse gradient touches, nothing elsewhere; row-sparse sampled LightGCN steps."""
+"""Row-sparse TRU steps, bottom up: RowAdam against torch.optim.Adam, the compact sampled LightGCN propagation with
+sparse table gradients, and LightGCN's incremental full propagation (`propagate_from`)."""
 from __future__ import annotations
 
 import pytest
