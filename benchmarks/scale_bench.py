@@ -250,6 +250,8 @@ def main() -> None:
     ap.add_argument("--skip-tru", action="store_true", help="no TRU request (training and evaluation only)")
     ap.add_argument("--title", default=None, help="section title in RESULTS.md")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--plot", default=None, help="file name of the log-log plot next to --out "
+                    "(default scale_<model>[_sampled].png)")
     ap.add_argument("--single", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args()
     import torch
@@ -335,7 +337,7 @@ def main() -> None:
     title = a.title or f"Scale ({a.model}, synthetic{', local vs full TRU' if a.local == 'both' else ''})"
     write_section(Path(a.out), title, body)
     if len(runs) > 1 and modes and not a.quality:
-        plot(runs, modes, Path(a.out).with_name(f"scale_{a.model}{'_sampled' if a.sample_fanout else ''}.png"), a)
+        plot(runs, modes, Path(a.out).with_name(a.plot or f"scale_{a.model}{'_sampled' if a.sample_fanout else ''}.png"), a)
 
 
 def plot(runs: list[dict[str, Any]], modes: list[str], path: Path, a: argparse.Namespace) -> None:

@@ -73,17 +73,21 @@ def test_a_verification_propagates_once(setup: tuple) -> None:
     class Counting(TRU):
         def verify(self, model: Any, data: Any) -> dict[str, float]:
             backbone = model.backbone
-            original = backbone.embeddings
+            original, incremental = backbone.embeddings, backbone.propagate_from
 
             def counted() -> Any:
                 calls["n"] += 1
                 return original()
 
-            backbone.embeddings = counted  # type: ignore[method-assign]
+            def counted_from(*args: Any) -> Any:  # LightGCN: the propagation from the last verification's
+                calls["n"] += 1
+                return incremental(*args)
+
+            backbone.embeddings, backbone.propagate_from = counted, counted_from  # type: ignore[method-assign]
             try:
                 res = super().verify(model, data)
             finally:
-                del backbone.embeddings
+                del backbone.embeddings, backbone.propagate_from
             assert calls["n"] == 1, calls
             calls["n"] = 0
             return res
@@ -96,3 +100,31 @@ def test_a_verification_propagates_once(setup: tuple) -> None:
     assert steps_view is not None and steps_view[0] == 4  # the last verification's embeddings
     u, i = model.backbone.embeddings()
     torch.testing.assert_close(steps_view[1].embeddings()[1], i)  # they are the model's after the steps
+
+
+def test_row_sparse_steps_equal_dense_sampled_steps(setup: tuple) -> None:
+    """Row-sparse steps (sparse table gradients, edits and row step scaling on their rows, RowAdam) end where the same
+    sampled steps with dense gradients and Adam do: every step moves the same rows (the forget items' isolated rows),
+    so the lazy row update is dense Adam's."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.1, seed=0), seed=0)
+
+    class Dense(TRU):
+        def configure_optimizer(self, model: Any, data: Any) -> torch.optim.Optimizer:
+            opt = super().configure_optimizer(model, data)
+            self._row_sparse = False
+            return torch.optim.Adam(opt.param_groups)
+
+    models, kinds = [], []
+    for cls in (TRU, Dense):
+        tru = cls(sample_fanout=3, stop_rule="recall", target_recall=0.0, max_utility_loss=None)
+        tru.use_initial(initial)
+        seed_everything(0, verbose=False)
+        models.append(unlearn(trained, udm, tru, 4))
+        kinds.append(tru._row_sparse)
+    assert kinds == [True, False]
+    moved = 0
+    for (n, a), b, c in zip(models[0].named_parameters(), models[1].parameters(), trained.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+        moved += int((a != c).any(-1).sum()) if a.dim() == 2 else 0
+    assert moved > 0  # the steps did move rows

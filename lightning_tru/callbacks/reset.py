@@ -24,7 +24,7 @@ def deleted_entities(dm: UnlearningDataModule) -> tuple[np.ndarray, np.ndarray]:
     retained = dm.retained_train_csr()
     users, items = dm.forget.users, dm.forget.items
     user_left = np.diff(retained.tocsr().indptr)[users]
-    item_left = np.diff(retained.tocsc().indptr)[items]
+    item_left = np.bincount(retained.indices, minlength=retained.shape[1])[items]  # no CSC copy of the matrix
     return users[user_left == 0], items[item_left == 0]
 
 

@@ -23,6 +23,7 @@ from lightning_tru.models.protocol import (
     FrozenScorer, all_scores, branch_groups, entity_groups, eval_mode, group_pair_scores, layer_groups,
 )
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
+from lightning_tru.nn.row_adam import RowAdam
 
 
 def training_lr(model: nn.Module, default: float = 1e-3) -> float:
@@ -227,6 +228,9 @@ class TRU(UnlearningCallback):
         self.sample_fanout = sample_fanout
         self._seed = seed
         self._retain_pool: Optional[Tensor] = None  # sample_fanout: the forget items' retained pairs (per request)
+        self._row_sparse = False  # sample_fanout on one device: row-sparse steps (see configure_optimizer)
+        self._before_rows: dict[str, tuple[Tensor, Tensor]] = {}  # row-sparse: (rows the step moves, their values)
+        self._propagated: Optional[Any] = None  # sample_fanout: the last verification's Snapshot (Backbone.propagate_from)
         self._t_cache: Optional[tuple[int, Tensor]] = None  # sample_fanout: (step, thresholds per user, NaN: unknown)
         self._t_view: Optional[tuple[int, Any]] = None  # sample_fanout: (step, the last verification's FrozenScorer)
         self.refit: dict[str, Any] = {}  # what the refit of the forgetting users' rows did (empty: not run)
@@ -264,7 +268,7 @@ class TRU(UnlearningCallback):
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         out = {}
         for (n, p), g in zip(params.items(), grads):
-            g = torch.zeros_like(p) if g is None else g.detach()
+            g = torch.zeros_like(p) if g is None else (g.to_dense() if g.is_sparse else g).detach()  # row-sparse profile
             out[n] = trainer.strategy.reduce(g, reduce_op="sum")
         return out
 
@@ -731,7 +735,7 @@ class TRU(UnlearningCallback):
         dev = next(model.parameters()).device
         shard = slice(rank, None, world)  # each rank profiles its shard; gradients are summed
         fu, fi, fj, ru, ri, rj = (t[shard].to(dev) for t in (fu, fi, fj, ru, ri, rj))
-        with self._sampling(model, -2):
+        with self._sampling(model, -2, sparse=self._row_sparse):  # row-sparse: no dense pass in the backward
             s_f, _ = group_pair_scores(model, [(fu, fi), (fu, fj)])
             g_f = self._gradients(model, reverse_bpr_loss(*s_f) * len(fu), trainer)
             s_r, _ = group_pair_scores(model, [(ru, ri), (ru, rj)])
@@ -757,8 +761,8 @@ class TRU(UnlearningCallback):
         logmean = sum(math.log(v) for v in raw.values()) / max(len(raw), 1)
         lo, hi = self.scale_clip
         self.branch_scales = {b: min(hi, max(lo, v / math.exp(logmean))) for b, v in raw.items()}
-        nnz_f = {n: int((g != 0).sum()) for n, g in g_f.items()}
-        nnz_r = {n: int((g != 0).sum()) for n, g in g_r.items()}
+        nnz_f = {n: int(torch.count_nonzero(g)) for n, g in g_f.items()}
+        nnz_r = {n: int(torch.count_nonzero(g)) for n, g in g_r.items()}
 
         def rms(sq: dict[str, float], nnz: dict[str, int], names: list[str]) -> float:
             return norm(sq, names) / math.sqrt(max(1, sum(nnz.get(n, 0) for n in names)))
@@ -864,18 +868,28 @@ class TRU(UnlearningCallback):
 
     @override
     def configure_optimizer(self, model: nn.Module, dm: UnlearningDataModule) -> torch.optim.Optimizer:
-        """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``."""
+        """Adam; parameters outside the user/item tables (shared layers) step at ``shared_lr_scale * lr``.
+
+        Row-sparse steps (``sample_fanout`` on a single device): the steps score inside ``sampling(..., sparse=True)``,
+        so a backbone that supports it (LightGCN) gives the entity tables sparse gradients on the rows its sampled
+        computation graph read; the gradient edits, the row step scaling and the optimiser (:class:`RowAdam`, Adam on
+        those rows) then touch those rows only, and a step costs the request, not the tables."""
+        trainer = getattr(dm, "trainer", None)
+        self._row_sparse = self.sample_fanout is not None and (trainer is None or trainer.world_size == 1)
         entity = {n for names in entity_groups(model, dm.num_users, dm.num_items).values() for n in names}
         params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [{"params": [p for n, p in params if n in entity], "lr": self.lr},
                   {"params": [p for n, p in params if n not in entity], "lr": self.lr * self.shared_lr_scale}]
-        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.lr)
+        return (RowAdam if self._row_sparse else torch.optim.Adam)([g for g in groups if g["params"]], lr=self.lr)
 
     # ---------------------------------------------------------------------- gradients
     @override
     def edit_gradients(self, model: nn.Module) -> None:
         for n, p in model.named_parameters():
             if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                p.grad = self._edit_sparse(n, p.grad)
                 continue
             if n in self._kept:
                 p.grad[self._kept[n][0]] = 0
@@ -886,6 +900,20 @@ class TRU(UnlearningCallback):
                 p.grad[~self._row_keep[n]] = 0
             if self.modality_scaling:
                 p.grad.mul_(self._param_scale.get(n, 1.0))
+
+    def _edit_sparse(self, n: str, grad: Tensor) -> Tensor:
+        """:meth:`edit_gradients` on a sparse (row-sparse) gradient: the same masks and scale on its rows; the rows
+        masked out are dropped, so the optimiser does not touch them (dense: zeroed)."""
+        g = grad.coalesce()
+        rows, vals = g.indices()[0], g.values()
+        keep = torch.full((len(rows),), not (self.layer_isolation and n in self._param_masked), device=rows.device)
+        if n in self._kept:
+            keep &= ~torch.isin(rows, self._kept[n][0])
+        if self.row_isolation and n in self._row_keep:
+            keep &= self._row_keep[n][rows]
+        scale = self._param_scale.get(n, 1.0) if self.modality_scaling else 1.0
+        return torch.sparse_coo_tensor(rows[keep].unsqueeze(0), vals[keep] * scale, g.shape, is_coalesced=True,
+                                       check_invariants=False)
 
     # ----------------------------------------------------------------- row step scaling
     def _row_shares(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, Tensor]:
@@ -908,7 +936,15 @@ class TRU(UnlearningCallback):
         model = pl_module.model
         if not self._share:
             self._share = self._row_shares(model, trainer.datamodule)
-        self._before_step = {n: p.detach().clone() for n, p in model.named_parameters() if n in self._share}
+        self._before_step, self._before_rows = {}, {}
+        for n, p in model.named_parameters():
+            if n not in self._share or (self._row_sparse and p.grad is None):  # RowAdam leaves it as it is
+                continue
+            if p.grad is not None and p.grad.is_sparse:  # a row-sparse step moves its gradient's rows only
+                rows = p.grad.coalesce().indices()[0]
+                self._before_rows[n] = (rows, p.detach().index_select(0, rows))
+            else:
+                self._before_step[n] = p.detach().clone()
 
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -924,7 +960,7 @@ class TRU(UnlearningCallback):
         :math:`\theta_r \leftarrow \theta_r^{old} + f_r(\theta_r^{new} - \theta_r^{old})`. A row that keeps most of its
         interactions changes little in Retrain too; under Adam's per-coordinate normalisation a
         gradient scale would cancel, so the step itself is scaled."""
-        if not self._before_step:
+        if not self._before_step and not self._before_rows:
             return
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -932,7 +968,11 @@ class TRU(UnlearningCallback):
                     old = self._before_step[n]
                     f = self._share[n].to(p.device).view(-1, *([1] * (p.dim() - 1)))
                     p.sub_(old).mul_(f).add_(old)  # old + f (p - old), in place (no (rows, d) temporaries)
-        self._before_step = {}
+                elif n in self._before_rows:  # the same on the rows a row-sparse step moved
+                    rows, old = self._before_rows[n]
+                    f = self._share[n].to(p.device)[rows].view(-1, *([1] * (p.dim() - 1)))
+                    p.index_copy_(0, rows, p.index_select(0, rows).sub_(old).mul_(f).add_(old))
+        self._before_step, self._before_rows = {}, {}
 
     # --------------------------------------------------------------------------- update
     def _thresholds(self, model: nn.Module, users: Tensor, dm: UnlearningDataModule) -> Tensor:
@@ -945,14 +985,17 @@ class TRU(UnlearningCallback):
         kth = torch.topk(scores, min(self.k, scores.shape[1]), dim=1).values[:, -1]
         return kth[inv]
 
-    def _sampling(self, model: nn.Module, salt: int) -> AbstractContextManager[Any]:
+    def _sampling(self, model: nn.Module, salt: int, sparse: bool = False) -> AbstractContextManager[Any]:
         """With ``sample_fanout``: the model's backbone scores pairs over sampled computation graphs inside the block,
-        drawn from a generator seeded by ``(seed, salt)`` (a resumed run draws the same); otherwise nothing changes."""
+        drawn from a generator seeded by ``(seed, salt)`` (a resumed run draws the same); otherwise nothing changes.
+        ``sparse``: row-sparse (compact propagation, sparse table gradients; see :meth:`configure_optimizer`)."""
         backbone = getattr(model, "backbone", None)
         if self.sample_fanout is None or not callable(getattr(backbone, "sampling", None)):
             return nullcontext()
         dev = next(model.parameters()).device
         g = torch.Generator(device=dev).manual_seed(self._seed * 1_000_003 + 7_919 * (salt + 3))
+        if sparse:
+            return backbone.sampling(self.sample_fanout, g, sparse=True)  # type: ignore[union-attr]
         return backbone.sampling(self.sample_fanout, g)  # type: ignore[union-attr]
 
     def _neighbourhood_retain(self, dm: UnlearningDataModule, size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -962,7 +1005,7 @@ class TRU(UnlearningCallback):
         pairs (no forget item keeps a user), uniform retained pairs."""
         if self._retain_pool is None:
             rp = dm.forget.retain_pairs
-            near = rp[np.isin(rp[:, 1], np.unique(dm.forget.forget_pairs[:, 1]))]
+            near = rp[np.isin(rp[:, 1], np.unique(dm.forget.forget_pairs[:, 1]), kind="table")]  # O(E + I), no sort
             self._retain_pool = torch.from_numpy(near if len(near) else rp).long()
         g = torch.Generator().manual_seed(self._seed * 1_000_003 + 7_919 * self.steps + 1)
         pick = self._retain_pool[torch.randint(len(self._retain_pool), (size,), generator=g)]
@@ -985,11 +1028,18 @@ class TRU(UnlearningCallback):
     @override
     def verify(self, model: nn.Module, dm: UnlearningDataModule) -> dict[str, float]:
         """:meth:`UnlearningCallback.verify`; with ``sample_fanout`` its embeddings are kept for the gate's thresholds
-        of the next ``eval_every`` steps (:meth:`_step_thresholds`)."""
+        of the next ``eval_every`` steps (:meth:`_step_thresholds`), and a backbone with ``propagate_from`` (LightGCN)
+        computes them from the previous verification's, propagating only what the rows moved since then changed
+        (exact: the same embeddings, at the cost of those rows' neighbourhood)."""
         if self.sample_fanout is None:
             return super().verify(model, dm)
+        backbone = getattr(model, "backbone", None)
         with eval_mode(model):
-            view = FrozenScorer.of(model)
+            if callable(getattr(backbone, "propagate_from", None)):  # exact, from the rows moved since the last one
+                self._propagated = backbone.propagate_from(self._propagated)  # type: ignore[union-attr]
+                view = FrozenScorer(*self._propagated.final.split([backbone.num_users, backbone.num_items]))  # type: ignore[union-attr]
+            else:
+                view = FrozenScorer.of(model)
         self._t_view = (self.steps, view)
         return super().verify(view, dm)
 
@@ -998,7 +1048,7 @@ class TRU(UnlearningCallback):
         fu, fi, fj, ru, ri, rj = batch
         if self.sample_fanout is not None:
             ru, ri, rj = self._neighbourhood_retain(dm, len(ru), fu.device)
-        with self._sampling(model, self.steps):
+        with self._sampling(model, self.steps, sparse=self._row_sparse):
             (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         losses = {"reverse_bpr": reverse_bpr_loss(s_fi, s_fj), "retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.ranking_gate and self.gate_weight > 0:

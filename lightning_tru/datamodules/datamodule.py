@@ -72,7 +72,8 @@ class RecDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        log.info("%s: %s", data.name, data.summary())
+        if log.isEnabledFor(logging.INFO):  # the summary costs sorts of every train pair: only when it is shown
+            log.info("%s: %s", data.name, data.summary())
 
     @property
     def num_users(self) -> int:

@@ -24,6 +24,21 @@ def identity_collate(batch: object) -> object:
     return batch
 
 
+def sample_negatives(keys: Tensor, num_items: int, users: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """One uniform item per user outside that user's items, the pairs given as sorted keys :math:`u \\cdot I + i`
+    (``keys``): draw all, then redraw the collisions (membership by binary search)."""
+    neg = torch.randint(num_items, users.shape, generator=generator)
+    todo = torch.arange(len(users))
+    for _ in range(100):
+        key = users[todo] * num_items + neg[todo]
+        pos = torch.searchsorted(keys, key).clamp_max(len(keys) - 1)
+        todo = todo[keys[pos] == key]
+        if len(todo) == 0:
+            break
+        neg[todo] = torch.randint(num_items, (len(todo),), generator=generator)
+    return neg
+
+
 class BPRDataset(Dataset):
     r"""Training pairs; a batch of indices becomes ``(users, pos, neg)`` with one uniform negative each.
 
@@ -54,16 +69,7 @@ class BPRDataset(Dataset):
 
     def sample_negatives(self, users: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """One uniform item per user outside that user's training set."""
-        neg = torch.randint(self.num_items, users.shape, generator=generator)
-        todo = torch.arange(len(users))
-        for _ in range(100):
-            key = users[todo] * self.num_items + neg[todo]
-            pos = torch.searchsorted(self.keys, key).clamp_max(len(self.keys) - 1)
-            todo = todo[self.keys[pos] == key]
-            if len(todo) == 0:
-                break
-            neg[todo] = torch.randint(self.num_items, (len(todo),), generator=generator)
-        return neg
+        return sample_negatives(self.keys, self.num_items, users, generator)
 
     def __getitems__(self, idx: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         i = torch.as_tensor(idx, dtype=torch.long)

@@ -190,8 +190,12 @@ class ForgetRequest:
             mask[rng.choice(len(train), size=n, replace=False)] = True
             return mask
         col = 0 if self.regime == "user" else 1
-        ids, counts = np.unique(train[:, col], return_counts=True)
-        return np.isin(train[:, col], self._pick(ids, counts))
+        n = data.num_users if col == 0 else data.num_items
+        counts = np.bincount(train[:, col], minlength=n)  # O(E), no sort: the ids with train rows, in order
+        ids = np.flatnonzero(counts)
+        chosen = np.zeros(n, dtype=bool)
+        chosen[self._pick(ids, counts[ids])] = True
+        return chosen[train[:, col]]
 
     def _from_file(self, data: InteractionData, train: np.ndarray) -> tuple[np.ndarray, int, str]:
         users, items, pairs = _read_request_file(self.file)  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """The datamodule of an unlearning run: forget and retain batches over the surgically cut graph."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lightning_tru.datamodules.datamodule import RecDataModule
-from lightning_tru.datamodules.datasets import BPRDataset, identity_collate
+from lightning_tru.datamodules.datasets import identity_collate, sample_negatives
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 
 
@@ -93,14 +94,9 @@ class UnlearningDataModule(LightningDataModule):
         self.source = source
         self.forget = request if isinstance(request, ForgetSet) else request.resolve(source.data)
         self.retained = source.without(self.forget)
-        self.deployed = source.without(self.forget, graph_surgery=False)  # original graph, retained held-out rows
         self.forget_batch_size = forget_batch_size
         self.retain_batch_size = retain_batch_size
         self.seed = seed
-        full_train = source.train_pairs()
-        # negatives of forget pairs avoid every original train item; retain negatives avoid retained items
-        self._forget_sampler = BPRDataset(full_train, source.num_items)
-        self._retain_sampler = BPRDataset(self.forget.retain_pairs, source.num_items)
         self._forget_pairs = torch.from_numpy(self.forget.forget_pairs)
         self._retain_pairs = torch.from_numpy(self.forget.retain_pairs)
         p = self.forget.forget_pairs
@@ -108,8 +104,24 @@ class UnlearningDataModule(LightningDataModule):
             (np.ones(len(p), np.float32), (p[:, 0], p[:, 1])), shape=(source.num_users, source.num_items)
         )
         self.retained_train_matrix = self.retained.data.csr("train")
-        # items a forgetting user must not be ranked against: retained train + forgotten (the gate's candidates exclude both)
-        self.seen_matrix = (self.retained_train_matrix + self.forget_matrix).tocsr()
+        # negatives of forget pairs avoid every original train item, retain negatives the retained ones: sorted keys
+        # u * I + i, read off the retained CSR (rows and columns sorted) with the forget keys merged in (no sort of E keys)
+        r, n_items = self.retained_train_matrix, source.num_items
+        retained = np.repeat(np.arange(r.shape[0], dtype=np.int64), np.diff(r.indptr)) * n_items + r.indices
+        forgotten = np.sort(p[:, 0].astype(np.int64) * n_items + p[:, 1])
+        self._retain_keys = torch.from_numpy(retained)
+        self._train_keys = torch.from_numpy(np.insert(retained, np.searchsorted(retained, forgotten), forgotten))
+
+    @cached_property
+    def deployed(self) -> RecDataModule:
+        """The deployed model's view: the original train graph, the retained held-out rows (built on first use)."""
+        return self.source.without(self.forget, graph_surgery=False)
+
+    @cached_property
+    def seen_matrix(self) -> sp.csr_matrix:
+        """Items a forgetting user must not be ranked against: retained train + forgotten (the gate's candidates exclude
+        both); built on first use."""
+        return (self.retained_train_matrix + self.forget_matrix).tocsr()
 
     # sizes and graph, as RecDataModule offers them
     @property
@@ -125,7 +137,10 @@ class UnlearningDataModule(LightningDataModule):
         return self.source.feature_dims
 
     def train_edge_index(self) -> Tensor:
-        return self.retained.train_edge_index()
+        """``(2, E)`` retained train edges (graph surgery), read off the retained CSR: distinct, sorted."""
+        r = self.retained_train_matrix
+        users = np.repeat(np.arange(r.shape[0], dtype=np.int64), np.diff(r.indptr))
+        return torch.from_numpy(np.stack([users, r.indices.astype(np.int64)]))
 
     def feature_tensors(self) -> dict[str, Tensor]:
         return self.source.feature_tensors()
@@ -151,11 +166,11 @@ class UnlearningDataModule(LightningDataModule):
 
     def forget_negatives(self, users: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One uniform negative per forget user, outside every item of the user's original train set."""
-        return self._forget_sampler.sample_negatives(users, generator=generator)
+        return sample_negatives(self._train_keys, self.num_items, users, generator)
 
     def retain_negatives(self, users: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One uniform negative per retain user, outside the user's retained train items."""
-        return self._retain_sampler.sample_negatives(users, generator=generator)
+        return sample_negatives(self._retain_keys, self.num_items, users, generator)
 
     def profile_batch(self, max_forget: int) -> UnlearnBatch:
         """The profiling draw, identical on every rank: the forget pairs of ``make_batch(-1, 0)`` or, when
@@ -174,17 +189,36 @@ class UnlearningDataModule(LightningDataModule):
         ru, ri = torch.from_numpy(retain[ridx, 0]), torch.from_numpy(retain[ridx, 1])
         return UnlearnBatch(fu, fi, fj, ru, ri, self.retain_negatives(ru, generator=g))
 
-    def _draw(self, pairs: Tensor, sampler: BPRDataset, size: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        if size >= len(pairs):
-            idx = torch.arange(len(pairs))
-        else:
-            idx = torch.randperm(len(pairs), generator=g)[:size]
+    def _draw(self, pairs: Tensor, keys: Tensor, size: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.arange(len(pairs)) if size >= len(pairs) else choose(len(pairs), size, g)
         users, items = pairs[idx, 0], pairs[idx, 1]
-        return users, items, sampler.sample_negatives(users, generator=g)
+        return users, items, sample_negatives(keys, self.num_items, users, g)
 
     def make_batch(self, epoch: int, index: int) -> UnlearnBatch:
-        """The batch of step ``epoch`` on data-parallel slot ``index`` (deterministic)."""
+        """The batch of step ``epoch`` on data-parallel slot ``index`` (deterministic; :math:`O(\\text{batch})`)."""
         g = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + int(epoch) * 1_009 + int(index))
-        f = self._draw(self._forget_pairs, self._forget_sampler, self.forget_batch_size, g)
-        r = self._draw(self._retain_pairs, self._retain_sampler, self.retain_batch_size, g)
+        f = self._draw(self._forget_pairs, self._train_keys, self.forget_batch_size, g)
+        r = self._draw(self._retain_pairs, self._retain_keys, self.retain_batch_size, g)
         return UnlearnBatch(*f, *r)
+
+
+#: :func:`choose` permutes all ``n`` indices while ``n`` is at most this many times ``size`` (then also O(size))
+PERMUTE_UP_TO = 16
+
+
+def choose(n: int, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` distinct indices of ``range(n)``, a uniformly random subset in random order, in expected
+    :math:`O(\\text{size})`: ``randperm(n)[:size]`` while ``n <= PERMUTE_UP_TO * size`` (the draws of earlier
+    versions, at O(size) cost); above, no permutation of ``n``: the distinct values of ``2 size`` i.i.d. uniform draws
+    are a uniformly random subset of their count (exchangeability), and a random ``size`` of them is one of
+    ``range(n)``."""
+    if not 0 <= size <= n:
+        raise ValueError(f"size={size} must be in [0, n={n}]")
+    if n <= PERMUTE_UP_TO * size:
+        return torch.randperm(n, generator=generator)[:size]
+    m = 2 * size
+    while True:
+        distinct = torch.unique(torch.randint(n, (m,), generator=generator))
+        if len(distinct) >= size:
+            return distinct[torch.randperm(len(distinct), generator=generator)[:size]]
+        m *= 2

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_tru.nn.losses import bpr_loss, l2_penalty
@@ -38,12 +39,37 @@ class Propagation(NamedTuple):
         item: ``(I, d)`` final item embeddings.
         branches: branch name -> ``(user (U, d), item (I, d))``; they sum to ``(user, item)``.
         extras: backbone-specific intermediates used by :meth:`Backbone.auxiliary_losses`.
+        index: ``None`` (full tables: row ``u`` of ``.user`` is user ``u``) or, for a *compact* propagation (inside
+            :meth:`Backbone.sampling` with ``sparse=True``), ``(users (U_c,), items (I_c,))``: the sorted ids whose rows
+            ``.user`` ``(U_c, d)`` / ``.item`` ``(I_c, d)`` and the branches hold, in that order (:meth:`positions`).
     """
 
     user: Tensor
     item: Tensor
     branches: dict[str, tuple[Tensor, Tensor]]
     extras: dict[str, Tensor]
+    index: Optional[tuple[Tensor, Tensor]] = None
+
+    def positions(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """The rows of ``.user`` / ``.item`` (and of the branches) that hold ``users`` / ``items``: the ids themselves
+        for full tables, their positions in :attr:`index` for a compact propagation."""
+        if self.index is None:
+            return users, items
+        return torch.searchsorted(self.index[0], users), torch.searchsorted(self.index[1], items)
+
+
+class Snapshot(NamedTuple):
+    """A full propagation's final embeddings and what they were computed from (``Backbone.propagate_from``).
+
+    Attributes:
+        final: ``(U+I, d)`` final embeddings, users then items.
+        tables: ``(U+I, d)`` the layer-0 entity tables they come from.
+        graph: the graph module they were propagated over.
+    """
+
+    final: Tensor
+    tables: Tensor
+    graph: nn.Module
 
 
 class Backbone(nn.Module, abc.ABC):
@@ -145,19 +171,26 @@ class Backbone(nn.Module, abc.ABC):
 
     #: ``(fanout, generator)`` while inside :meth:`sampling`, else ``None``
     _sampling: Optional[tuple[int, Optional[torch.Generator]]] = None
+    #: inside ``sampling(..., sparse=True)``: :meth:`sampled_propagation` is row-sparse where the backbone supports it
+    _row_sparse: bool = False
 
     @contextmanager
-    def sampling(self, fanout: int, generator: Optional[torch.Generator] = None) -> Iterator["Backbone"]:
+    def sampling(self, fanout: int, generator: Optional[torch.Generator] = None, sparse: bool = False) -> Iterator["Backbone"]:
         """Inside the block, :meth:`pair_propagation` (what scoring pairs reads) is :meth:`sampled_propagation`
-        with this ``fanout`` and ``generator``; the full :meth:`propagate` (rankings, evaluation) stays exact."""
+        with this ``fanout`` and ``generator``; the full :meth:`propagate` (rankings, evaluation) stays exact.
+
+        ``sparse``: *row-sparse* where the backbone supports it (LightGCN): the propagation is compact
+        (:attr:`Propagation.index`) and the entity tables' gradients are sparse COO tensors holding only the rows the
+        sampled computation graph read, so a step's backward and optimiser (:class:`~lightning_tru.nn.RowAdam`) cost
+        the computation graph, not the tables. Other backbones keep full tables and dense gradients."""
         if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 1:
             raise ValueError(f"fanout={fanout!r} must be an integer >= 1 (neighbours read per node and layer)")
-        before = self._sampling
-        self._sampling = (fanout, generator)
+        before = self._sampling, self._row_sparse
+        self._sampling, self._row_sparse = (fanout, generator), bool(sparse)
         try:
             yield self
         finally:
-            self._sampling = before
+            self._sampling, self._row_sparse = before
 
     def pair_propagation(self, users: Tensor, items: Tensor, training: bool = False) -> Propagation:
         """The propagation scoring the pairs of ``users`` x ``items`` reads: :meth:`sampled_propagation` inside
@@ -178,7 +211,8 @@ class Backbone(nn.Module, abc.ABC):
     def score(self, users: Tensor, items: Tensor, propagation: Optional[Propagation] = None) -> Tensor:
         r""":math:`s(u, i) = e_u^\top e_i` for ``(B,)`` pairs."""
         p = propagation if propagation is not None else self.propagate()
-        return (p.user[users] * p.item[items]).sum(-1)
+        u, i = p.positions(users, items)
+        return (p.user[u] * p.item[i]).sum(-1)
 
     def branch_scores(
         self, users: Tensor, items: Tensor, propagation: Optional[Propagation] = None
@@ -188,10 +222,9 @@ class Backbone(nn.Module, abc.ABC):
         They add up to the score exactly, since :math:`\sum_b e^b = e`.
         """
         p = propagation if propagation is not None else self.propagate()
-        u, i = p.user[users], p.item[items]
-        return {
-            b: 0.5 * ((u * bi[items]).sum(-1) + (bu[users] * i).sum(-1)) for b, (bu, bi) in p.branches.items()
-        }
+        pu, pi = p.positions(users, items)
+        u, i = p.user[pu], p.item[pi]
+        return {b: 0.5 * ((u * bi[pi]).sum(-1) + (bu[pu] * i).sum(-1)) for b, (bu, bi) in p.branches.items()}
 
     @torch.no_grad()
     def recommend(self, users: Tensor, k: int, exclude: Optional[Tensor] = None) -> Tensor:
@@ -269,8 +302,12 @@ def edge_index_from_pairs(pairs: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T))
 
 
-def entity_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor) -> Tensor:
+def entity_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor, sparse: bool = False) -> Tensor:
     """Rows ``nodes`` (sorted ids of the stacked ``[users; items]`` table) of ``[user_table; item_table]``,
-    gathered without stacking the tables: ``(len(nodes), d)``."""
+    gathered without stacking the tables: ``(len(nodes), d)``. ``sparse``: the tables' gradients are sparse COO
+    tensors on the gathered rows (``F.embedding(..., sparse=True)``) instead of dense tables."""
     split = int(torch.searchsorted(nodes, user_table.shape[0]))
-    return torch.cat([user_table[nodes[:split]], item_table[nodes[split:] - user_table.shape[0]]])
+    users, items = nodes[:split], nodes[split:] - user_table.shape[0]
+    if sparse:
+        return torch.cat([F.embedding(users, user_table, sparse=True), F.embedding(items, item_table, sparse=True)])
+    return torch.cat([user_table[users], item_table[items]])

@@ -243,12 +243,16 @@ class SparseGraph(nn.Module):
         m.sort_indices()
         self.shape = (int(m.shape[0]), int(m.shape[1]))
         self._register_csr("", m)
-        self._register_csr("_t", m if symmetric else sp.csr_matrix(m.T))
+        if symmetric:  # the transpose is the matrix itself: the same tensors under both names (no copy)
+            for name in ("crow", "col", "val"):
+                self.register_buffer(name + "_t", getattr(self, name), persistent=False)
+        else:
+            self._register_csr("_t", sp.csr_matrix(m.T))
 
     def _register_csr(self, suffix: str, m: sp.csr_matrix) -> None:
         m.sort_indices()
-        self.register_buffer("crow" + suffix, torch.from_numpy(m.indptr.astype(np.int64)), persistent=False)
-        self.register_buffer("col" + suffix, torch.from_numpy(m.indices.astype(np.int64)), persistent=False)
+        self.register_buffer("crow" + suffix, torch.from_numpy(m.indptr.astype(np.int64, copy=False)), persistent=False)
+        self.register_buffer("col" + suffix, torch.from_numpy(m.indices.astype(np.int64, copy=False)), persistent=False)
         self.register_buffer("val" + suffix, torch.from_numpy(m.data.astype(np.float32)), persistent=False)
 
     @property
@@ -292,6 +296,18 @@ class SparseGraph(nn.Module):
         total = int(crow[-1])
         idx = torch.arange(total, device=rows.device) + (start - crow[:-1]).repeat_interleave(counts, output_size=total)
         return crow, col_a.index_select(0, idx), val_a.index_select(0, idx)
+
+    def row_product(self, rows: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``((A x)[rows] (R, d), the columns those rows read (nnz_R,))`` for sorted distinct ``rows``, at the cost of
+        the rows' entries (no gradient through the graph; ``x`` ``(m, d)``); a contiguous range of rows is a slice of
+        the CSR arrays (no gather)."""
+        if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            a, b = int(self.crow[lo]), int(self.crow[hi])
+            crow, col, val = self.crow[lo : hi + 1] - a, self.col[a:b], self.val[a:b]
+        else:
+            crow, col, val = self.rows(rows)
+        return _csr_tensor(crow, col, val, (len(rows), self.shape[1]), check_invariants=False) @ x, col
 
     def block(self, rows: Tensor, also: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """``(A[rows, C] as a CSR tensor (R, |C|), C)`` with ``C`` the sorted distinct columns the rows read,
@@ -438,12 +454,19 @@ class Frontiers(NamedTuple):
 def interaction_matrix(edge_index: Tensor | np.ndarray, num_users: int, num_items: int) -> sp.csr_matrix:
     """Binary ``(num_users, num_items)`` matrix :math:`R` from ``(2, E)`` (user, item) edges."""
     e = edge_index.detach().cpu().numpy() if isinstance(edge_index, Tensor) else np.asarray(edge_index)
-    e = e.reshape(2, -1).astype(np.int64)
+    e = e.reshape(2, -1).astype(np.int64, copy=False)
     if e.size and (e.min() < 0 or e[0].max() >= num_users or e[1].max() >= num_items):
         raise ValueError(
             f"edge ids out of range for num_users={num_users}, num_items={num_items}; "
             "build the graph from the same data the model was sized for"
         )
+    key = e[0] * num_items + e[1]
+    if bool(np.all(key[1:] > key[:-1])):  # sorted distinct edges (a CSR's, e.g. the retained graph): no sort
+        indptr = np.zeros(num_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(e[0], minlength=num_users), out=indptr[1:])
+        r = sp.csr_matrix((np.ones(e.shape[1], np.float32), e[1], indptr), shape=(num_users, num_items))
+        r.has_canonical_format = True
+        return r
     r = sp.csr_matrix((np.ones(e.shape[1], np.float32), (e[0], e[1])), shape=(num_users, num_items))
     r.sum_duplicates()
     r.data[:] = 1.0
@@ -471,15 +494,20 @@ def normalized_bipartite(r: sp.csr_matrix, self_loops: bool = False) -> sp.csr_m
     if not self_loops:  # built directly in CSR (sorted rows, no sparse products): O(nnz) with small constants
         r = sp.csr_matrix(r)
         r.sum_duplicates()
-        rt = sp.csr_matrix(r.T)  # item rows, sorted
-        du = _inv_sqrt(np.diff(r.indptr) if np.all(r.data == 1) else np.asarray(r.sum(1)).ravel())
-        di = _inv_sqrt(np.diff(rt.indptr) if np.all(r.data == 1) else np.asarray(r.sum(0)).ravel())
+        binary = bool(np.all(r.data == 1))
+        du = _inv_sqrt(np.diff(r.indptr) if binary else np.asarray(r.sum(1)).ravel())
+        di = _inv_sqrt(np.bincount(r.indices, minlength=ni) if binary else np.asarray(r.sum(0)).ravel())
         rows_u = np.repeat(np.arange(nu), np.diff(r.indptr))
-        rows_i = np.repeat(np.arange(ni), np.diff(rt.indptr))
-        data = np.concatenate([r.data * du[rows_u] * di[r.indices], rt.data * di[rows_i] * du[rt.indices]])
+        # (E,) float64: D_U^-1/2 R D_I^-1/2 on R's entries
+        w = du[rows_u] * di[r.indices] if binary else r.data * du[rows_u] * di[r.indices]
+        # the item rows: the transpose of the normalised block (the same products, CSC order; sorted rows)
+        rt = sp.csr_matrix(sp.csr_matrix((w.astype(np.float32), r.indices, r.indptr), shape=r.shape).T)
         indptr = np.concatenate([r.indptr, r.indptr[-1] + rt.indptr[1:]]).astype(np.int64)
-        indices = np.concatenate([r.indices.astype(np.int64) + nu, rt.indices.astype(np.int64)])
-        return sp.csr_matrix((data.astype(np.float32), indices, indptr), shape=(nu + ni, nu + ni))
+        indices = np.concatenate([r.indices, rt.indices]).astype(np.int64)
+        indices[: len(r.indices)] += nu
+        out = sp.csr_matrix((np.concatenate([w.astype(np.float32), rt.data]), indices, indptr), shape=(nu + ni, nu + ni))
+        out.has_canonical_format = True  # rows sorted (R's, then the transpose's), no duplicates
+        return out
     a = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
     if self_loops:
         a = a + sp.identity(nu + ni, dtype=np.float32, format="csr")

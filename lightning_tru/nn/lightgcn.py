@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_tru.nn.losses import l2_penalty
-from lightning_tru.nn.base import Backbone, Propagation, entity_rows, xavier_uniform_table
+from lightning_tru.nn.base import Backbone, Propagation, Snapshot, entity_rows, xavier_uniform_table
 from lightning_tru.nn.graph import Backend, Frontiers, SparseGraph, interaction_matrix, normalized_bipartite
 
 
@@ -63,13 +63,58 @@ class LightGCN(Backbone):
         if self.adj is None:
             raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])  # (U+I, d)
-        out = x
+        out = x.clone()
         for _ in range(self.num_layers):
             x = self.adj(x)
-            out = out + x
-        out = out / (self.num_layers + 1)
+            out.add_(x)  # in place: one (U+I, d) buffer for the sum (its backward needs no input)
+        out.div_(self.num_layers + 1)
         user, item = out.split([self.num_users, self.num_items])
         return Propagation(user, item, {"id": (user, item)}, {})
+
+    @torch.no_grad()
+    def propagate_from(self, since: Optional[Snapshot] = None, max_share: float = 0.5) -> Snapshot:
+        r""":meth:`propagate`'s final embeddings (no gradient), stacked ``(U+I, d)``, as a :class:`Snapshot`; with
+        ``since`` (an earlier snapshot over the same graph) computed from it by linearity,
+
+        .. math::
+            E = E_0 + \frac{1}{L+1}\sum_{l=0}^{L} \hat A^l (X - X_0),
+
+        each product only over the rows it reaches from the rows of :math:`X` that changed (their out-neighbourhood,
+        layer by layer, one side of the bipartite graph each; the full products once more than ``max_share`` of the
+        rows changed). ``since`` is consumed (its embeddings are updated in place). A request that moves a few item
+        rows between two verifications then costs :math:`L` products over one side of the graph instead of :math:`L`
+        over both (exact up to float rounding; measured 0.7-0.8 x the time of :meth:`propagate` at 3e6 interactions)."""
+        if self.adj is None:
+            raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight]).detach()  # (U+I, d)
+        if since is None or since.graph is not self.adj or since.tables.shape != x.shape:
+            p = self.propagate()
+            return Snapshot(torch.cat([p.user, p.item]), x, self.adj)
+        delta = x - since.tables  # (U+I, d): zero off the changed rows; then the buffer of A^l delta
+        rows = delta.any(1).nonzero().squeeze(1)
+        if len(rows) > max_share * x.shape[0]:
+            p = self.propagate()
+            return Snapshot(torch.cat([p.user, p.item]), x, self.adj)
+        out, scale = since.final, 1.0 / (self.num_layers + 1)  # updated in place: ``since`` is consumed
+        out.index_add_(0, rows, delta[rows], alpha=scale)
+        _, col, _ = self.adj.rows(rows)
+        support = rows
+        for layer in range(self.num_layers):
+            reach = self._marked(col)  # rows of A^l delta that can be non-zero (one side of the bipartite graph)
+            if len(reach) and 2 * len(reach) >= int(reach[-1]) - int(reach[0]) + 1:  # dense in its range: slice it
+                reach = torch.arange(int(reach[0]), int(reach[-1]) + 1, device=reach.device)
+            y, col = self.adj.row_product(reach, delta)  # (|reach|, d)
+            out.index_add_(0, reach, y, alpha=scale)
+            if layer + 1 < self.num_layers:
+                delta.index_fill_(0, support, 0.0).index_copy_(0, reach, y)
+                support = reach
+        return Snapshot(out, x, self.adj)
+
+    def _marked(self, ids: Tensor) -> Tensor:
+        """The sorted distinct ``ids`` of ``[0, U+I)`` (a mark per node, no sort)."""
+        mark = torch.zeros(self.num_users + self.num_items, dtype=torch.bool, device=ids.device)
+        mark[ids] = True
+        return mark.nonzero().squeeze(1)
 
     def local_propagation(self, users: Tensor, items: Tensor) -> Propagation:
         r""":meth:`propagate` on the rows ``users`` / ``items`` only, over their ``L``-hop computation graph
@@ -90,15 +135,23 @@ class LightGCN(Backbone):
     ) -> Propagation:
         r""":meth:`local_propagation`'s rows estimated over a sampled ``L``-hop computation graph
         (:meth:`SparseGraph.sampled_frontiers`: at most ``fanout`` neighbours per node and layer, unbiased); the other
-        rows are zero. Exact when ``fanout`` is at least the largest degree."""
+        rows are zero. Exact when ``fanout`` is at least the largest degree. Inside ``sampling(..., sparse=True)``:
+        compact (only the rows of ``users`` / ``items``, :attr:`Propagation.index`) with sparse table gradients, so
+        neither the forward nor the backward touches a whole table."""
         if self.adj is None:
             raise RuntimeError("LightGCN has no graph: call set_graph(edge_index) first")
         seeds = torch.cat([users.reshape(-1), items.reshape(-1) + self.num_users])
-        return self._rows(self.adj.sampled_frontiers(seeds, self.num_layers, fanout, generator))
+        return self._rows(self.adj.sampled_frontiers(seeds, self.num_layers, fanout, generator), compact=self._row_sparse)
 
-    def _rows(self, fr: Frontiers) -> Propagation:
-        """The layer mean on the seeds of ``fr`` from the embedding rows of its last frontier; zeros elsewhere."""
-        rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1])
+    def _rows(self, fr: Frontiers, compact: bool = False) -> Propagation:
+        """The layer mean on the seeds of ``fr`` from the embedding rows of its last frontier; zeros elsewhere, or
+        (``compact``) only the seeds' rows with sparse gradients of the tables."""
+        rows = entity_rows(self.user_embedding.weight, self.item_embedding.weight, fr.nodes[-1], sparse=compact)
+        if compact:
+            seeds = fr.nodes[0]
+            split = int(torch.searchsorted(seeds, self.num_users))
+            user, item = fr.apply(rows, mean=True).split([split, len(seeds) - split])  # (U_c, d), (I_c, d)
+            return Propagation(user, item, {"id": (user, item)}, {}, (seeds[:split], seeds[split:] - self.num_users))
         out = rows.new_zeros(self.num_users + self.num_items, rows.shape[1]).index_copy_(0, fr.nodes[0], fr.apply(rows, mean=True))
         user, item = out.split([self.num_users, self.num_items])
         return Propagation(user, item, {"id": (user, item)}, {})
