@@ -1,3 +1,5 @@
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,27 @@ def _dense_adj(data: InteractionData) -> torch.Tensor:
 
 def _features(data: InteractionData) -> dict[str, torch.Tensor]:
     return {m: torch.from_numpy(f) for m, f in data.features.items()}
+
+
+def _assert_training_losses_are_the_full_terms(model: Any, users: torch.Tensor, pos: torch.Tensor,
+                                               neg: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``model.training_losses`` equals BPR over the full propagation + the auxiliary terms (values and gradients);
+    returns the reference terms."""
+    from lightning_tru.nn.losses import bpr_loss
+
+    full = model.propagate()
+    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
+           **model.auxiliary_losses(full, users, pos, neg)}
+    got = model.training_losses(users, pos, neg)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    params = list(model.parameters())
+    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
+    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b)
+    return ref
 
 
 def test_lightgcn_matches_dense_reference(tiny_data: InteractionData) -> None:
@@ -157,22 +180,10 @@ def test_mgcn_training_losses_equal_the_full_propagation_terms(tiny_data: Intera
     """MGCN's batch-row training losses (never expanded to (U+I, d)) equal BPR + auxiliary terms over the full
     propagation, values and gradients; inside ``sampling`` they are the base class's (the sampled estimate)."""
     from lightning_tru.nn.base import Backbone
-    from lightning_tru.nn.losses import bpr_loss
 
     model = _mgcn(tiny_data, cl_weight=0.5, num_ui_layers=ui)
     users, pos, neg = torch.tensor([0, 1, 0, 5, 7]), torch.tensor([3, 3, 4, 9, 0]), torch.tensor([6, 7, 8, 3, 11])
-    full = model.propagate()
-    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
-           **model.auxiliary_losses(full, users, pos, neg)}
-    got = model.training_losses(users, pos, neg)
-    assert got.keys() == ref.keys()
-    for k in ref:
-        torch.testing.assert_close(got[k], ref[k])
-    params = list(model.parameters())
-    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
-    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
-    for a, b in zip(g_got, g_ref):
-        torch.testing.assert_close(a, b)
+    ref = _assert_training_losses_are_the_full_terms(model, users, pos, neg)
     with model.sampling(2, torch.Generator().manual_seed(0)):
         sampled = model.training_losses(users, pos, neg)
     with model.sampling(2, torch.Generator().manual_seed(0)):
@@ -185,24 +196,11 @@ def test_mgcn_training_losses_equal_the_full_propagation_terms(tiny_data: Intera
 @pytest.mark.parametrize("layers", [3, 1, 0])
 def test_lightgcn_training_losses_equal_the_full_propagation_terms(tiny_data: InteractionData, layers: int) -> None:
     """LightGCN's training losses (Backbone.training_losses) equal BPR over the full propagation + L2, values and gradients."""
-    from lightning_tru.nn.losses import bpr_loss
-
     torch.manual_seed(0)
     model = LightGCN(8, 12, embedding_dim=5, num_layers=layers)
     model.set_graph(edge_index_from_pairs(tiny_data.split_pairs("train")))
     users, pos, neg = torch.tensor([0, 1, 0, 5, 7]), torch.tensor([3, 3, 4, 9, 0]), torch.tensor([6, 7, 8, 3, 11])
-    params = list(model.parameters())
-    full = model.propagate()
-    ref = {"bpr": bpr_loss(model.score(users, pos, full), model.score(users, neg, full)),
-           **model.auxiliary_losses(full, users, pos, neg)}
-    got = model.training_losses(users, pos, neg)
-    assert got.keys() == ref.keys()
-    for k in ref:
-        torch.testing.assert_close(got[k], ref[k])
-    g_ref = torch.autograd.grad(sum(ref.values()), params)  # type: ignore[arg-type]
-    g_got = torch.autograd.grad(sum(model.training_losses(users, pos, neg).values()), params)  # type: ignore[arg-type]
-    for a, b in zip(g_got, g_ref):
-        torch.testing.assert_close(a, b)
+    _assert_training_losses_are_the_full_terms(model, users, pos, neg)
 
 
 def test_backbone_input_errors(tiny_data: InteractionData) -> None:
