@@ -110,6 +110,46 @@ def test_initial_entity_table_follows_the_constructor_law(cls: type) -> None:
         b.initial_entity_table("nothing.weight", torch.Generator())
 
 
+def test_reset_on_a_model_without_an_item_table_resets_the_users_and_says_so(tmp_path: Path) -> None:
+    """MIG-GT without item embeddings: deleted items have no row (their representation is computed from content), so
+    Reset re-draws the deleted users' rows only and reports the items it could not; no table at all is refused."""
+    import json
+    from functools import partial
+
+    from lightning_tru.models import RecommenderModule
+
+    p = planted()
+    model = RecommenderModule(partial(MIGGT, embedding_dim=8), p.dm.num_users, p.dm.num_items, p.dm.feature_dims)
+    assert "item" not in model.backbone.entity_parameters()
+    train = p.dm.data.split_pairs("train")
+    users, items = p.udm.forget.users[:5], np.unique(train[:, 1])[:3]
+    pairs = train[np.isin(train[:, 0], users) | np.isin(train[:, 1], items)]  # every pair of 5 users and of 3 items
+    (tmp_path / "req.json").write_text(json.dumps({"pairs": pairs.tolist()}))
+    udm = UnlearningDataModule(p.dm, ForgetRequest(file=tmp_path / "req.json"), seed=0)
+    del_users, del_items = deleted_entities(udm)
+    assert set(users) <= set(del_users) and set(items) <= set(del_items)
+    init = copy.deepcopy(model)
+    cb = Reset()
+    cb.use_initial(init)
+    out = _run(model, udm, cb)
+    u = torch.as_tensor(del_users)
+    assert torch.equal(out.backbone.user_embedding.weight[u], init.backbone.user_embedding.weight[u])
+    assert cb.edits["reset_users"] == len(del_users) and cb.edits["reset_items"] == 0
+    assert cb.edits["no_table"] == {"item": len(del_items)}
+    assert f"{len(del_items)} deleted items have no row to re-draw" in cb.stopping_reason
+
+    class NoTables(torch.nn.Module):  # a model that declares nothing: refused, not silently skipped
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            return self.w.sum() + 0.0 * users
+
+    with pytest.raises(ValueError, match="names no user table"):
+        Reset().edit(NoTables(), udm)
+
+
 def test_reset_errors_on_a_foreign_initial_model() -> None:
     p = planted()
     cb = Reset()

@@ -43,6 +43,11 @@ class Reset(Surgery):
     (``initial_entity_table(name, generator)``) with a generator seeded by ``seed`` and the table
     name: a draw of the same distribution, not the same values. ``edits`` records which.
 
+    A model whose ``entity_parameters()`` names tables for one entity only (MIG-GT's items without
+    ``use_item_embedding`` are computed from their content) has no row to re-draw for the other: those
+    deleted entities are counted in ``edits["no_table"]`` and said in the stopping reason. A model that
+    names no table at all is refused (it may simply not implement ``entity_parameters``).
+
     Args:
         k: cut-off of the recorded forget recall.
         seed: seed of the fallback draw.
@@ -77,11 +82,14 @@ class Reset(Surgery):
         users, items = deleted_entities(dm)
         groups = entity_groups(model, dm.num_users, dm.num_items)
         params = dict(model.named_parameters())
-        sources, tables = set(), []
+        sources, tables, tableless = set(), [], {}
         for entity, rows in (("user", users), ("item", items)):
             if len(rows) == 0:
                 continue
             names = groups.get(entity, [])
+            if not names and groups:  # the model names its tables, none for this entity: shared layers represent it
+                tableless[entity] = int(len(rows))
+                continue
             if not names:
                 raise ValueError(
                     f"Reset must re-draw {len(rows)} deleted {entity} rows but {type(model).__name__} names no "
@@ -95,8 +103,11 @@ class Reset(Surgery):
                     p[idx.to(p.device)] = table[idx].to(device=p.device, dtype=p.dtype)
                 sources.add(source)
                 tables.append(name)
-        self.edits = {"reset_users": int(len(users)), "reset_items": int(len(items)), "tables": tables,
-                      "source": " + ".join(sorted(sources)) or "none"}
-        what = (f"{len(users)} user and {len(items)} item rows of {len(tables)} entity tables reset"
-                + (f" ({self.edits['source']})" if tables else ""))
+        n_users, n_items = (int(len(r)) - tableless.get(e, 0) for e, r in (("user", users), ("item", items)))
+        self.edits = {"reset_users": n_users, "reset_items": n_items, "tables": tables,
+                      "source": " + ".join(sorted(sources)) or "none", "no_table": tableless}
+        what = (f"{n_users} user and {n_items} item rows of {len(tables)} entity tables reset"
+                + (f" ({self.edits['source']})" if tables else "")
+                + "".join(f"; {n} deleted {e}s have no row to re-draw ({type(model).__name__} has no {e} table: "
+                          f"shared layers represent them)" for e, n in tableless.items()))
         return f"graph surgery + {what}"
