@@ -87,6 +87,9 @@ def test_miggt_item_wise_says_what_the_model_lacks(mig: tuple) -> None:
     with pytest.warns(UserWarning, match="no item ID table"):
         unlearn(trained, udm, tru, 2)
     assert len(tru.limitations) == 1 and f"{len(udm.forget.items)} deleted items" in tru.limitations[0]
+    assert "items" not in tru.negative_phase and tru.reference == 0.5  # no simulated phase: not its own AUC
+    tru.negative_phase = {"drift_users": 3}  # the user drift ran (deleted users), the items' phase did not
+    assert tru.reference_auc(trained, udm) == 0.5
     assert not tru.target_reached and "model limits: " in str(tru.stopping_reason)
     assert tru.extra_state()["limitations"] == tru.limitations
     again = TRU()

@@ -712,7 +712,7 @@ class TRU(UnlearningCallback):
         :meth:`UnlearningCallback.reference_auc`. (Tried: the AUC of the never-trained items' held-out pairs, the
         item-wise analogue of the interaction-wise reference: 0.50 on TikTok, MGCN, item-wise 5%, converged, where
         Retrain gives 0.56 and this reference 0.59; not kept.)"""
-        if dm.forget.regime != "item" or not self.negative_phase or self._audit is None:
+        if dm.forget.regime != "item" or "items" not in self.negative_phase or self._audit is None:
             return super().reference_auc(model, dm)
         was_training = model.training
         model.eval()
