@@ -19,6 +19,7 @@ from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.datamodules.forget import ForgetRequest
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
 from lightning_tru.models import RecommenderModule
+from lightning_tru.models.protocol import FrozenScorer
 from lightning_tru.models.retrain import retrain
 from lightning_tru.nn import MGCN
 
@@ -283,3 +284,59 @@ def test_a_preparation_that_over_forgets_is_an_overshoot_not_an_answer(setup: tu
     assert first["mia_auc"] < tru.reference - first["mia_band"], tru.history  # the preparation went past the band
     assert tru.overshoot and not tru.target_reached and tru.steps == 0
     assert tru.stopping_reason.startswith("overshoot before the first step"), tru.stopping_reason
+
+
+def _naive_targets(scores_full: np.ndarray, excluded: np.ndarray, users: np.ndarray, s: np.ndarray,
+                   grid: np.ndarray) -> np.ndarray:
+    """The quantile-matching targets by loops: percentile among the user's candidates, batch order, matched quantile,
+    the score at that percentile of the user's ascending candidate row."""
+    pct = np.empty(len(users))
+    for k, (u, v) in enumerate(zip(users, s)):
+        cand = scores_full[u][~excluded[u]]
+        pct[k] = (cand < v).sum() / (len(cand) - 1)
+    level = np.empty(len(users))
+    level[np.argsort(pct, kind="stable")] = (np.arange(len(users)) + 0.5) / len(users)
+    q = np.interp(level, np.linspace(0, 1, len(grid)), grid)
+    out = np.empty(len(users))
+    for k, u in enumerate(users):
+        row = np.sort(scores_full[u][~excluded[u]])
+        at = q[k] * (len(row) - 1)
+        a = int(np.floor(at))
+        b = min(a + 1, len(row) - 1)
+        out[k] = row[a] + (at - a) * (row[b] - row[a])
+    return out
+
+
+def test_quantile_targets_match_a_naive_reference(setup: tuple) -> None:
+    """Each forget pair's target is the score at its matched reference quantile among its user's candidate items."""
+    dm, _, _ = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    g = torch.Generator().manual_seed(0)
+    scorer = FrozenScorer(torch.randn(udm.num_users, 8, generator=g), torch.randn(udm.num_items, 8, generator=g))
+    tru = TRU()
+    tru.quantiles = np.quantile(np.random.default_rng(0).beta(4, 2, 500), np.linspace(0, 1, TRU.QUANTILE_LEVELS)).tolist()
+    pairs = udm.forget.forget_pairs[:64]
+    users, items = torch.from_numpy(pairs[:, 0]).long(), torch.from_numpy(pairs[:, 1]).long()
+    s = scorer.score(users, items)
+    got = tru._quantile_targets(scorer, users, s, udm).numpy()
+    full = (scorer.user @ scorer.item.T).numpy()
+    excluded = udm.retained_train_csr().toarray() > 0
+    want = _naive_targets(full, excluded, pairs[:, 0], s.numpy(), np.asarray(tru.quantiles))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    # a pair already at its matched quantile is not pulled: the targets' own percentiles are the reference quantiles
+    assert np.corrcoef(got, s.numpy())[0, 1] > 0  # the matching is monotone (1-D transport keeps the order)
+
+
+def test_interaction_wise_quantile_matching_lands_in_the_band(setup: tuple) -> None:
+    """``forget_loss="quantile"``: the forget pairs are pulled to the forgetting users' held-out rank distribution (no
+    reverse BPR, no gate); the quantiles are kept in the state, and the forget recall and pair AUC land near Retrain's."""
+    tru = TRU(forget_loss="quantile")
+    res = _compare(setup, "interaction", 0.05, {"TRU": tru})
+    assert len(tru.quantiles) == TRU.QUANTILE_LEVELS and tru.quantiles == sorted(tru.quantiles)
+    assert 0.8 <= res["TRU"]["forget"] / res["Retrain"]["forget"] <= 1.25, res
+    assert abs(res["TRU"]["auc"] - res["Retrain"]["auc"]) <= 0.05, res
+    restored = TRU()
+    restored.load_extra_state(tru.extra_state())
+    assert restored.quantiles == tru.quantiles
+    with pytest.raises(ValueError, match="forget_loss"):
+        TRU(forget_loss="ascent")  # type: ignore[arg-type]

@@ -6,7 +6,9 @@ from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
 from lightning_tru.audit.exposure import GlobalExposure, exposure_reduction, global_exposure
 from lightning_tru.audit.fairness import active_users, ndcg_gap
 from lightning_tru.audit.forgetting import recall_exposure_at_k, random_recall
-from lightning_tru.audit.membership import mann_whitney_auc, matched_nonmembers, membership_verdict, pair_membership
+from lightning_tru.audit.membership import (
+    mann_whitney_auc, matched_nonmembers, membership_verdict, pair_membership, pair_percentiles,
+)
 from lightning_tru.audit.suite import Shadow, run_audits, train_shadow
 from lightning_tru.audit.user_mia import user_mia
 
@@ -29,6 +31,7 @@ __all__ = [
     "membership_verdict",
     "ndcg_gap",
     "pair_membership",
+    "pair_percentiles",
     "poison",
     "random_recall",
     "ranking_distance",

@@ -26,7 +26,8 @@ from scipy.stats import rankdata
 from lightning_tru.audit.scoring import score_batches
 from lightning_tru.models.protocol import FrozenScorer
 
-__all__ = ["mann_whitney_auc", "popularity_bins", "matched_nonmembers", "pair_membership", "membership_verdict"]
+__all__ = ["mann_whitney_auc", "popularity_bins", "matched_nonmembers", "pair_membership", "pair_percentiles",
+           "membership_verdict"]
 
 
 def mann_whitney_auc(positives: Any, negatives: Any) -> float:
@@ -154,6 +155,15 @@ def _scores_and_percentiles(
         score_out[sel] = s.double().cpu().numpy()
         pct_out[sel] = pct.double().cpu().numpy()
     return score_out, pct_out
+
+
+def pair_percentiles(model: Any, pairs: np.ndarray, exclude: sp.csr_matrix, batch_users: int = 1024) -> np.ndarray:
+    """Within-user rank percentiles of ``pairs`` among the items outside ``exclude`` (1: the user's best, 0: the worst),
+    as :func:`pair_membership` ranks them."""
+    pairs = np.asarray(pairs).reshape(-1, 2)
+    if len(pairs) == 0:
+        return np.zeros(0)
+    return _scores_and_percentiles(FrozenScorer.of(model), pairs, exclude, exclude.shape[1], batch_users)[1]
 
 
 def pair_membership(

@@ -57,7 +57,7 @@ def _check_hits(hits: Tensor, num_relevant: Tensor, k: int) -> None:
 
 
 def count_relevant(target: Tensor) -> Tensor:
-    """``(B,)`` number of relevant items per row of a ``(B, num_items)`` relevance tensor.
+    r"""``(B,)`` number of relevant items per row of a ``(B, num_items)`` relevance tensor.
 
     Bool tensors are summed eight bytes at a time: each 64-bit word :math:`w` of a row holds eight 0/1 bytes,
     and :math:`(w \cdot \mathtt{0x0101010101010101}) \gg 56` is their sum (no byte of a partial sum exceeds 8, so
