@@ -220,6 +220,21 @@ def tru_request(model: Any, dm: Any, a: argparse.Namespace, mode: str) -> dict[s
     return out
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Field by field median of the runs of one size (nested dicts too); a non-numeric field is the first run's."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if isinstance(first, dict):
+            out[key] = median_run([v for v in values if isinstance(v, dict)])
+        elif isinstance(first, (int, float)) and not isinstance(first, bool):
+            med = float(np.median([float(v) for v in values if isinstance(v, (int, float))]))
+            out[key] = int(round(med)) if isinstance(first, int) else med
+        else:
+            out[key] = first
+    return out
+
+
 def slope(x: list[float], y: list[float]) -> float:
     """Least-squares exponent b of y ~ x^b."""
     return float(np.polyfit(np.log(x), np.log(y), 1)[0]) if len(x) > 1 else float("nan")
@@ -252,6 +267,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--plot", default=None, help="file name of the log-log plot next to --out "
                     "(default scale_<model>[_sampled].png)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per size (rounds over all sizes, interleaved); the table shows each number's median")
     ap.add_argument("--single", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args()
     import torch
@@ -270,9 +287,17 @@ def main() -> None:
     passthrough += ["--sample-fanout", str(a.sample_fanout)] if a.sample_fanout else []
     modes = [] if a.skip_tru else modes_of(a)
     nan = float("nan")
-    for n in a.interactions:
-        r = run_isolated([__file__, "--single", str(n), *passthrough], timeout=7200, env={"PYTHONPATH": str(REPO)})
-        print(r, flush=True)
+    if a.repeats < 1:
+        raise SystemExit(f"--repeats {a.repeats}: give at least 1 run per size")
+    rounds: list[list[dict[str, Any]]] = []
+    for _ in range(a.repeats):  # round after round over all sizes: a change of load spreads over every size
+        rounds.append([])
+        for n in a.interactions:
+            r = run_isolated([__file__, "--single", str(n), *passthrough], timeout=7200, env={"PYTHONPATH": str(REPO)})
+            print(r, flush=True)
+            rounds[-1].append(r)
+    for k in range(len(a.interactions)):
+        r = median_run([rnd[k] for rnd in rounds])
         runs.append(r)
         m0 = r[modes[0]] if modes else {}
         cols = []
@@ -297,6 +322,11 @@ def main() -> None:
         fits[f"TRU request ({m})"] = slope(n, [r[m]["tru_s"] for r in runs])
         fits[f"TRU step ({m})"] = slope(n, [r[m]["step_s"] for r in runs])
         fits[f"TRU verification ({m})"] = slope(n, [r[m]["verify_s"] for r in runs])
+    spread = ""
+    if a.repeats > 1:
+        per_round = {f"TRU request ({m})": [slope(n, [r[m]["tru_s"] for r in rnd]) for rnd in rounds] for m in modes}
+        spread = ("Per round (each run's own fit, in run order): "
+                  + "; ".join(f"{k} " + " / ".join(f"{b:.2f}" for b in v) for k, v in per_round.items()) + "\n")
     cmd = " ".join(["python benchmarks/scale_bench.py", *sys.argv[1:]])
     head = ""
     for m in modes:
@@ -309,7 +339,9 @@ def main() -> None:
             else f"TRU's own stopping rule (membership, two-sided) and utility guard, at most {a.steps} steps")
     body = (
         f"`{cmd}`\n\n{machine_header()}\n"
-        f"- {a.model}, synthetic data (users = interactions / {a.mean_interactions:g}, {items_rule}, seed {a.seed}); "
+        + (f"- every number is the median of {a.repeats} runs per size (rounds over all sizes, interleaved), the "
+           "exponents are fitted to the medians\n" if a.repeats > 1 else "")
+        + f"- {a.model}, synthetic data (users = interactions / {a.mean_interactions:g}, {items_rule}, seed {a.seed}); "
         f"training s/epoch = median s/batch over {a.train_batches} timed BPR batches (batch {a.batch}) x batches per epoch"
         + (f" ({a.train_epochs} epochs of {a.train_batches} batches before the request)" if a.train_epochs > 1 else "")
         + f"; full evaluation = one validation pass over every user with valid rows (batches of {a.eval_batch} users, "
@@ -331,7 +363,7 @@ def main() -> None:
         + (" max abs weight diff local vs full |" if a.local == "both" and modes else "") + "\n"
         + "|---" * ncols + "|\n" + "\n".join(rows) + "\n\n"
         "Exponents b of time ~ interactions^b (least squares over the sizes): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in fits.items()) + "\n"
+        + ", ".join(f"{k} {v:.2f}" for k, v in fits.items()) + "\n" + spread
     )
     print(body)
     title = a.title or f"Scale ({a.model}, synthetic{', local vs full TRU' if a.local == 'both' else ''})"
