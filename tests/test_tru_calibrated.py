@@ -340,3 +340,19 @@ def test_interaction_wise_quantile_matching_lands_in_the_band(setup: tuple) -> N
     assert restored.quantiles == tru.quantiles
     with pytest.raises(ValueError, match="forget_loss"):
         TRU(forget_loss="ascent")  # type: ignore[arg-type]
+
+
+def test_a_run_whose_steps_cannot_move_the_auc_stalls_not_answered(setup: tuple) -> None:
+    """Steps too small to move anything (lr 1e-12, no reset): after the lr has grown to its cap, a few verifications
+    without progress end the run as stalled, NOT answered, long before the step budget; with the rule off it spends it."""
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0), seed=0)
+    tru = TRU(lr=1e-12, reset_deleted=False, stall_verifications=3)
+    unlearn(trained, udm, tru, 60)
+    assert tru.stopping_reason is not None and tru.stopping_reason.startswith("stalled"), tru.stopping_reason
+    assert not tru.target_reached and tru.lr_scale == tru.max_lr_scale and tru.steps < 30, (tru.steps, tru.lr_scale)
+    spend = TRU(lr=1e-12, reset_deleted=False, stall_verifications=None)
+    unlearn(trained, udm, spend, 24)
+    assert spend.steps == 24 and "budget" in (spend.stopping_reason or ""), spend.stopping_reason
+    with pytest.raises(ValueError, match="stall_verifications"):
+        TRU(stall_verifications=0)

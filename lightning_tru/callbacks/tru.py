@@ -157,6 +157,10 @@ class TRU(UnlearningCallback):
             interactions (:meth:`_neighbourhood_retain`); the gate's thresholds are refreshed every ``eval_every`` steps
             (:meth:`_step_thresholds`). A step's work then depends on the request, not on the data set's size.
         forget_loss: the forget term: ``"reverse_bpr"`` (with the gate) or ``"quantile"`` (quantile matching, no gate).
+        stall_verifications: membership rule: stop, NOT answered, when at the largest lr (grown to ``max_lr_scale``, or
+            no growth left) the pace of the pair-MIA AUC over this many verifications would not reach the band within
+            the step budget (or the AUC did not fall): the steps cannot reach Retrain on this model (``None``: spend
+            the step budget).
     """
 
     def __init__(
@@ -200,6 +204,7 @@ class TRU(UnlearningCallback):
         max_lr_scale: float = 16.0,
         sample_fanout: Optional[int] = None,
         forget_loss: Literal["reverse_bpr", "quantile"] = "reverse_bpr",
+        stall_verifications: Optional[int] = 4,
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
@@ -278,6 +283,9 @@ class TRU(UnlearningCallback):
         if forget_loss not in ("reverse_bpr", "quantile"):
             raise ValueError(f"forget_loss={forget_loss!r} must be 'reverse_bpr' (with the gate) or 'quantile' (matching)")
         self.forget_loss = forget_loss
+        if stall_verifications is not None and (isinstance(stall_verifications, bool) or stall_verifications < 1):
+            raise ValueError(f"stall_verifications={stall_verifications!r} must be an integer >= 1 or None (no stall rule)")
+        self.stall_verifications = stall_verifications
         self.quantiles: list[float] = []  # quantile matching: the reference pairs' percentile quantiles (empty: off)
 
     # ------------------------------------------------------------------------ profiling
@@ -918,8 +926,11 @@ class TRU(UnlearningCallback):
         :math:`g > 2\Delta` (or :math:`\Delta \le 0`), while the total stays within ``max_lr_scale``. Measured on
         TikTok (MGCN, user-wise 5%, converged): the row-share-scaled steps of the item rows remove the residual
         AUC at about 0.006 per step, 30 steps at a constant lr."""
-        if (self.lr_growth <= 1 or self.growth_stopped or self.stop_rule != "membership" or len(self.history) < 2
-                or self.reference is None):
+        if self.stop_rule != "membership" or len(self.history) < 2 or self.reference is None:
+            return
+        if self._stalled(trainer, res):
+            return
+        if self.lr_growth <= 1 or self.growth_stopped:
             return
         moved = self.history[-2]["mia_auc"] - res["mia_auc"]
         left = res["mia_auc"] - (float(self.reference) + res["mia_band"])
@@ -930,6 +941,30 @@ class TRU(UnlearningCallback):
             for group in opt.param_groups:
                 group["lr"] *= factor
         self.lr_scale *= factor
+
+    def _stalled(self, trainer: Trainer, res: dict[str, float]) -> bool:
+        """The stall rule (``stall_verifications``): at the largest lr, the AUC's pace over the last verifications does
+        not reach the band within the step budget; the run stops, NOT answered (measured: MIG-GT, TikTok, user-wise 5%, converged, spent its
+        200-step budget at AUC 0.541 where it started, 536 s)."""
+        k = self.stall_verifications
+        at_max = self.lr_growth <= 1 or self.growth_stopped or self.lr_scale * self.lr_growth > self.max_lr_scale
+        verified = [h for h in self.history if "undone" not in h and "interpolated" not in h]
+        if k is None or not at_max or len(verified) <= k:
+            return False
+        gained = verified[-1 - k]["mia_auc"] - res["mia_auc"]
+        left = res["mia_auc"] - (float(self.reference) + res["mia_band"])  # type: ignore[arg-type]
+        budget = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        if gained > 0 and (budget is None or left <= gained / (k * self.eval_every) * (budget - self.steps)):
+            return False  # slow, but the band is within the step budget at this pace
+        trainer.should_stop = True
+        self.stopping_reason = (
+            f"stalled after {self.steps} steps: the pair-MIA AUC went {verified[-1 - k]['mia_auc']:.4f} -> {res['mia_auc']:.4f} "
+            f"over the last {k} verifications at the largest lr (expected Retrain AUC {self.reference:.4f} +- "
+            f"{res['mia_band']:.3f}); "
+            f"the request is NOT answered by this method on this model"
+        )
+        rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
+        return True
 
     @override
     def smaller_steps(self, trainer: Trainer) -> bool:
