@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +270,8 @@ def main() -> None:
                     "(default scale_<model>[_sampled].png)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs per size (rounds over all sizes, interleaved); the table shows each number's median")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at a time (each its own process and --threads): for a machine with idle cores")
     ap.add_argument("--single", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args()
     import torch
@@ -289,13 +292,20 @@ def main() -> None:
     nan = float("nan")
     if a.repeats < 1:
         raise SystemExit(f"--repeats {a.repeats}: give at least 1 run per size")
-    rounds: list[list[dict[str, Any]]] = []
-    for _ in range(a.repeats):  # round after round over all sizes: a change of load spreads over every size
-        rounds.append([])
-        for n in a.interactions:
-            r = run_isolated([__file__, "--single", str(n), *passthrough], timeout=7200, env={"PYTHONPATH": str(REPO)})
-            print(r, flush=True)
-            rounds[-1].append(r)
+    if a.jobs < 1:
+        raise SystemExit(f"--jobs {a.jobs}: give at least 1")
+
+    def one(n: float) -> dict[str, Any]:
+        r = run_isolated([__file__, "--single", str(n), *passthrough], timeout=7200, env={"PYTHONPATH": str(REPO)})
+        print(r, flush=True)
+        return r
+
+    # round after round over all sizes (a change of load spreads over every size); --jobs runs at a time
+    order = [n for _ in range(a.repeats) for n in a.interactions]
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        flat = list(pool.map(one, order))
+    k = len(a.interactions)
+    rounds = [flat[i * k : (i + 1) * k] for i in range(a.repeats)]
     for k in range(len(a.interactions)):
         r = median_run([rnd[k] for rnd in rounds])
         runs.append(r)
@@ -341,6 +351,7 @@ def main() -> None:
         f"`{cmd}`\n\n{machine_header()}\n"
         + (f"- every number is the median of {a.repeats} runs per size (rounds over all sizes, interleaved), the "
            "exponents are fitted to the medians\n" if a.repeats > 1 else "")
+        + (f"- {a.jobs} runs at a time, each its own process with {a.threads} thread(s)\n" if a.jobs > 1 else "")
         + f"- {a.model}, synthetic data (users = interactions / {a.mean_interactions:g}, {items_rule}, seed {a.seed}); "
         f"training s/epoch = median s/batch over {a.train_batches} timed BPR batches (batch {a.batch}) x batches per epoch"
         + (f" ({a.train_epochs} epochs of {a.train_batches} batches before the request)" if a.train_epochs > 1 else "")
