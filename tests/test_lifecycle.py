@@ -27,7 +27,7 @@ from lightning_tru.datamodules.mmrec import load_mmrec
 from lightning_tru.datamodules.purge import write_mmrec
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
 from lightning_tru.ledger import verify
-from lightning_tru.lifecycle import answer_request, load_trained_weights, recommend
+from lightning_tru.lifecycle import AuditSettings, RetrainSettings, answer_request, load_trained_weights, recommend
 from lightning_tru.models import RecommenderModule
 from lightning_tru.nn import LightGCN
 
@@ -308,3 +308,26 @@ def test_a_run_that_does_nothing_is_not_a_deletion(tmp_path: Path) -> None:
         load_trained_weights(_model(dm), kept, dm)
     with pytest.raises(LineageError, match="did NOT answer"):
         _quiet().validate(_model(dm), datamodule=dm, ckpt_path=str(kept), verbose=False)
+
+
+def test_retrain_runs_on_the_device_type_of_the_unlearning_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retrain (and the second Retrain of the noise floor) trains where the method ran: the CPU trainer's device type,
+    not Lightning's own pick (a GPU when one is there: the speed-up would compare a CPU method with a GPU Retrain)."""
+    import lightning_tru.lifecycle as lifecycle
+
+    seen: list[Any] = []
+    real = lifecycle.retrain
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("accelerator"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(lifecycle, "retrain", spy)
+    ckpt = _train(_dm(tmp_path / "deletions"), tmp_path / "t.ckpt", epochs=2)
+    dm = _dm(tmp_path / "deletions")
+    answer_request(_model(dm), dm, ForgetRequest("user", 0.05, seed=0), ckpt,
+                   trainer=_quiet(max_epochs=2, limit_val_batches=0, callbacks=[TRU()]), compare_retrain=True,
+                   retrain_settings=RetrainSettings(max_epochs=2, patience=1),
+                   audit=AuditSettings(enabled=True, retrain_floor=True), output_root=tmp_path / "runs",
+                   ledger=tmp_path / "ledger.jsonl", verbose=False)
+    assert seen == ["cpu", "cpu"], seen
