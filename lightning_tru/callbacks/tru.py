@@ -371,7 +371,8 @@ class TRU(UnlearningCallback):
         view = self._t_view[1] if self.sample_fanout is not None and self._t_view is not None else model
         rows = all_scores(view, uniq, dm.num_items)  # (Ub, I)
         block = dm.retained_train_csr()[uniq.cpu().numpy()].tocoo()
-        rows[torch.from_numpy(block.row).long().to(rows.device), torch.from_numpy(block.col).long().to(rows.device)] = float("-inf")
+        r, c = (torch.from_numpy(x).long().to(rows.device) for x in (block.row, block.col))
+        rows[r, c] = float("-inf")
         ordered = torch.sort(rows, dim=1).values  # excluded (-inf) first
         n_excl = torch.isinf(ordered).sum(1)[inv].float()
         n_cand = dm.num_items - n_excl
@@ -944,8 +945,8 @@ class TRU(UnlearningCallback):
 
     def _stalled(self, trainer: Trainer, res: dict[str, float]) -> bool:
         """The stall rule (``stall_verifications``): at the largest lr, the AUC's pace over the last verifications does
-        not reach the band within the step budget; the run stops, NOT answered (measured: MIG-GT, TikTok, user-wise 5%, converged, spent its
-        200-step budget at AUC 0.541 where it started, 536 s)."""
+        not reach the band within the step budget; the run stops, NOT answered (measured: MIG-GT, TikTok, user-wise
+        5%, converged, spent its 200-step budget at AUC 0.541 where it started, 536 s)."""
         k = self.stall_verifications
         at_max = self.lr_growth <= 1 or self.growth_stopped or self.lr_scale * self.lr_growth > self.max_lr_scale
         verified = [h for h in self.history if "undone" not in h and "interpolated" not in h]
