@@ -184,15 +184,15 @@ def single(n: int | None, a: argparse.Namespace, real: str | None = None) -> dic
 
 def epochs_source(rows: Sequence[tuple[bool, float, int | None]]) -> list[int | None]:
     """For each row ``(synthetic, interactions, epochs to converge measured there or None)``, the index
-    of the row whose measurement it uses: its own, else the measured synthetic row nearest in
-    log-interactions, else the nearest measured row; ``None`` when no row was measured."""
+    of the row whose measurement it uses: its own, else the measured row of the same kind (synthetic
+    or real) nearest in log-interactions, else the nearest measured row; ``None`` when none was measured."""
     measured = [k for k, r in enumerate(rows) if r[2] is not None]
     out: list[int | None] = []
-    for k, (_, n, epochs) in enumerate(rows):
+    for k, (syn, n, epochs) in enumerate(rows):
         if epochs is not None or not measured:
             out.append(k if epochs is not None else None)
             continue
-        pool = [j for j in measured if rows[j][0]] or measured
+        pool = [j for j in measured if rows[j][0] == syn] or measured
         out.append(min(pool, key=lambda j: (abs(np.log(rows[j][1]) - np.log(n)), j)))
     return out
 
@@ -409,6 +409,7 @@ def main() -> None:
             print(r, flush=True)
             rounds[-1].append(r)
     runs = [median_run([rnd[k] for rnd in rounds]) for k in range(len(specs))]
+    shown = [f"synthetic {r['interactions']:,}" if syn else lab for (lab, syn, _), r in zip(specs, runs)]
     source = epochs_source([(syn, float(r["interactions"]), r["retrain"]["epochs_to_best"] if "retrain" in r else None)
                             for (_, syn, _), r in zip(specs, runs)])
     for k, ((label, syn, _), r, src) in enumerate(zip(specs, runs, source)):
@@ -425,8 +426,8 @@ def main() -> None:
             capped = "*" if runs[src]["retrain"]["epochs_run"] >= a.retrain_max_epochs else ""
             est, speed = retrain_estimate(r["train_s_epoch"], epochs, {m: r[m]["tru_s"] for m in modes})
             r["retrain_est_s"] = est
-            cols.append(f"{epochs}{capped} ({'here' if src == k else labels[src]}) | {est:,.0f}"
-                        + "".join(f" | {speed[m]:,.0f}x" for m in modes))
+            cols.append(f"{epochs}{capped} ({'here' if src == k else shown[src]}) | {_num(est)}"
+                        + "".join(f" | {_num(speed[m])}x" for m in modes))
         rows.append(
             f"| {'synthetic' if syn else label} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {r['gen_s']:.1f} | "
             f"{r['train_s_epoch']:.1f} | {r['train_peak_mib']:.0f} | {r['eval_s']:.1f} | {r['eval_peak_mib']:.0f} | "
@@ -478,19 +479,19 @@ def main() -> None:
     retrain_line = ""
     if converge:
         measured = "; ".join(
-            f"{labels[k]}: best valid Recall@20 {runs[k]['retrain']['best_recall']:.4f} after "
+            f"{shown[k]}: best valid Recall@20 {runs[k]['retrain']['best_recall']:.4f} after "
             f"{runs[k]['retrain']['epochs_to_best']} epochs, {runs[k]['retrain']['epochs_run']} run"
             + (" (hit the cap)" if runs[k]["retrain"]["epochs_run"] >= a.retrain_max_epochs else "")
-            + f", {runs[k]['retrain']['seconds']:,.0f} s wall-clock measured (with the per-epoch validation and the "
-            f"patience epochs) vs {runs[k]['train_s_epoch'] * runs[k]['retrain']['epochs_to_best']:,.0f} s estimated"
+            + f", {_num(runs[k]['retrain']['seconds'])} s wall-clock measured (with the per-epoch validation and the "
+            f"patience epochs) vs {_num(runs[k]['train_s_epoch'] * runs[k]['retrain']['epochs_to_best'])} s estimated"
             for k in sorted(converge))
         retrain_line = (
             "- Retrain: measured = a fresh model of the same seed trained by `lightning_tru.models.retrain` on the row's "
             f"full data (full epochs, batch {a.batch}) with early stopping on valid Recall@20 (patience "
             f"{a.retrain_patience}, at most {a.retrain_max_epochs} epochs: `*` = the cap was hit, so the count is a lower "
             f"bound), once (first round) at: {measured}. Extrapolated: Retrain s (est.) = the row's training s/epoch x "
-            "epochs to the best valid epoch, the epochs measured on the row itself or else at the measured synthetic size "
-            "nearest in interactions (column 'measured at'); it leaves out the validation passes and the patience epochs "
+            "epochs to the best valid epoch, the epochs measured on the row itself or else on the measured row of the same "
+            "kind (synthetic / real) nearest in interactions (column 'measured at'); it leaves out the validation passes and the patience epochs "
             "a real Retrain also spends, so it is a lower bound on Retrain; speed-up = Retrain s (est.) / TRU s of that "
             "mode\n")
     body = (
@@ -530,6 +531,11 @@ def main() -> None:
              Path(a.out).with_name(a.plot or f"scale_{a.model}{'_sampled' if a.sample_fanout else ''}.png"), a)
 
 
+def _num(x: float) -> str:
+    """A time or ratio for the table: thousands separators from 100 on, one decimal below."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
 def _same_size(want: str, label: str) -> bool:
     """Whether ``--retrain-epochs-at`` value ``want`` names the synthetic size ``label`` (``1e5`` = ``100000``)."""
     try:
@@ -559,8 +565,9 @@ def plot(runs: list[dict[str, Any]], synthetic: list[bool], modes: list[str], pa
             for r in real:
                 ax.loglog(float(r["interactions"]), r[m][key], "s", mfc="none",
                           color=line.get_color() if line else None, label=f"{m}, real" if r is real[0] else None)
-                ax.annotate(r["data"], (float(r["interactions"]), r[m][key]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+                if m == modes[0]:
+                    ax.annotate(r["data"], (float(r["interactions"]), r[m][key]), fontsize=7, xytext=(3, 3),
+                                textcoords="offset points")
         if syn:
             y0 = syn[0][modes[0]][key]
             ax.loglog(n, [y0 * x / n[0] for x in n], ":", color="grey", label="linear")

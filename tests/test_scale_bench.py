@@ -60,10 +60,11 @@ def test_load_real_keeps_a_folders_own_features(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.features["image"], own)
 
 
-def test_epochs_source_prefers_own_then_nearest_synthetic() -> None:
+def test_epochs_source_prefers_own_then_nearest_of_its_kind() -> None:
     rows = [(True, 1e5, 40), (True, 3e5, None), (True, 1e6, 25), (False, 2e5, None), (False, 9e5, 60), (False, 5e6, None)]
-    # own measurement; else the nearest measured synthetic size (log scale), real measurements only for themselves
-    assert scale_bench.epochs_source(rows) == [0, 0, 2, 0, 4, 2]
+    # own measurement; else the nearest measured row of the same kind (log scale)
+    assert scale_bench.epochs_source(rows) == [0, 0, 2, 4, 4, 4]
+    assert scale_bench.epochs_source([(False, 2e5, None), (True, 1e5, 40), (True, 1e6, 25)]) == [1, 1, 2]
     assert scale_bench.epochs_source([(True, 1e5, None), (False, 2e5, 30)]) == [1, 1]  # no synthetic one measured
     assert scale_bench.epochs_source([(True, 1e5, None)]) == [None]
 
