@@ -35,8 +35,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,8 +98,7 @@ def real_source(name: str, root: Path = DATA) -> Path:
 
 
 def load_real(path: Path, feature_dims: Mapping[str, int], seed: int) -> tuple[Any, bool]:
-    """Load an MMRec ``.inter`` file with the folder's own ``<m>_feat.npy`` features (shared by every
-    ``.inter`` in the folder) or, when the folder has none, seeded standard-Gaussian item features
+    """Load an MMRec ``.inter`` file with its folder's ``<m>_feat.npy`` features or, when the folder has none, seeded standard-Gaussian item features
     ``N(0, 1)^{items x d_m}`` per ``feature_dims`` entry, made in memory (nothing is written).
     Returns the data and whether its features were generated."""
     from dataclasses import replace
