@@ -458,6 +458,8 @@ def main() -> None:
     if a.repeats > 1:
         per_round = {f"TRU request ({m})": [slope(n, [rnd[k][m]["tru_s"] for k in synthetic]) for rnd in rounds]
                      for m in modes}
+        per_round.update({"full evaluation": [slope(n, [rnd[k]["eval_s"] for k in synthetic]) for rnd in rounds]}
+                         if not a.skip_eval else {})
         spread = ("Per round (each run's own fit, in run order): "
                   + "; ".join(f"{k} " + " / ".join(f"{b:.2f}" for b in v) for k, v in per_round.items()) + "\n")
     cmd = " ".join(["python benchmarks/scale_bench.py", *sys.argv[1:]])
