@@ -323,8 +323,6 @@ def test_quantile_targets_match_a_naive_reference(setup: tuple) -> None:
     excluded = udm.retained_train_csr().toarray() > 0
     want = _naive_targets(full, excluded, pairs[:, 0], s.numpy(), np.asarray(tru.quantiles))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    # a pair already at its matched quantile is not pulled: the targets' own percentiles are the reference quantiles
-    assert np.corrcoef(got, s.numpy())[0, 1] > 0  # the matching is monotone (1-D transport keeps the order)
 
 
 def test_interaction_wise_quantile_matching_lands_in_the_band(setup: tuple) -> None:
