@@ -338,6 +338,9 @@ def test_interaction_wise_quantile_matching_lands_in_the_band(setup: tuple) -> N
     assert restored.quantiles == tru.quantiles
     with pytest.raises(ValueError, match="forget_loss"):
         TRU(forget_loss="ascent")  # type: ignore[arg-type]
+    user = TRU(forget_loss="quantile")  # user-wise the reference pairs are the audit's matched non-members
+    res = _compare(setup, "user", 0.05, {"TRU": user})
+    assert len(user.quantiles) == TRU.QUANTILE_LEVELS and abs(res["TRU"]["auc"] - res["Retrain"]["auc"]) <= 0.05, res
 
 
 def test_a_run_whose_steps_cannot_move_the_auc_stalls_not_answered(setup: tuple) -> None:

@@ -352,8 +352,8 @@ class TRU(UnlearningCallback):
             users = np.unique(dm.forget.forget_pairs[:, 0])
             held = dm.retained.data.csr("valid", "test")[users].tocoo()
             pairs = np.stack([users[held.row], held.col], 1).astype(np.int64)
-        else:
-            pairs = self.membership_pairs(dm.forget.forget_pairs, dm)[1]
+        else:  # the membership rule's audit pairs when it drew them (the same seeded draw)
+            pairs = self._audit[1] if self._audit is not None else self.membership_pairs(dm.forget.forget_pairs, dm)[1]
         if len(pairs) < 2:
             rank_zero_warn("TRU: quantile matching needs reference pairs (the forgetting users' held-out pairs); "
                            "none found, reverse BPR is used instead")
