@@ -357,3 +357,49 @@ def test_a_run_whose_steps_cannot_move_the_auc_stalls_not_answered(setup: tuple)
     assert spend.steps == 24 and "budget" in (spend.stopping_reason or ""), spend.stopping_reason
     with pytest.raises(ValueError, match="stall_verifications"):
         TRU(stall_verifications=0)
+
+
+@pytest.mark.parametrize("regime", ["user", "item", "interaction"])
+def test_the_guard_allows_what_retrain_is_expected_to_lose(setup: tuple, regime: str) -> None:
+    """The guard's least recall is ``(1 - max_utility_loss) x (1 - s) x`` its start, with ``s`` the share of the guard
+    users' train interactions the request removes (counted here pair by pair); user-wise no guard user loses any."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest(regime, 0.2, seed=0), seed=0)
+    tru = TRU(eval_every=100, stop_rule="recall", target_recall=1.0)
+    tru.use_initial(initial)
+    unlearn(trained, udm, tru, 1)
+    guard_users = set(np.flatnonzero(np.diff(tru._guard.indptr) > 0).tolist())  # type: ignore[union-attr]
+    assert len(guard_users) > 300  # every user with a retained valid pair (at most guard_users = 2000)
+    lost = sum(1 for u, _ in udm.forget.forget_pairs.tolist() if u in guard_users)
+    kept = sum(1 for u, _ in udm.forget.retain_pairs.tolist() if u in guard_users)
+    assert tru.keep == pytest.approx(1 - lost / (lost + kept))
+    assert tru.keep == 1.0 if regime == "user" else 0.6 < tru.keep < 0.95, tru.keep
+    assert tru.utility_bound(0.5) == pytest.approx(0.98 * tru.keep * 0.5)
+
+
+def test_interaction_wise_the_refitted_rows_move_and_the_floor_is_the_heldout_recall(setup: tuple) -> None:
+    """Interaction-wise the forgetting users' refitted rows are no kept rows (a fit of a few steps, not Retrain's):
+    the update may move them; the top-K floor is ``min_recall_ratio`` x the held-out recall of the prepared model."""
+
+    class Recording(TRU):
+        heldout: list[float] = []
+
+        def heldout_recall(self, model: Any, dm: Any) -> float:
+            self.heldout.append(super().heldout_recall(model, dm))
+            return self.heldout[-1]
+
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    tru = Recording(eval_every=2, lr=0.05)
+    tru.use_initial(initial)
+    model = unlearn(trained, udm, tru, 2)
+    assert tru.refit["users"] > 0 and "undone" not in tru.refit and tru.kept_rows == {}, tru.refit
+    assert len(tru.heldout) == 1 and tru.heldout[0] > 0
+    assert tru.recall_floor == pytest.approx(0.8 * tru.heldout[0])
+    steps = TRU(eval_every=100, stop_rule="recall", target_recall=0.0)  # two steps, profiled
+    steps.use_initial(initial)
+    unlearn(trained, udm, steps, 2)
+    assert steps.steps == 2 and steps.kept_rows == {} and steps.refit["users"] > 0
+    moved = set(steps.isolated_rows[USERS]) & set(udm.forget.forget_pairs[:, 0].tolist())
+    assert moved, steps.isolated_rows  # forgetting users are candidates of the update
+    assert TRU(min_recall_ratio=None).reference_recall_floor(model, udm, 0.3) is None

@@ -74,10 +74,11 @@ class UnlearningCallback(Callback, abc.ABC):
         audit_pairs: most forget pairs (and as many non-members) the verification scores.
         bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
         max_utility_loss: utility guard: at every verification, valid Recall@K of up to ``guard_users``
-            retained users (seeded sample) may fall at most this share below its value before the first
-            step; otherwise the run goes back to the previous verified parameters, stops, warns and
-            reports the request as not reached (``None``: no guard). A method that cannot forget without
-            wrecking the model says so instead of doing it.
+            retained users (seeded sample) may fall at most this share below what Retrain is expected to keep of
+            its value before the first step (:meth:`utility_keep`: :math:`1 - s`, with :math:`s` the share of
+            those users' train interactions the request removes); otherwise the run goes back to the previous
+            verified parameters, stops, warns and reports the request as not reached (``None``: no guard). A method
+            that cannot forget without wrecking the model says so instead of doing it.
         eval_every: steps between verifications.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
@@ -119,6 +120,7 @@ class UnlearningCallback(Callback, abc.ABC):
         self.utility_guard_tripped = False
         self._met = False  # the stopping rule was met (set where the run stops for that reason)
         self.utility0: Optional[float] = None  # guard recall before the first step
+        self.keep = 1.0  # share of utility0 Retrain is expected to keep at least (utility_keep)
         self._guard: Optional[sp.csr_matrix] = None  # valid rows of the sampled retained users
         self.reference: Optional[float] = None  # A*, the expected Retrain AUC (membership rule)
         self.recall_floor: Optional[float] = None  # r_min: least forget recall (membership rule; None: no floor)
@@ -186,6 +188,7 @@ class UnlearningCallback(Callback, abc.ABC):
             self._audit = self.membership_pairs(dm.forget.forget_pairs, dm)
         if self.max_utility_loss is not None:
             self._guard = self._guard_rows(dm)
+            self.keep = self.utility_keep(dm, self._guard)
         if self._profiled:
             self.restore_profile(model)
             return
@@ -239,7 +242,7 @@ class UnlearningCallback(Callback, abc.ABC):
         res = self.verify(pl_module.model, dm)  # type: ignore[attr-defined]
         self.history.append({"step": float(self.steps), **res})
         pl_module.log_dict({f"unlearn/{k}": v for k, v in res.items()}, batch_size=1)
-        if self._guard is not None and res["guard_recall"] < (1 - self.max_utility_loss) * self.utility0:  # type: ignore[operator]
+        if self._guard is not None and res["guard_recall"] < self.utility_bound(self.utility0):  # type: ignore[arg-type]
             if self._previous is not None:
                 self._restore(pl_module.model, self._previous)  # type: ignore[attr-defined]
                 if self.smaller_steps(trainer):  # the method goes on from there with smaller steps
@@ -248,7 +251,7 @@ class UnlearningCallback(Callback, abc.ABC):
             self.utility_guard_tripped = trainer.should_stop = True
             self.stopping_reason = (
                 f"utility guard after {self.steps} steps: retained valid recall@{self.k} fell from {self.utility0:.4f} to "
-                f"{res['guard_recall']:.4f} (more than {self.max_utility_loss:.0%}); went back to step "
+                f"{res['guard_recall']:.4f} ({self._bound_text()}); went back to step "
                 f"{int(self.history[-2]['step'])}, the request is NOT answered by this method on this model"
             )
             rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
@@ -399,6 +402,29 @@ class UnlearningCallback(Callback, abc.ABC):
             if self._guard is not None:
                 res["guard_recall"] = recall_exposure_at_k(scorer, retained, self._guard, self.k)[f"forget_recall@{self.k}"]
         return res
+
+    def utility_keep(self, dm: UnlearningDataModule, guard: sp.csr_matrix) -> float:
+        r""":math:`1 - s`: the least share of the guard users' valid recall Retrain is expected to keep, with :math:`s`
+        the share of their train interactions the request removes (0 user-wise: a deleted user is no guard user).
+
+        A learning curve grows at most linearly with the data (recall :math:`\propto n^\alpha`, :math:`\alpha \le 1`),
+        so training without :math:`s` of a user's interactions costs at most :math:`s` of that user's recall. Measured
+        (MGCN, TikTok and Baby, 3 seeds, 5%): Retrain keeps 0.92-0.98 of the deployed model's valid recall
+        interaction-wise (:math:`s` = 0.05), 0.97-1.04 user-wise; a guard at ``max_utility_loss`` of the deployed
+        model itself stops every interaction-wise run before it can reach Retrain's AUC.
+        """
+        users = np.flatnonzero(np.diff(guard.indptr) > 0)
+        lost = np.bincount(dm.forget.forget_pairs[:, 0], minlength=dm.num_users)[users].sum()
+        kept = np.bincount(dm.forget.retain_pairs[:, 0], minlength=dm.num_users)[users].sum()
+        return 1.0 - float(lost) / max(float(lost + kept), 1.0)
+
+    def utility_bound(self, utility0: float) -> float:
+        """The least guard recall a verification may show: ``(1 - max_utility_loss) * keep * utility0``."""
+        return (1.0 - float(self.max_utility_loss or 0.0)) * self.keep * utility0
+
+    def _bound_text(self) -> str:
+        return (f"more than {self.max_utility_loss:.0%} below {self.keep:.1%} of it, what Retrain is expected to keep: "
+                f"the request removes {1 - self.keep:.1%} of the guard users' train interactions")
 
     def _guard_rows(self, dm: UnlearningDataModule) -> sp.csr_matrix:
         """Valid rows of up to ``guard_users`` retained users (seeded: identical on every rank and on resume)."""
