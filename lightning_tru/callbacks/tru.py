@@ -88,7 +88,8 @@ class TRU(UnlearningCallback):
     the reverse update moves the item rows and shared layers that remember them. The refits (:meth:`_refit`,
     :meth:`_refit_items`) are fits of a few steps, not Retrain's rows: they stay free for the update (measured
     interaction-wise, MGCN, TikTok and Baby, 3 seeds: with the refitted users' rows frozen every reverse step went
-    into shared item rows and the guard stopped four of six runs at +0.03 to +0.25 from Retrain's AUC). Where Retrain's own objective
+    into the forgotten items' rows, which every user of those items sees, and the guard stopped four of six runs at
+    +0.03 to +0.25 from Retrain's AUC). Where Retrain's own objective
     still reaches a deleted user's row (a regulariser over every row, as MIG-GT's), the reset row is first drifted
     under that objective (:meth:`_drift`). A model without the table a request needs (MIG-GT's items, item-wise)
     is named in ``limitations``; the request is then never reported answered.
