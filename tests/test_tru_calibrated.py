@@ -403,3 +403,27 @@ def test_interaction_wise_the_refitted_rows_move_and_the_floor_is_the_heldout_re
     moved = set(steps.isolated_rows[USERS]) & set(udm.forget.forget_pairs[:, 0].tolist())
     assert moved, steps.isolated_rows  # forgetting users are candidates of the update
     assert TRU(min_recall_ratio=None).reference_recall_floor(model, udm, 0.3) is None
+
+
+def test_the_heldout_recall_ranks_a_seeded_sample_of_heldout_users(setup: tuple) -> None:
+    """``heldout_recall`` against a user-by-user count (train and valid masked, top 20 of every item): all users
+    when there are at most ``heldout_users``, else the mean over the seeded sample of that many (one evaluation per
+    request whose cost does not grow with the data set)."""
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=2), seed=2)
+    model = trained.backbone.eval()
+    u, i = model.embeddings()
+    scores = (u @ i.T).detach().numpy()
+    seen, test = dm.data.csr("train", "valid").toarray() > 0, dm.data.csr("test").toarray() > 0
+    scores[seen] = -np.inf
+    users = np.flatnonzero(test.any(1))
+    top = np.argsort(-scores[users], axis=1, kind="stable")[:, :20]
+    per_user = np.array([test[v, t].sum() / test[v].sum() for v, t in zip(users, top)])
+    assert TRU().heldout_recall(model, udm) == pytest.approx(per_user.mean(), abs=1e-6)
+    cap = len(users) // 3
+    sample = np.random.default_rng(udm.seed).choice(users, cap, replace=False)
+    capped = TRU(heldout_users=cap).heldout_recall(model, udm)
+    assert capped == pytest.approx(per_user[np.isin(users, sample)].mean(), abs=1e-6)
+    assert capped != pytest.approx(per_user.mean(), abs=1e-6)  # the sample is not the whole
+    with pytest.raises(ValueError, match="heldout_users=0"):
+        TRU(heldout_users=0)

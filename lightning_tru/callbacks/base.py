@@ -79,6 +79,9 @@ class UnlearningCallback(Callback, abc.ABC):
             those users' train interactions the request removes); otherwise the run goes back to the previous
             verified parameters, stops, warns and reports the request as not reached (``None``: no guard). A method
             that cannot forget without wrecking the model says so instead of doing it.
+        guard_users: most retained users the utility guard ranks (seeded sample).
+        heldout_users: most users :meth:`heldout_recall` ranks (seeded sample of the users with test pairs): one
+            evaluation per request whose cost does not grow with the data set beyond this.
         eval_every: steps between verifications.
         train_mode: run the update's forward passes (profiling included) in training mode (dropout,
             edge dropout, sampled attention, batch-norm statistics), as the model was trained; ``False``
@@ -99,6 +102,7 @@ class UnlearningCallback(Callback, abc.ABC):
         bisect_steps: int = 6,
         max_utility_loss: Optional[float] = None,
         guard_users: int = 2000,
+        heldout_users: int = 10000,
     ) -> None:
         check_k(k)
         if lr <= 0 or eval_every < 1:
@@ -114,9 +118,12 @@ class UnlearningCallback(Callback, abc.ABC):
             raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), audit_pairs={audit_pairs} >= 1")
         self.stop_rule = stop_rule or ("recall" if target_recall is not None else "membership")
         self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
-        if max_utility_loss is not None and not 0 < max_utility_loss < 1 or guard_users < 1:
-            raise ValueError(f"max_utility_loss={max_utility_loss} must be in (0, 1) or None, guard_users={guard_users} >= 1")
-        self.max_utility_loss, self.guard_users = max_utility_loss, guard_users
+        if max_utility_loss is not None and not 0 < max_utility_loss < 1 or guard_users < 1 or heldout_users < 1:
+            raise ValueError(
+                f"max_utility_loss={max_utility_loss} must be in (0, 1) or None, guard_users={guard_users} >= 1, "
+                f"heldout_users={heldout_users} >= 1"
+            )
+        self.max_utility_loss, self.guard_users, self.heldout_users = max_utility_loss, guard_users, heldout_users
         self.utility_guard_tripped = False
         self._met = False  # the stopping rule was met (set where the run stops for that reason)
         self.utility0: Optional[float] = None  # guard recall before the first step
@@ -494,10 +501,21 @@ class UnlearningCallback(Callback, abc.ABC):
         return self.heldout_recall(model, dm)
 
     def heldout_recall(self, model: nn.Module, dm: UnlearningDataModule) -> float:
-        """Recall@K of held-out test pairs (train and valid masked): what non-members score."""
+        """Recall@K of held-out test pairs (train and valid masked): what non-members score, over up to
+        ``heldout_users`` users with test pairs (seeded sample: identical on every rank and on resume).
+
+        All users, not only the forgetting ones: measured on MGCN / TikTok (3 seeds, 5% interaction-wise), the
+        forgetting users' held-out recall is 0.51-0.58x Retrain's forget recall, all users' 0.74-0.82x."""
         data = dm.source.data
+        test = data.csr("test").tocsr()
+        users = np.flatnonzero(np.diff(test.indptr) > 0)
+        if len(users) > self.heldout_users:
+            users = np.random.default_rng(dm.seed).choice(users, self.heldout_users, replace=False)
+            keep = np.zeros(test.shape[0], dtype=np.float32)
+            keep[users] = 1.0
+            test = (sp.diags(keep) @ test).tocsr()
         with eval_mode(model):
-            res = recall_exposure_at_k(model, data.csr("train", "valid"), data.csr("test"), self.k)
+            res = recall_exposure_at_k(model, data.csr("train", "valid"), test, self.k)
         return res[f"forget_recall@{self.k}"]
 
     # --------------------------------------------------------------------------- state

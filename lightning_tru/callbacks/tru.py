@@ -157,7 +157,8 @@ class TRU(UnlearningCallback):
         lr_growth, max_lr_scale: step-size control of the membership rule (:meth:`after_verification`): the lr
             grows by ``lr_growth`` after a verification whose pace would need more than two more to reach the band,
             up to ``max_lr_scale`` x ``lr``; an overshoot is then bisected back into the band. 1: a constant lr.
-        stop_rule, tolerance, max_utility_loss: see :class:`UnlearningCallback` (TRU guards utility by default).
+        stop_rule, tolerance, max_utility_loss, heldout_users: see :class:`UnlearningCallback` (TRU guards utility by
+            default).
         sample_fanout: bounded-cost approximate steps (``None``: off, exact). Every pair score of the steps, of the
             profile and of the row fits in :meth:`prepare` is an unbiased estimate over a sampled computation graph, each
             node reading at most this many neighbours (:meth:`~lightning_tru.nn.Backbone.sampled_propagation`; a model
@@ -213,10 +214,11 @@ class TRU(UnlearningCallback):
         sample_fanout: Optional[int] = None,
         forget_loss: Literal["reverse_bpr", "quantile"] = "reverse_bpr",
         stall_verifications: Optional[int] = 4,
+        heldout_users: int = 10000,
     ) -> None:
         super().__init__(
-            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every,
-            train_mode=train_mode, stop_rule=stop_rule, tolerance=tolerance, max_utility_loss=max_utility_loss,
+            lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode,
+            stop_rule=stop_rule, tolerance=tolerance, max_utility_loss=max_utility_loss, heldout_users=heldout_users,
         )
         self.retain_weight = check_retain_weight(retain_weight)
         if not 0 < shared_lr_scale <= 1:
