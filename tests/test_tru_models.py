@@ -3,14 +3,17 @@ user's row in Retrain; no item ID table) and a third-party model whose guard tri
 from __future__ import annotations
 
 from functools import partial
+import json
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import seed_everything
 
 from conftest import unlearn
 from lightning_tru.callbacks import TRU, Reset
+from lightning_tru.callbacks.reset import deleted_entities
 from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.datamodules.forget import ForgetRequest
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
@@ -99,6 +102,33 @@ def test_miggt_item_wise_says_what_the_model_lacks(mig: tuple) -> None:
     user.use_initial(initial)
     unlearn(trained, UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0), seed=0), user, 1)
     assert user.limitations == [] and "model limits" not in str(user.stopping_reason)
+
+
+def test_a_few_collateral_items_without_a_table_are_no_limitation(mig: tuple, tmp_path: Any) -> None:
+    """Items that lose every train interaction with a request are deleted items too; on a model without an item table
+    they limit the request only when their forget pairs could move Retrain's expected AUC by more than half the band
+    (share > tolerance / 2): one rare item among hundreds of other pairs is none, the same item among few pairs is."""
+    dm, _, trained = mig
+    train = dm.data.csr("train").tocsc()
+    counts = np.diff(train.indptr)
+    rare = int(np.flatnonzero(counts > 0)[np.argmin(counts[counts > 0])])
+    own = [[int(u), rare] for u in train.indices[train.indptr[rare] : train.indptr[rare + 1]]]
+    popular = [i for i in np.argsort(-counts)[:60].tolist() if i != rare]
+    others = [[int(u), i] for i in popular for u in train.indices[train.indptr[i] : train.indptr[i] + counts[i] // 2]]
+    shares = []
+    for pairs in (own + others, own + others[:12]):
+        path = tmp_path / f"pairs{len(pairs)}.json"
+        path.write_text(json.dumps({"pairs": pairs}))
+        udm = UnlearningDataModule(dm, ForgetRequest(file=path), seed=0)
+        assert deleted_entities(udm)[1].tolist() == [rare]  # the popular items keep interactions
+        share = len(own) / len(pairs)
+        found = TRU()._limitations(trained, udm)
+        if share > 0.01:
+            assert len(found) == 1 and f"{share:.1%} of the forget pairs" in found[0], (share, found)
+        else:
+            assert found == [], (share, found)
+        shares.append(share)
+    assert shares[0] <= 0.01 < shares[1], shares  # both sides exercised
 
 
 def test_refit_without_an_auc_gain_is_undone(mig: tuple) -> None:
