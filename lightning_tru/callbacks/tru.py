@@ -725,28 +725,33 @@ class TRU(UnlearningCallback):
         r"""``steps`` Adam steps of BPR :math:`-\log\sigma(s_{ui} - s_{uj})` (or ``objective(model, u, i, j)``) on the
         triples ``draw(g)`` gives, moving only ``rows`` of ``tables``; every other parameter and row is exactly as
         before. ``decay``: the lr falls linearly, :math:`\eta_t = 2\eta (T - t)/(T + 1)` (the same total :math:`T\eta`).
-        ``trace``: receives ``{table: rows' values}`` after every step."""
+        ``trace``: receives ``{table: rows' values}`` after every step. Only the tables' gradients are computed
+        (``torch.autograd.grad``: no gradient of a frozen weight, e.g. an encoder's, is formed)."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         rows = rows.to(dev)
         before = {n: p.detach().clone() for n, p in params.items()}
-        opt = torch.optim.Adam([params[n] for n in tables], lr=lr)
+        fitted = [params[n] for n in tables]
+        opt = torch.optim.Adam(fitted, lr=lr)
         g = torch.Generator().manual_seed(seed)
+        frozen = {}
+        for n in tables:  # (rows, 1, ...): broadcast over the row's values
+            frozen[n] = torch.ones(params[n].shape[0], dtype=torch.bool, device=dev)
+            frozen[n][rows] = False
+            frozen[n] = frozen[n].view(-1, *([1] * (params[n].dim() - 1)))
         for t in range(steps):
             u, i, j = (x.to(dev) for x in draw(g))
             if decay:
                 for group in opt.param_groups:
                     group["lr"] = 2.0 * lr * (steps - t) / (steps + 1)
-            opt.zero_grad(set_to_none=True)
             if objective is None:
                 (s_i, s_j), _ = group_pair_scores(model, [(u, i), (u, j)])
-                bpr_loss(s_i, s_j).backward()
+                loss = bpr_loss(s_i, s_j)
             else:
-                objective(model, u, i, j).backward()
-            for n in tables:
-                keep = torch.zeros(params[n].shape[0], dtype=torch.bool, device=dev)
-                keep[rows] = True
-                params[n].grad[~keep] = 0
+                loss = objective(model, u, i, j)
+            grads = torch.autograd.grad(loss, fitted, allow_unused=True)
+            for n, p, grad in zip(tables, fitted, grads):
+                p.grad = torch.zeros_like(p) if grad is None else grad.masked_fill_(frozen[n], 0)
             opt.step()
             if trace is not None:
                 trace.append({n: params[n].detach()[rows].clone() for n in tables})
