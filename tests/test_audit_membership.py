@@ -171,3 +171,17 @@ def test_frozen_scorer_scores_like_its_model_and_passes_through_others() -> None
     assert not torch.equal(all_scores(frozen, users, 5), all_scores(model, users, 5))
     plain = nn.Linear(2, 2)  # no embeddings(): scored through the model itself
     assert FrozenScorer.of(plain) is plain
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sorted_rows_is_torch_sort(dtype: torch.dtype) -> None:
+    """The CPU sort through NumPy gives torch.sort's values exactly: ties, -inf (excluded items) first, +inf last."""
+    from lightning_tru.audit.scoring import sorted_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 7, (50, 300), generator=g).to(dtype) / 3  # many ties
+    x[torch.rand(x.shape, generator=g) < 0.1] = float("-inf")
+    x[0, :5] = float("inf")
+    out = sorted_rows(x)
+    assert out.dtype == dtype and torch.equal(out, torch.sort(x, dim=1).values)
+    assert torch.equal(sorted_rows(x.T.contiguous().T), torch.sort(x, dim=1).values)  # a non-contiguous input

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 from scipy.stats import rankdata
 
-from lightning_tru.audit.scoring import score_batches
+from lightning_tru.audit.scoring import score_batches, sorted_rows
 from lightning_tru.models.protocol import FrozenScorer
 
 __all__ = ["mann_whitney_auc", "popularity_bins", "matched_nonmembers", "pair_membership", "pair_percentiles",
@@ -115,9 +115,9 @@ def _scores_and_percentiles(
     r"""Scores of ``pairs`` and their within-user rank percentiles among the non-excluded items,
     :math:`(\#\{j: s_{uj} < s\} + \tfrac12(\#\{j: s_{uj} = s\} - 1)) / (|C_u| - 1)`.
 
-    The counts come from the users' sorted rows (:math:`O(UI\log I)`) when the users have many pairs
-    each, else by direct comparison (:math:`O(PI)`, ``max_cells`` comparisons at a time); ``by_sort``
-    forces one (``None``: the cheaper)."""
+    The counts come from the users' sorted rows (:math:`O(UI\log I)`) on the CPU (:func:`sorted_rows`: cheaper than
+    comparing even at one pair per user) and elsewhere when the users have many pairs each, else by direct comparison
+    (:math:`O(PI)`, ``max_cells`` comparisons at a time); ``by_sort`` forces one (``None``: the cheaper)."""
     users = np.unique(pairs[:, 0])
     score_out = np.empty(len(pairs))
     pct_out = np.empty(len(pairs))
@@ -131,9 +131,10 @@ def _scores_and_percentiles(
             raise ValueError("an audited pair is among the excluded items; pass pairs outside `exclude`")
         n_excl = torch.isinf(scores).sum(1)
         less, equal = torch.empty_like(s), torch.empty_like(s)
-        sort = by_sort if by_sort is not None else 2 * len(sel) > len(ub) * max(math.log2(num_items), 1.0)
+        many = 2 * len(sel) > len(ub) * max(math.log2(num_items), 1.0)
+        sort = by_sort if by_sort is not None else scores.device.type == "cpu" or many
         if sort:  # each user's pairs as one padded row of queries into the user's sorted scores (no row copies)
-            ordered = torch.sort(scores, dim=1).values  # -inf (excluded) first
+            ordered = sorted_rows(scores)  # -inf (excluded) first
             order = torch.argsort(row, stable=True)
             per_row = torch.bincount(row, minlength=len(ub))
             start = torch.cumsum(per_row, 0) - per_row

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from lightning_tru.audit.forgetting import recall_exposure_at_k
 from lightning_tru.audit.membership import pair_membership, pair_percentiles
+from lightning_tru.audit.scoring import sorted_rows
 from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.callbacks.reset import Reset, deleted_entities
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
@@ -384,7 +385,7 @@ class TRU(UnlearningCallback):
         block = dm.retained_train_csr()[uniq.cpu().numpy()].tocoo()
         r, c = (torch.from_numpy(x).long().to(rows.device) for x in (block.row, block.col))
         rows[r, c] = float("-inf")
-        ordered = torch.sort(rows, dim=1).values  # excluded (-inf) first
+        ordered = sorted_rows(rows)  # excluded (-inf) first
         n_excl = torch.isinf(ordered).sum(1)[inv].float()
         n_cand = dm.num_items - n_excl
         less = torch.empty_like(scores)
