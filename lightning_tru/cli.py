@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_tru.datamodules import RecDataModule
-from lightning_tru.datamodules.deletions import LineageError
+from lightning_tru.datamodules.deletions import LineageError, check_store_applied
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetRequestError
 from lightning_tru.datamodules.interactions import DataFormatError
 from lightning_tru.ledger import LedgerError
@@ -23,6 +24,7 @@ from lightning_tru.lifecycle import (
     RetrainSettings,
     answer_request,
     check_outputs,
+    check_recommend_output,
     load_trained_weights,
     read_user_ids,
     recommend,
@@ -92,6 +94,14 @@ def main(fn: Callable[[], Any]) -> int:
 
 
 MONITOR = "val/recall@20"
+#: where ``unlearn.py`` records requests by default (``deletions`` beside its default ledger ``runs/...``)
+DEFAULT_DELETIONS = "runs/deletions"
+
+
+def _check_default_store(datamodule: Any) -> None:
+    """``train.py`` / ``recommend.py`` without ``--deletions``: refuse data whose requests the default store holds."""
+    if isinstance(datamodule, RecDataModule):
+        check_store_applied(datamodule.data, DEFAULT_DELETIONS, applied=datamodule.deletions is not None)
 
 
 def _add_common_arguments(parser: LightningArgumentParser, as_callbacks: bool = True) -> None:
@@ -122,7 +132,7 @@ def _apply_deletions(cfg: Any) -> None:
     init = cfg.data.init_args if "init_args" in cfg.data else cfg.data
     given = init.get("deletions")
     if given is not None and str(given) != str(cfg.deletions):
-        raise ValueError(f"--deletions {cfg.deletions} and data.init_args.deletions {given} differ; pass one")
+        raise LineageError(f"--deletions {cfg.deletions} and data.init_args.deletions {given} differ; pass one")
     init.deletions = cfg.deletions
 
 
@@ -139,6 +149,10 @@ class TrainCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         _apply_deletions(self.config[self.subcommand] if self.subcommand else self.config)
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        _check_default_store(self.datamodule)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         if cfg.get("trainer", {}).get("enable_checkpointing") is False and isinstance(cfg.get("checkpoint"), ModelCheckpoint):
@@ -147,11 +161,20 @@ class TrainCLI(LightningCLI):
             parser.callback_keys = [k for k in parser.callback_keys if k != "checkpoint"]
         return super().instantiate_trainer(**kwargs)
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """A checkpoint (``--ckpt_path``) loads with ``weights_only=True`` unless ``--weights_only`` says otherwise
+        (Lightning would unpickle it in full)."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in inspect.signature(getattr(self.trainer, subcommand)).parameters:
+            kwargs["weights_only"] = True if kwargs.get("weights_only") is None else kwargs["weights_only"]
+        return kwargs
+
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit", True):
             return
         ckpt: Optional[str] = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt or None)
+        extra = {"weights_only": True} if "weights_only" in inspect.signature(self.trainer.test).parameters else {}
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt or None, **extra)
 
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -218,7 +241,7 @@ class UnlearnCLI(LightningCLI):
         cfg = self.config
         if cfg.deletions is None:
             init = cfg.data.get("init_args", cfg.data)
-            cfg.deletions = init.get("deletions") or str(Path(cfg.ledger).parent / "deletions")
+            cfg.deletions = init.get("deletions") or str(Path(cfg.ledger).parent / Path(DEFAULT_DELETIONS).name)
         _apply_deletions(cfg)
         root = cfg.data.init_args.get("root") if "init_args" in cfg.data else None
         forbidden = [cfg.ckpt_path] + ([cfg.deletions] if cfg.deletions else [])
@@ -291,6 +314,10 @@ class RecommendCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         _apply_deletions(self.config)
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        _check_default_store(self.datamodule)
+
 
 def recommend_cli(args: Optional[list[str]] = None) -> Path:
     """``python recommend.py ...``: top-K recommendations of a checkpoint on its own graph; returns the file."""
@@ -307,6 +334,7 @@ def recommend_cli(args: Optional[list[str]] = None) -> Path:
             run=False,
         )
     cfg = cli.config
+    check_recommend_output(cfg.output, cfg.ckpt_path, cli.datamodule, [cfg.users] if cfg.users else [])
     users = read_user_ids(cfg.users) if cfg.users else None
     accelerator = cfg.trainer.get("accelerator") or "auto"
     return recommend(cli.model, cli.datamodule, cfg.ckpt_path, cfg.output, cfg.k, users,

@@ -16,13 +16,14 @@ Editing, inserting, removing or reordering a line breaks the chain at that line 
 ledger says, not that it is complete (keep a copy of the last ``hash`` elsewhere for that).
 
 Crash safety: an entry is written with one ``write`` of the whole line, then ``fsync``. A crash
-mid-write leaves a *torn* tail: bytes after the last newline. It is never a complete entry (the
-newline is its last byte), so :func:`verify` ignores it and reports its size, and the next
-:func:`append_entry` truncates it and records ``torn_tail = {"bytes", "sha256"}`` of what it
-removed in the new entry. Appends hold an exclusive ``flock`` (POSIX) and refuse a ledger whose
+mid-write leaves a *torn* tail: bytes after the last newline. :func:`verify` ignores it and reports its size,
+and the next :func:`append_entry` truncates it and records ``torn_tail = {"bytes", "sha256"}`` of what it
+removed in the new entry. A tail that is a whole valid next entry without its newline is an entry (never
+removed): the next append completes its line. Appends hold an exclusive ``flock`` (POSIX) and refuse a ledger whose
 complete lines do not verify, so nothing is ever appended to a broken chain.
 
-``python -m lightning_tru.ledger verify LEDGER`` prints a one-line verdict and exits 0 (intact) or 1.
+``python -m lightning_tru.ledger verify LEDGER [--deletions DIR]`` prints a verdict and exits 0 (intact) or 1;
+with ``--deletions`` every answered request must have its unedited record in the deletion store (:func:`check_store`).
 """
 from __future__ import annotations
 
@@ -150,7 +151,10 @@ def _check_line(line: bytes, seq: int, prev_hash: str) -> tuple[Optional[dict[st
 
 
 def _scan(data: bytes) -> tuple[list[dict[str, Any]], Optional[int], str, int]:
-    """``(entries, bad_line, reason, torn_bytes)`` of the ledger bytes ``data``."""
+    """``(entries, bad_line, reason, torn_bytes)`` of the ledger bytes ``data``.
+
+    A tail after the last newline that is itself a valid next entry (only its newline missing: a crash between the
+    line and its last byte, or an edit) is an entry, never torn: an append completes it instead of removing it."""
     end = data.rfind(b"\n") + 1  # bytes [end:] are a torn tail
     lines = data[:end].split(b"\n")[:-1] if end else []
     entries: list[dict[str, Any]] = []
@@ -161,6 +165,10 @@ def _scan(data: bytes) -> tuple[list[dict[str, Any]], Optional[int], str, int]:
             return entries, n + 1, why, len(data) - end
         entries.append(entry)
         prev = _sha256(line)
+    if end < len(data):
+        entry, _ = _check_line(data[end:], len(lines), prev)
+        if entry is not None:
+            return [*entries, entry], None, "", 0
     return entries, None, "", len(data) - end
 
 
@@ -233,14 +241,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def append_entry(path: PathLike, entry: dict[str, Any]) -> dict[str, Any]:
-    """Append ``entry`` to the ledger at ``path`` (created if missing); return the entry as written.
-
-    The entry must be a JSON-serialisable dict with a valid ``status`` (:func:`check_status`) and
-    without the reserved keys ``seq``, ``prev_hash``, ``hash``, ``torn_tail``. The existing lines
-    are verified first (a broken ledger raises and is left as it is); a torn tail is truncated and
-    recorded as ``torn_tail``. The line is flushed and ``fsync``-ed before returning.
-    """
+def check_entry(entry: Any) -> None:
+    """Refuse an entry :func:`append_entry` could not write: not a dict, a reserved key, no valid ``status``
+    (:func:`check_status`), or not strict JSON. Callers check before the work they record is committed."""
     if not isinstance(entry, dict):
         raise LedgerError(f"a ledger entry is a dict, got {type(entry).__name__}")
     clash = [k for k in RESERVED if k in entry]
@@ -256,6 +259,17 @@ def append_entry(path: PathLike, entry: dict[str, Any]) -> dict[str, Any]:
         _canonical(entry)
     except (TypeError, ValueError) as err:
         raise LedgerError(f"entry is not strict JSON: {err}; convert paths to str and drop NaN/inf values") from None
+
+
+def append_entry(path: PathLike, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append ``entry`` to the ledger at ``path`` (created if missing); return the entry as written.
+
+    The entry must be a JSON-serialisable dict with a valid ``status`` (:func:`check_status`) and
+    without the reserved keys ``seq``, ``prev_hash``, ``hash``, ``torn_tail``. The existing lines
+    are verified first (a broken ledger raises and is left as it is); a torn tail is truncated and
+    recorded as ``torn_tail``. The line is flushed and ``fsync``-ed before returning.
+    """
+    check_entry(entry)
     p = Path(path)
     if p.is_dir():
         raise LedgerError(f"ledger {p} is a directory; pass a file path such as {p / 'deletion_ledger.jsonl'}")
@@ -279,10 +293,12 @@ def append_entry(path: PathLike, entry: dict[str, Any]) -> dict[str, Any]:
         good = len(data) - torn
         if torn:
             out["torn_tail"] = {"bytes": torn, "sha256": _sha256(data[good:])}
+        unterminated = bool(entries) and not data[:good].endswith(b"\n")  # a whole last entry, newline missing
         out["seq"] = len(entries)
-        out["prev_hash"] = _sha256(data[: good - 1].rsplit(b"\n", 1)[-1]) if entries else GENESIS
+        last = data[:good] if unterminated else data[: good - 1]
+        out["prev_hash"] = _sha256(last.rsplit(b"\n", 1)[-1]) if entries else GENESIS
         out["hash"] = _sha256(_canonical(out))
-        line = _canonical(out) + b"\n"
+        line = (b"\n" if unterminated else b"") + _canonical(out) + b"\n"
         if torn:
             os.ftruncate(fd, good)
         os.lseek(fd, good, os.SEEK_SET)
@@ -297,19 +313,71 @@ def append_entry(path: PathLike, entry: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_store(entries: Sequence[dict[str, Any]], store: PathLike) -> list[str]:
+    """What a deletion store and the ledger ``entries`` disagree on (empty: they agree).
+
+    Every answered entry (``status.target_reached``) must have its record in ``store``, with the same chain
+    position (its ``chain`` a prefix of the store's order) and, where the entry holds one, the record's digest
+    (``store_record``: regime, users, items, resolved-on data; :func:`~lightning_tru.datamodules.deletions.record_digest`);
+    every record must be answered by some entry. A removed or edited record would let deleted data come back.
+    """
+    from lightning_tru.datamodules.deletions import DeletionStore, LineageError, record_digest
+
+    try:
+        records = DeletionStore(store).entries()
+    except LineageError as err:
+        return [str(err)]
+    order = [d.fingerprint for d in records]
+    by_fp = {d.fingerprint: d for d in records}
+    problems: list[str] = []
+    answered = set()
+    for e in entries:
+        if not (e.get("status") or {}).get("target_reached"):
+            continue
+        fp = str(e.get("fingerprint"))
+        answered.add(fp)
+        d = by_fp.get(fp)
+        if d is None:
+            problems.append(f"entry {e.get('seq')}: request {fp[:12]} was answered but has no record in {store}: "
+                            "its data would come back; restore the record from a backup")
+            continue
+        chain = list(e.get("chain") or [])
+        if chain and order[: len(chain)] != chain:
+            problems.append(f"entry {e.get('seq')}: request {fp[:12]} is at another position of the store's chain "
+                            "than the ledger says (a record was removed or re-ordered)")
+        if "store_record" in e and e["store_record"] != record_digest(d):
+            problems.append(f"entry {e.get('seq')}: the record of request {fp[:12]} in {store} was edited "
+                            "(regime, users, items or resolved-on data differ from what was answered)")
+    problems += [f"record {f[:12]} in {store} is answered by no ledger entry" for f in order if f not in answered]
+    return problems
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m lightning_tru.ledger verify LEDGER``: print a one-line verdict; 0 if intact, else 1."""
+    """``python -m lightning_tru.ledger verify LEDGER [--deletions DIR]``: print a verdict; 0 if intact, else 1.
+    With ``--deletions`` the deletion store is checked against the ledger too (:func:`check_store`)."""
     parser = argparse.ArgumentParser(prog="python -m lightning_tru.ledger", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("verify", help="check the hash chain of a ledger").add_argument("ledger", type=Path)
+    cmd = sub.add_parser("verify", help="check the hash chain of a ledger (and its deletion store)")
+    cmd.add_argument("ledger", type=Path)
+    cmd.add_argument("--deletions", type=Path, default=None, help="the deletion store to check against the ledger")
     args = parser.parse_args(argv)
     try:
-        res = verify(args.ledger)
+        res, entries = _verify(args.ledger)
     except (OSError, LedgerError) as err:
         print(f"ERROR {args.ledger}: {err}")
         return 1
     print(res)
-    return 0 if res.ok else 1
+    if not res.ok:
+        return 1
+    if args.deletions is not None:
+        problems = check_store(entries, args.deletions)
+        for p in problems:
+            print(f"MISMATCH {args.deletions}: {p}")
+        if problems:
+            return 1
+        print(f"OK {args.deletions}: {len([e for e in entries if (e.get('status') or {}).get('target_reached')])} "
+              "answered requests, each recorded as answered")
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,13 +36,14 @@ from lightning_tru.audit.efficiency import Efficiency, efficiency_ratio
 from lightning_tru.audit.report import checkpoint_bytes, evaluate, format_table, publish_run_dir
 from lightning_tru.audit.suite import Shadow, run_audits, train_shadow
 from lightning_tru.callbacks.base import UnlearningCallback
+from lightning_tru.callbacks.topk_writer import HEADER as RECS_HEADER
 from lightning_tru.datamodules.datamodule import RecDataModule
-from lightning_tru.datamodules.deletions import LINEAGE_KEY, LineageError, check_answered, check_lineage
+from lightning_tru.datamodules.deletions import LINEAGE_KEY, LineageError, check_answered, check_lineage, record_digest
 from lightning_tru.datamodules.interactions import DataFormatError
 from lightning_tru.datamodules.forget import ForgetRequest, ForgetSet
 from lightning_tru.datamodules.purge import write_mmrec
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
-from lightning_tru.ledger import append_entry, check_ledger_path
+from lightning_tru.ledger import append_entry, check_entry, check_ledger_path
 from lightning_tru.models.recommender import CHECKPOINT_KEY, RecommenderModule
 from lightning_tru.models.retrain import retrain
 from lightning_tru.models.unlearning import UnlearningTask
@@ -134,6 +135,15 @@ def check_outputs(
             raise OutputPathError(f"--write_retained {w} is the input data folder; refusing to overwrite it: pass a new folder")
         if w.exists():
             raise OutputPathError(f"--write_retained {w} already exists; pass a new folder (it is written atomically)")
+        wr = w.resolve()
+        for what, other in (("--output_root", out), ("--ledger", led), *(("an input or the deletion store", Path(f))
+                                                                         for f in forbidden)):
+            o = Path(other).expanduser().resolve()
+            if wr == o or wr in o.parents or (what != "--output_root" and o in wr.parents):
+                raise OutputPathError(
+                    f"--write_retained {w} would hold or overlap {what} {other}; the run writes there itself: "
+                    "pass a separate new folder for the retained data"
+                )
     stale = stale_run_dirs(out)
     if stale:
         warnings.warn(
@@ -397,50 +407,62 @@ def answer_request(
             audits["Retrain"] = audits.pop("method")
         if name in efficiency and "Retrain" in efficiency:
             efficiency[name].update(efficiency_ratio(efficiency[name], efficiency["Retrain"]))
-    reached = bool(status["target_reached"])
-    lineage = udm.retained.lineage()
-    source = str(Path(checkpoint).resolve())
-    report: dict[str, Any] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "method": name,
-        "checkpoint": source,
-        "request": fs.summary(),
-        "status": status,
-        "lineage": {"before": ckpt.get(LINEAGE_KEY), "after": lineage},
-        "metrics": columns,
-        "seconds": seconds,
-        "details": details,
-        "audits": audits,
-        "efficiency": efficiency,
-        "retrain_settings": asdict(rs) if (method == "retrain" or compare_retrain) else None,
-    }
-    files = {"report.json": json.dumps(report, indent=2, default=str).encode()}
-    files["model.ckpt"] = checkpoint_bytes({
-        "pytorch-lightning_version": lightning.__version__,  # loadable by Trainer.validate/test/predict too
-        "epoch": 0,
-        "global_step": 0,
-        "state_dict": model.state_dict(),
-        "hyper_parameters": dict(model.hparams),
-        CHECKPOINT_KEY: model.model_signature(),
-        LINEAGE_KEY: lineage,
-        "unlearning": {"fingerprint": fs.fingerprint, "method": name, "source": source, "status": status},
-    })
-    run_dir = publish_run_dir(Path(output_root), name.lower(), fs.fingerprint, files)
-    report["run_dir"] = str(run_dir)
-    if reached:
-        datamodule.deletions.record(fs, resolved_on=str(datamodule.lineage()["train_fingerprint"]))
-        if write_retained is not None:
-            write_mmrec(udm.retained.data, Path(write_retained), datamodule.data.name)
-            report["retained_data"] = str(write_retained)
-    append_entry(Path(ledger), _finite({
-        "time": report["time"], "fingerprint": fs.fingerprint, "method": name, "run_dir": str(run_dir),
-        "status": status, "request": fs.summary(), "chain": lineage["deletions"],
-        "train_fingerprint": lineage["train_fingerprint"], "source_checkpoint": source,
-        "metrics": columns[name], "seconds": seconds.get(name),
-        "audits": {col: {"pair_mia_auc_rank": a.get("membership", {}).get("auc_rank"),
-                         "pair_mia_flag": a.get("membership", {}).get("flag_rank"),
-                         "global_exposure": a.get("global_exposure", {})} for col, a in audits.items()},
-    }))
+    store = datamodule.deletions
+    with store.locked():  # one run at a time from the chain check to the ledger line
+        try:  # a request answered meanwhile by another run makes this one's data stale: never recorded
+            store.check_chain(datamodule.deletion_chain)
+        except LineageError as err:
+            if status["target_reached"]:
+                status = {**status, "target_reached": False, "stopping_reason": f"not recorded: {err}"}
+        reached = bool(status["target_reached"])
+        lineage = udm.retained.lineage()
+        source = str(Path(checkpoint).resolve())
+        report: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "method": name,
+            "checkpoint": source,
+            "request": fs.summary(),
+            "status": status,
+            "lineage": {"before": ckpt.get(LINEAGE_KEY), "after": lineage},
+            "metrics": columns,
+            "seconds": seconds,
+            "details": details,
+            "audits": audits,
+            "efficiency": efficiency,
+            "retrain_settings": asdict(rs) if (method == "retrain" or compare_retrain) else None,
+        }
+        entry = _finite({
+            "time": report["time"], "fingerprint": fs.fingerprint, "method": name, "run_dir": "",
+            "status": status, "request": fs.summary(), "chain": lineage["deletions"],
+            "train_fingerprint": lineage["train_fingerprint"], "source_checkpoint": source,
+            "metrics": columns[name], "seconds": seconds.get(name),
+            "audits": {col: {"pair_mia_auc_rank": a.get("membership", {}).get("auc_rank"),
+                             "pair_mia_flag": a.get("membership", {}).get("flag_rank"),
+                             "global_exposure": a.get("global_exposure", {})} for col, a in audits.items()},
+        })
+        resolved_on = str(datamodule.lineage()["train_fingerprint"])
+        if reached:  # the record's digest: `ledger verify --deletions` detects an edited or removed record
+            entry["store_record"] = record_digest(store.as_record(fs, resolved_on))
+        check_entry(entry)  # a ledger line that cannot be written fails here, before anything is recorded
+        files = {"report.json": json.dumps(report, indent=2, default=str).encode()}
+        files["model.ckpt"] = checkpoint_bytes({
+            "pytorch-lightning_version": lightning.__version__,  # loadable by Trainer.validate/test/predict too
+            "epoch": 0,
+            "global_step": 0,
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            CHECKPOINT_KEY: model.model_signature(),
+            LINEAGE_KEY: lineage,
+            "unlearning": {"fingerprint": fs.fingerprint, "method": name, "source": source, "status": status},
+        })
+        run_dir = publish_run_dir(Path(output_root), name.lower(), fs.fingerprint, files)
+        report["run_dir"] = entry["run_dir"] = str(run_dir)
+        if reached:  # the purged copy first: a failure there leaves the request unrecorded
+            if write_retained is not None:
+                write_mmrec(udm.retained.data, Path(write_retained), datamodule.data.name)
+                report["retained_data"] = str(write_retained)
+            store.record(fs, resolved_on=resolved_on, chain=datamodule.deletion_chain)
+        append_entry(Path(ledger), entry)
     if verbose:
         print(format_table(columns, seconds))
         print(f"\n{'answered' if reached else 'NOT answered'} ({status['stopping_reason']}); run directory: {run_dir}")
@@ -469,6 +491,36 @@ def read_user_ids(path: PathLike) -> list[int]:
     return ids
 
 
+def check_recommend_output(output: PathLike, checkpoint: PathLike, datamodule: RecDataModule,
+                           inputs: Sequence[PathLike] = ()) -> None:
+    """Refuse a serving output that would replace an input: the checkpoint, a data file, the deletion store (or
+    anything inside it), one of ``inputs`` (e.g. the users file), or an existing file that is not a recommendations
+    file (a ledger, a config): only an earlier output of this kind is replaced.
+
+    Raises:
+        OutputPathError: the message names the input and the fix.
+    """
+    out = Path(output).expanduser().resolve()
+    root = getattr(datamodule, "root", None)
+    data_files = [p for p in Path(root).iterdir() if p.is_file()] if root and Path(root).is_dir() else []
+    store = datamodule.deletions.root.resolve() if datamodule.deletions is not None else None
+    for other in [checkpoint, *inputs, *data_files]:
+        if out == Path(other).expanduser().resolve():
+            raise OutputPathError(f"--output {output} is {other}, an input of this run; pass a new file such as recs.tsv")
+    if store is not None and (out == store or store in out.parents):
+        raise OutputPathError(f"--output {output} is inside the deletion store {store}; pass a new file such as recs.tsv")
+    if out.is_dir():
+        raise OutputPathError(f"--output {output} is a folder; pass a file such as {Path(output) / 'recs.tsv'}")
+    if out.is_file() and out.stat().st_size:
+        with out.open("rb") as fh:
+            first = fh.readline().decode("utf-8", errors="replace").rstrip("\r\n")
+        if first != RECS_HEADER:
+            raise OutputPathError(
+                f"--output {output} exists and is not a recommendations file (its first line is not {RECS_HEADER!r}); "
+                "refusing to replace it: pass a new file such as recs.tsv"
+            )
+
+
 def recommend(
     model: RecommenderModule,
     datamodule: RecDataModule,
@@ -486,8 +538,7 @@ def recommend(
     """
     from lightning_tru.callbacks.topk_writer import TopKWriter
 
-    if Path(output).expanduser().resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"output {output} is the checkpoint; pass a new file such as recs.tsv")
+    check_recommend_output(output, checkpoint, datamodule)
     writer = TopKWriter(output, k)
     loader = datamodule.predict_dataloader(users)
     load_trained_weights(model, checkpoint, datamodule)

@@ -118,7 +118,7 @@ def beats_floors(cols: dict[str, dict[str, Any]], name: str, k: int = 20) -> Opt
     ret = cols.get("Retrain")
     axes: list[tuple[str, str, str]] = [(f"test/ndcg@{k}", f"test NDCG@{k}", "max")]
     if ret is not None:
-        axes += [(f"forget_recall@{k}", f"forget recall@{k}", "retrain"), ("membership.auc", "pair AUC", "retrain")]
+        axes += [(f"forget_recall@{k}", f"forget recall@{k}", "retrain"), ("membership.auc_rank", "pair AUC", "retrain")]
     won = []
     for key, label, mode in axes:
         mine = _get(cols[name], key)
@@ -165,7 +165,8 @@ def render_markdown(groups: dict[str, dict[str, Any]], k: int = 20) -> str:
                 if key is not None:
                     cells.append(_fmt(_get(col, key)))
                 elif label == "MIA verdict":
-                    cells.append(_fmt(col["audits"].get("membership", {}).get("flag")))
+                    mem = col["audits"].get("membership", {})  # the within-user rank AUC's verdict (raw scores
+                    cells.append(_fmt(mem.get("flag_rank", mem.get("flag"))))  # are not comparable across users)
                 elif label.startswith("N@"):
                     mine, ref = _get(col, f"test/ndcg@{k}"), _get(cols["Retrain"], f"test/ndcg@{k}") if "Retrain" in cols else None
                     cells.append("-" if mine is None or not ref else f"{mine / ref:.1%}")

@@ -107,3 +107,17 @@ def test_reference_columns_take_their_audits_from_any_run(tmp_path: Path) -> Non
     group = next(iter(group_runs([load_run(first), load_run(second)]).values()))
     assert group["columns"]["before"]["audits"]["membership"]["flag"] == "residual_memory"
     assert group["columns"]["Retrain"]["audits"]["membership"]["auc"] == 0.5
+
+
+def test_the_verdict_is_the_within_user_rank_auc(tmp_path: Path) -> None:
+    """Raw scores pool users (not comparable across them): a model that ranks every member first within its user
+    but has a per-user offset reads 0.51 on raw scores; the verdict column is the rank AUC's."""
+    before, retrain = _metrics(0.30, 0.60), _metrics(0.29, 0.20)
+    mem = {"membership": {"auc": 0.51, "auc_rank": 0.95, "flag": "ok", "flag_rank": "residual_memory"},
+           "global_exposure": {"exposure@20": 0.1, "reduction": 0.2}, "fairness": {"ndcg@20_gap": 0.05}}
+    runs = [_write(tmp_path, "x", "M", {"before": before, "M": _metrics(0.3, 0.5), "Retrain": retrain},
+                   {"M": mem, "Retrain": _audits(0.5, "ok")})]
+    out = tmp_path / "r.md"
+    assert main([str(r) for r in runs] + ["--output", str(out), "--no-plot"]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| M "))
+    assert "residual_memory" in row and "| ok |" not in row

@@ -74,3 +74,28 @@ def test_a_shadow_trained_once_serves_every_method_of_the_request() -> None:
     again = train_shadow(p.udm, p.initial, seed=3, weights=shadow.model.state_dict(), max_epochs=0)
     loaded = run_audits(copy.deepcopy(p.trained), p.udm, retrain=copy.deepcopy(p.retrain), name="M", shadow=again, seed=3)
     assert loaded["M"]["user_mia"]["auc"] == pytest.approx(own["M"]["user_mia"]["auc"], abs=1e-6)
+
+
+def test_an_unchanged_model_reduces_no_exposure_item_wise() -> None:
+    """Every column is served under the same exclusion: a model that did not change (an ID-only MF, which no graph
+    surgery moves) has exposure reduction 0 on an item-wise request, where its users' forgotten train items are
+    no longer masked after the deletion."""
+    from functools import partial
+
+    from lightning_tru.datamodules import SyntheticDataModule
+    from lightning_tru.datamodules.forget import ForgetRequest
+    from lightning_tru.datamodules.unlearning import UnlearningDataModule
+    from lightning_tru.models import RecommenderModule
+    from lightning_tru.nn.mf import MF
+
+    dm = SyntheticDataModule(num_users=200, num_items=120, seed=2, batch_size=1024, eval_batch_size=200)
+    udm = UnlearningDataModule(dm, ForgetRequest("item", 0.1, seed=0), seed=0)
+    torch.manual_seed(0)
+    model = RecommenderModule(partial(MF, embedding_dim=8), dm.num_users, dm.num_items, dm.feature_dims).eval()
+    with torch.no_grad():  # popular items score high: the forgotten items reach the top-K of their own users
+        pop = torch.from_numpy(np.asarray(dm.data.csr("train").sum(0)).ravel()).float()
+        model.backbone.item_embedding.weight[:, 0] = pop / pop.max() * 5
+        model.backbone.user_embedding.weight[:, 0] = 1.0
+    out = run_audits(model, udm, before=copy.deepcopy(model), name="same")
+    ge_before, ge = out["before"]["global_exposure"]["exposure@20"], out["same"]["global_exposure"]["exposure@20"]
+    assert ge_before > 0 and ge == pytest.approx(ge_before) and out["same"]["global_exposure"]["reduction"] == pytest.approx(0.0)

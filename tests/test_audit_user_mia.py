@@ -84,3 +84,26 @@ def test_memorising_target_is_caught_on_members_vs_nonmembers(vectors: str) -> N
     again = user_mia(shadow, sm, sn, sdm.data.csr("train"), dm.data.csr("train"),
                      {"target": (target, tdm.data.csr("train"))}, tm, tn, n=100, seed=0, vectors=vectors)
     assert again == res  # seeded
+
+
+def test_item_vectors_are_read_in_eval_mode_and_leave_the_mode_alone() -> None:
+    """A model with dropout / BatchNorm (MIG-GT) gives the same item table on every call, and stays in its mode."""
+    import torch
+    from torch import nn
+
+    from lightning_tru.audit.user_mia import item_vectors
+
+    class Dropped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(30, 4))
+            self.norm = nn.BatchNorm1d(4)
+            self.drop = nn.Dropout(0.5)
+
+        def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.table, self.drop(self.norm(self.table))
+
+    m = Dropped().train()
+    stats = m.norm.running_mean.clone()
+    a, b = item_vectors(m), item_vectors(m)
+    assert torch.equal(a, b) and m.training and torch.equal(m.norm.running_mean, stats)

@@ -65,6 +65,24 @@ def test_fit_without_checkpointing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+def test_checkpoints_load_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.py fit`` tests its best checkpoint and ``train.py test --ckpt_path`` loads one with weights_only=True."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    calls: list[object] = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (calls.append(k.get("weights_only")), real(*a, **k))[1])
+    cli = train_cli(["fit", "--config", str(REPO / "configs/train/lightgcn_synthetic.yaml"), *SMALL, *QUIET,
+                     "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path)])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert best and calls and all(w is True for w in calls), calls
+    calls.clear()
+    train_cli(["test", "--config", str(REPO / "configs/train/lightgcn_synthetic.yaml"), *SMALL, *QUIET,
+               "--ckpt_path", best])
+    assert calls and all(w is True for w in calls), calls
+
+
 def _mmrec(root: Path, inter: str, feat: "np.ndarray | None" = None) -> Path:
     import numpy as np
 

@@ -113,6 +113,18 @@ def test_torn_tail_is_truncated_and_recorded(tmp_path: Path) -> None:
     assert append_entry(path, _entry(3))["seq"] == 3 and verify(path).ok
 
 
+def test_a_last_entry_without_its_newline_is_kept_not_torn(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    _ledger(path, 3)
+    intact = path.read_bytes()
+    path.write_bytes(intact[:-1])  # the final newline removed: the last entry must not be dropped by the next append
+    res = verify(path)
+    assert res.ok and res.entries == 3 and res.torn_bytes == 0
+    new = append_entry(path, _entry(3))
+    assert new["seq"] == 3 and "torn_tail" not in new
+    assert path.read_bytes().startswith(intact) and verify(path).ok and len(read_entries(path)) == 4
+
+
 def test_a_torn_first_line_is_a_torn_empty_ledger(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     path.write_bytes(b'{"fing')

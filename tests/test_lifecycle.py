@@ -331,3 +331,131 @@ def test_retrain_runs_on_the_device_type_of_the_unlearning_run(tmp_path: Path, m
                    audit=AuditSettings(enabled=True, retrain_floor=True), output_root=tmp_path / "runs",
                    ledger=tmp_path / "ledger.jsonl", verbose=False)
     assert seen == ["cpu", "cpu"], seen
+
+
+# ------------------------------------------------------------------------- concurrent runs, named ids, outputs
+def test_two_requests_answered_at_once_record_only_the_first(tmp_path: Path) -> None:
+    store = tmp_path / "deletions"
+    trained = _train(_dm(store), tmp_path / "t.ckpt", epochs=10)
+    dm_a, dm_b = _dm(store), _dm(store)  # both jobs load the data before either records
+    run = lambda dm, seed: answer_request(  # noqa: E731
+        _model(dm), dm, ForgetRequest("user", 0.05, seed=seed), trained,
+        trainer=_quiet(max_epochs=40, callbacks=[TRU(lr=0.05, eval_every=2)]), output_root=tmp_path / "out",
+        ledger=tmp_path / "ledger.jsonl", verbose=False, audit=AuditSettings(enabled=False))
+    first, second = run(dm_a, 1), run(dm_b, 2)
+    assert first["status"]["target_reached"]
+    assert second["status"]["target_reached"] is False
+    assert "changed while this request was answered" in second["status"]["stopping_reason"]
+    assert DeletionStore(store).fingerprints() == [first["request"]["fingerprint"]]
+    entries = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [e["status"]["target_reached"] for e in entries] == [True, False]
+    _dm(store)  # the store still loads: no stale record broke it
+    with pytest.raises(LineageError, match="did NOT answer"):
+        load_trained_weights(_model(_dm()), Path(second["run_dir"]) / "model.ckpt", _dm(store))
+
+
+def test_named_users_lose_their_held_out_rows_even_without_train_rows(tmp_path: Path) -> None:
+    raw = _dm().data
+    train = raw.split_pairs(0)
+    held = raw.pairs[raw.split != 0]
+    u0 = int(held[0, 0])  # a user with held-out rows
+    u1 = int(next(u for u in np.unique(train[:, 0]) if u != u0))
+    (tmp_path / "r1.json").write_text(json.dumps({"pairs": train[train[:, 0] == u0].tolist()}))
+    store = DeletionStore(tmp_path / "deletions")
+    fs1 = ForgetRequest(file=tmp_path / "r1.json").resolve(raw)  # interaction-wise: all of u0's train rows
+    store.record(fs1, data_fingerprint(raw))
+    after1, _ = store.apply(raw)
+    assert (after1.pairs[:, 0] == u0).any()  # interaction-wise keeps the held-out rows
+    (tmp_path / "only.json").write_text(json.dumps({"users": [u0]}))
+    with pytest.raises(ValueError, match=rf"users \[{u0}\] have none left.*held-out rows"):
+        ForgetRequest(file=tmp_path / "only.json").resolve(after1)
+    (tmp_path / "r2.json").write_text(json.dumps({"users": [u0, u1]}))
+    fs2 = ForgetRequest(file=tmp_path / "r2.json").resolve(after1)
+    assert fs2.users.tolist() == [u1] and set(fs2.purged_users.tolist()) == {u0, u1}
+    store.record(fs2, data_fingerprint(after1))
+    (rec2,) = [d for d in store.entries() if d.fingerprint == fs2.fingerprint]
+    assert set(rec2.users.tolist()) == {u0, u1}
+    after2, _ = store.apply(raw)
+    assert not np.isin(after2.pairs[:, 0], [u0, u1]).any()  # every row of both users is gone
+    retained = RecDataModule(after1).without(fs2)
+    assert not np.isin(retained.data.pairs[:, 0], [u0, u1]).any()
+
+
+def test_write_retained_may_not_overlap_the_runs_own_outputs(tmp_path: Path) -> None:
+    store = tmp_path / "deletions"
+    trained = _train(_dm(store), tmp_path / "t.ckpt", epochs=2)
+    from lightning_tru.lifecycle import OutputPathError
+
+    ledger = tmp_path / "w" / "ledger.jsonl"
+    for bad in (ledger, tmp_path / "out", store, store / "purged", tmp_path / "w"):
+        dm = _dm(store)
+        with pytest.raises(OutputPathError, match="overlap"):
+            answer_request(_model(dm), dm, ForgetRequest("user", 0.05, seed=1), trained,
+                           trainer=_quiet(max_epochs=2, callbacks=[TRU()]), output_root=tmp_path / "out",
+                           ledger=ledger, write_retained=bad, verbose=False)
+        assert not (tmp_path / "w").exists() and not store.exists() and not (tmp_path / "out").exists()
+
+
+def test_serving_never_replaces_an_input(answered: dict[str, Any], tmp_path: Path) -> None:
+    from lightning_tru.lifecycle import OutputPathError
+
+    store, unlearned = answered["store"], answered["unlearned"]
+    dm = _dm(store)
+    ledger = answered["tmp"] / "ledger.jsonl"
+    before = ledger.read_bytes()
+    with pytest.raises(OutputPathError, match="not a recommendations file"):
+        recommend(_model(dm), dm, unlearned, ledger, k=5, users=[0], accelerator="cpu")
+    assert ledger.read_bytes() == before and verify(ledger).ok
+    with pytest.raises(OutputPathError, match="inside the deletion store"):
+        recommend(_model(dm), dm, unlearned, store / "recs.tsv", k=5, users=[0], accelerator="cpu")
+    with pytest.raises(OutputPathError, match="an input"):
+        recommend(_model(dm), dm, unlearned, unlearned, k=5, users=[0], accelerator="cpu")
+    out = recommend(_model(dm), dm, unlearned, tmp_path / "recs.tsv", k=5, users=[0], accelerator="cpu")
+    recommend(_model(dm), dm, unlearned, out, k=3, users=[0, 1], accelerator="cpu")  # an earlier output: replaced
+    assert len(out.read_text().splitlines()) == 1 + 2 * 3
+
+
+def test_the_default_store_is_never_skipped_silently(answered: dict[str, Any], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_tru.datamodules.deletions import check_store_applied
+    from lightning_tru.cli import DEFAULT_DELETIONS, _check_default_store
+
+    with pytest.raises(LineageError, match="not applied: their deleted interactions would come back"):
+        check_store_applied(_dm().data, answered["store"], applied=False)
+    check_store_applied(_dm().data, answered["store"], applied=True)
+    check_store_applied(_dm(seed=4).data, answered["store"], applied=False)  # other data: not its store
+    check_store_applied(_dm(answered["store"]).data, answered["store"], applied=False)  # purged: nothing comes back
+    monkeypatch.chdir(tmp_path)  # train.py / recommend.py without --deletions, the store at the default path
+    import shutil
+
+    shutil.copytree(answered["store"], tmp_path / DEFAULT_DELETIONS)
+    with pytest.raises(LineageError, match=f"--deletions {DEFAULT_DELETIONS}"):
+        _check_default_store(_dm())
+    _check_default_store(_dm(tmp_path / DEFAULT_DELETIONS))
+
+
+def test_ledger_verify_checks_the_store_against_the_ledger(answered: dict[str, Any], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from lightning_tru.ledger import main as ledger_main
+
+    ledger, store = answered["tmp"] / "ledger.jsonl", answered["store"]
+    assert ledger_main(["verify", str(ledger), "--deletions", str(store)]) == 0
+    assert "each recorded as answered" in capsys.readouterr().out
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    rec = next(copy.glob("*.npz"))
+    with np.load(rec) as z:
+        fields = dict(z)
+    fields["users"] = fields["users"][1:]  # a user taken out of the record: their held-out rows would come back
+    np.savez(rec, **fields)
+    assert ledger_main(["verify", str(ledger), "--deletions", str(copy)]) == 1
+    assert "was edited" in capsys.readouterr().out
+    rec.unlink()  # the record removed: the request's data would come back on every load
+    assert ledger_main(["verify", str(ledger), "--deletions", str(copy)]) == 1
+    assert "has no record" in capsys.readouterr().out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert ledger_main(["verify", str(empty), "--deletions", str(store)]) == 1  # a record no entry answers
+    assert "answered by no ledger entry" in capsys.readouterr().out

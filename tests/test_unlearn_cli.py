@@ -144,6 +144,15 @@ def test_publish_run_dir_is_atomic_and_never_reuses(tmp_path: Path, monkeypatch:
     with pytest.raises(OSError, match="disk full"):
         rep.publish_run_dir(tmp_path, "tru", "cd" * 32, {"x.json": b"3"})
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])  # nothing half-written left
+    monkeypatch.undo()
+
+    def denied(src: Path, dst: Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rep.os, "rename", denied)  # an error other than a name taken: raised, never retried forever
+    with pytest.raises(PermissionError):
+        rep.publish_run_dir(tmp_path, "tru", "ef" * 32, {"x.json": b"4"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])
 
 
 def test_outputs_are_validated_before_any_work(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

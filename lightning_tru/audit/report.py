@@ -1,6 +1,7 @@
 """Before/after evaluation of an unlearning run, atomic report writing (the ledger: :mod:`lightning_tru.ledger`)."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import time
@@ -74,8 +75,9 @@ def publish_run_dir(root: Path, method: str, fingerprint: str, files: dict[str, 
                 try:
                     os.rename(tmp, path)  # atomic publish; fails if another run took the name meanwhile
                     return path
-                except OSError:
-                    pass
+                except OSError as err:  # another run took the name meanwhile: the next name; anything else is real
+                    if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
             n += 1
             path = base.with_name(f"{base.name}-{n}")
     except BaseException:

@@ -160,11 +160,10 @@ def run_audits(
         raise ValueError("user_level=True trains a shadow model: pass initial= (the untrained model)")
     rng = np.random.default_rng(seed)
     retained = udm.retained_train_csr()
-    original = udm.source.data.csr("train")
     models: dict[str, tuple[Any, Any]] = {}  # column -> (model, exclude)
     if before is not None:
         attach_graph(before, udm.deployed)
-        models["before"] = (before, original)
+        models["before"] = (before, udm.source.data.csr("train"))  # served as deployed (the user-level MIA's view)
     for m in (model, retrain, retrain_seed2):
         if m is not None:
             attach_graph(m, udm)
@@ -186,7 +185,10 @@ def run_audits(
     for col, (_, excl) in models.items():
         m = frozen[col]
         res: dict[str, Any] = {"membership": pair_membership(m, members, nonmembers, retained, batch_users)}
-        res["global_exposure"] = {f"exposure@{k}": global_exposure(m, users, udm.forget.items, excl, k, batch_users)}
+        # global exposure under one exclusion for every column (the retained train items, served after the
+        # deletion): the reduction compares models, not masks (a forgotten train item was hidden from its own user
+        # before only because it was a train item)
+        res["global_exposure"] = {f"exposure@{k}": global_exposure(m, users, udm.forget.items, retained, k, batch_users)}
         dm = udm.deployed if col == "before" else udm.retained
         d = dm.data
         res["fairness"] = ndcg_gap(m, d.csr("train"), d.csr("train", "valid"), d.csr("test"), k, active_share, batch_users)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from lightning_tru.audit.membership import mann_whitney_auc
 from lightning_tru.audit.scoring import top_k
+from lightning_tru.models.protocol import eval_mode
 
 __all__ = ["rank_weights", "item_vectors", "user_features", "AttackMLP", "train_attack", "member_probability",
            "user_mia"]
@@ -42,8 +43,8 @@ def rank_weights(n: int = 100) -> Tensor:
 
 def item_vectors(model: Any, train: Optional[sp.csr_matrix] = None, dim: int = 32) -> Tensor:
     """``(I, d)`` item vectors: the model's item table, else a truncated SVD of ``train`` (CPU, float64)."""
-    if hasattr(model, "embeddings"):
-        with torch.no_grad():
+    if hasattr(model, "embeddings"):  # eval mode: no dropout, BatchNorm's running statistics used and left unchanged
+        with eval_mode(model), torch.no_grad():
             return model.embeddings()[1].detach().double().cpu()
     if train is None:
         raise ValueError(f"{type(model).__name__} has no embeddings(); pass the train matrix for the SVD fallback")

@@ -15,6 +15,10 @@ from typing_extensions import override
 from lightning_tru.metrics.functional import check_k
 
 
+#: the first line of a recommendations file
+HEADER = "userID\trank\titemID\tscore"
+
+
 class TopKWriter(BasePredictionWriter):
     """Writes ``userID  rank  itemID  score`` rows (rank 1 = best) for every predicted user.
 
@@ -46,7 +50,7 @@ class TopKWriter(BasePredictionWriter):
         fd, tmp = tempfile.mkstemp(dir=self.output.parent, prefix=f".{self.output.name}.", suffix=".tmp")
         self._tmp = Path(tmp)
         self._fh = os.fdopen(fd, "w", encoding="utf-8")
-        self._fh.write("userID\trank\titemID\tscore\n")
+        self._fh.write(HEADER + "\n")
 
     @override
     def write_on_batch_end(

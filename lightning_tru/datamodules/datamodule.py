@@ -172,7 +172,7 @@ class RecDataModule(LightningDataModule):
         the train split whole (the deployed model's view, evaluated on the same held-out rows).
         """
         d = self.data
-        drop = deletion_mask(d, forget.forget_pairs, forget.regime, forget.users, forget.items)
+        drop = deletion_mask(d, forget.forget_pairs, forget.regime, forget.purged_users, forget.purged_items)
         if not graph_surgery:
             drop &= d.split != TRAIN
         out = RecDataModule(subset(d, ~drop, f"{d.name}-retained"), self.batch_size, self.eval_batch_size,

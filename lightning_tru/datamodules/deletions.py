@@ -13,15 +13,23 @@ checkpoint whose data is not the data at hand.
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
 from lightning_tru.datamodules.forget import ForgetSet, fingerprint
 from lightning_tru.datamodules.interactions import TRAIN, InteractionData
 from lightning_tru.io import atomic_write
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: records are not locked against concurrent runs
+    fcntl = None  # type: ignore[assignment]
 
 LINEAGE_KEY = "lightning_tru_lineage"
 
@@ -83,6 +91,15 @@ class Deletion:
     resolved_on: str
 
 
+def record_digest(d: Deletion) -> str:
+    """SHA-256 of a record's fields (fingerprint, regime, users, items, resolved-on data; the pairs are the
+    fingerprint): the ledger keeps it, so an edited record is detected (``ledger verify --deletions``)."""
+    h = hashlib.sha256(f"{d.fingerprint}|{d.regime}|{d.resolved_on}|".encode())
+    for ids in (d.users, d.items):
+        h.update(np.ascontiguousarray(np.unique(ids), dtype="<i8").tobytes() + b"|")
+    return h.hexdigest()
+
+
 def _short(fps: list[str]) -> str:
     return "[" + ", ".join(f[:12] for f in fps) + "]"
 
@@ -129,18 +146,61 @@ class DeletionStore:
     def fingerprints(self) -> list[str]:
         return [d.fingerprint for d in self.entries()]
 
-    def record(self, forget: ForgetSet, resolved_on: str) -> Path:
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive ``flock`` on ``.<store>.lock`` beside the store (POSIX; the store itself is created
+        only by a record): one run at a time reads the chain and records."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root.parent / f".{self.root.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def check_chain(self, chain: Sequence[str]) -> None:
+        """Refuse to record on top of a stale view: ``chain`` (the requests applied when the run loaded the data)
+        must still be every recorded request, in order. Two requests answered at the same time from the same
+        checkpoint would otherwise both be recorded, each resolved on data the other no longer matches.
+
+        Raises:
+            LineageError: other requests were recorded meanwhile (or records were removed).
+        """
+        now = self.fingerprints()
+        if list(chain) != now:
+            new = [f for f in now if f not in chain]
+            gone = [f for f in chain if f not in now]
+            what = (f"the requests {_short(new)} were answered meanwhile" if new else "") + \
+                   ("; " if new and gone else "") + (f"the records {_short(gone)} were removed" if gone else "")
+            raise LineageError(
+                f"deletion store {self.root} changed while this request was answered ({what}); its result is "
+                "stale: answer it again from the checkpoint of the latest recorded request (its run_dir in the ledger)"
+            )
+
+    @staticmethod
+    def as_record(forget: ForgetSet, resolved_on: str, position: int = -1) -> Deletion:
+        """The record :meth:`record` writes for ``forget`` (``position`` is set when written)."""
+        return Deletion(fingerprint=forget.fingerprint, regime=forget.regime,
+                        forget_pairs=forget.forget_pairs.astype(np.int64), users=forget.purged_users.astype(np.int64),
+                        items=forget.purged_items.astype(np.int64), position=position, resolved_on=resolved_on)
+
+    def record(self, forget: ForgetSet, resolved_on: str, chain: Optional[Sequence[str]] = None) -> Path:
         """Add an answered request (atomically: a temporary file and a rename). Recording the same
-        request twice is a no-op."""
+        request twice is a no-op. ``chain``: the requests the run saw applied (:meth:`check_chain`),
+        checked under the store's lock (:meth:`locked`, re-entrant callers hold it already)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{forget.fingerprint}.npz"
         if path.exists():
             return path
+        if chain is not None:
+            self.check_chain(chain)
         position = len(self.entries())
+        users, items = forget.purged_users, forget.purged_items
         atomic_write(path, lambda fh: np.savez(
             fh, fingerprint=np.array(forget.fingerprint), regime=np.array(forget.regime),
-            forget_pairs=forget.forget_pairs.astype(np.int64), users=forget.users.astype(np.int64),
-            items=forget.items.astype(np.int64), position=np.array(position), resolved_on=np.array(resolved_on),
+            forget_pairs=forget.forget_pairs.astype(np.int64), users=users.astype(np.int64),
+            items=items.astype(np.int64), position=np.array(position), resolved_on=np.array(resolved_on),
         ))
         return path
 
@@ -175,6 +235,31 @@ class DeletionStore:
                 data = subset(data, ~drop, data.name)
             chain.append(d.fingerprint)
         return data, chain
+
+
+def check_store_applied(data: InteractionData, store: Union[str, Path], applied: bool) -> None:
+    """Refuse to load ``data`` without the deletion store ``store`` (the default folder a run may have recorded
+    requests in) when that store holds requests answered on exactly this data: training, evaluating or serving
+    on it would bring their deleted interactions back. ``applied``: the store was passed (nothing to check).
+
+    Raises:
+        LineageError: the store holds requests of this data; the message says to pass it.
+    """
+    root = Path(store).expanduser()
+    if applied or not root.is_dir():
+        return
+    try:
+        entries = DeletionStore(root).entries()
+    except LineageError:  # a damaged store is reported by the runs that use it
+        return
+    here = data_fingerprint(data) if entries else ""
+    mine = [d.fingerprint for d in entries if d.resolved_on == here]
+    if mine:
+        raise LineageError(
+            f"the deletion store {root} holds {len(mine)} request(s) answered on this data ({_short(mine)}) but it is "
+            f"not applied: their deleted interactions would come back. Pass --deletions {root} (the data set's store), "
+            "or load the purged data written by --write_retained"
+        )
 
 
 def check_lineage(recorded: dict[str, Any], current: dict[str, Any], source: str) -> None:

@@ -40,6 +40,9 @@ class ForgetSet:
         source: ``"regime"`` (drawn by share / selection / seed) or ``"file"`` (an explicit file).
         share, selection, seed: how a ``"regime"`` request was drawn; ``None`` for a file.
         file: the request file of a ``"file"`` request; ``None`` otherwise.
+        named_users, named_items: the ids a file request names (users / items form), also those without a
+            train interaction left (e.g. an earlier interaction-wise request took them all): their held-out
+            rows are deleted with the request (:attr:`purged_users`); ``None`` for other requests.
     """
 
     forget_pairs: np.ndarray
@@ -54,6 +57,18 @@ class ForgetSet:
     selection: Optional[str] = None
     seed: Optional[int] = None
     file: Optional[str] = None
+    named_users: Optional[np.ndarray] = None
+    named_items: Optional[np.ndarray] = None
+
+    @property
+    def purged_users(self) -> np.ndarray:
+        """Users whose held-out rows a user-wise request deletes: the forgetting users and every named one."""
+        return self.users if self.named_users is None else np.union1d(self.users, self.named_users)
+
+    @property
+    def purged_items(self) -> np.ndarray:
+        """Items whose held-out rows an item-wise request deletes: the forgotten items and every named one."""
+        return self.items if self.named_items is None else np.union1d(self.items, self.named_items)
 
     def summary(self) -> dict[str, object]:
         """What the request resolved to: only the fields that apply to its ``source``.
@@ -148,11 +163,22 @@ class ForgetRequest:
     def resolve(self, data: InteractionData) -> ForgetSet:
         """Turn the request into forget / retain pairs of ``data``'s train split."""
         train = data.split_pairs(TRAIN)
+        named: dict[str, np.ndarray] = {}
         if self.file is not None:
-            mask, skipped, regime = self._from_file(data, train)
+            mask, skipped, regime = self._from_file(data, train, named)
         else:
             mask, skipped, regime = self._from_regime(data, train), 0, self.regime
         if not mask.any():
+            col = {"named_users": 0, "named_items": 1}
+            held = {k: np.intersect1d(v, data.pairs[data.split != TRAIN, col[k]]) for k, v in named.items()}
+            held = {k: v for k, v in held.items() if len(v)}
+            if held:
+                (k, v), = held.items()
+                raise ForgetRequestError(
+                    f"the request selects no train interaction: the {k.split('_')[1]} {v[:5].tolist()} have none left "
+                    "(earlier requests deleted them), only held-out rows, which no model was fitted to; name them "
+                    "together with ids that still have train rows, and their held-out rows go with that request"
+                )
             raise ForgetRequestError(
                 "the request selects no train interaction; raise the share or name ids that have train rows"
             )
@@ -166,6 +192,7 @@ class ForgetRequest:
             mask,
             regime,
             skipped=skipped,
+            **named,
             **(
                 {"source": "file", "file": str(self.file)}
                 if self.file is not None
@@ -197,7 +224,10 @@ class ForgetRequest:
         chosen[self._pick(ids, counts[ids])] = True
         return chosen[train[:, col]]
 
-    def _from_file(self, data: InteractionData, train: np.ndarray) -> tuple[np.ndarray, int, str]:
+    def _from_file(
+        self, data: InteractionData, train: np.ndarray, named: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, int, str]:
+        """The mask of the file's train pairs, the skipped pairs and the regime; ``named`` receives the named ids."""
         users, items, pairs = _read_request_file(self.file)  # type: ignore[arg-type]
         f = self.file
         for name, ids, n in (("user", users, data.num_users), ("item", items, data.num_items)):
@@ -224,7 +254,9 @@ class ForgetRequest:
                 )
             return np.isin(key, want), missing, "interaction"
         if users is not None:
+            named["named_users"] = np.unique(users)
             return np.isin(train[:, 0], users), 0, "user"
+        named["named_items"] = np.unique(items)  # type: ignore[arg-type]
         return np.isin(train[:, 1], items), 0, "item"  # type: ignore[arg-type]
 
 
