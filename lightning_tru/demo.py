@@ -7,6 +7,7 @@ on the data without the first demo's deleted users and answers a new request.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -40,9 +41,14 @@ def main(root: str = "runs/demo", extra: Optional[list[str]] = None) -> dict:
     report = answer_request(**job)
     print("== 3/3 the Reset floor on the same request (its own store: a floor is a reference, not an answer)",
           flush=True)
+    fp = report["request"]["fingerprint"]
+    floor_store = Path(root) / f"floor-deletions-{fp[:12]}"  # the demo store's earlier requests, without this one
+    floor_store.mkdir(parents=True, exist_ok=True)
+    for rec in Path(root, "deletions").glob("*.npz"):
+        if rec.stem != fp and not (floor_store / rec.name).exists():
+            shutil.copy2(rec, floor_store / rec.name)
     floor = unlearn_cli(["--config", train_cfg, "--config", str(CONFIGS / "unlearn" / "reset.yaml"), *common,
-                         "--deletions", f"{root}/floor-deletions-{report['request']['fingerprint'][:12]}"],
-                        run=False).job()
+                         "--deletions", str(floor_store)], run=False).job()
     reset = answer_request(**floor, verbose=False)
     print("\n" + render_markdown(group_runs([load_run(report["run_dir"]), load_run(reset["run_dir"])])))
     s = report["seconds"]

@@ -139,3 +139,11 @@ def test_demo_prints_tru_beside_reset_and_retrain_with_the_audits(tmp_path, caps
                for name in ("before", "TRU", "Reset", "Retrain"))
     assert "rank AUC" in table and "beats floors on" in table
     assert report["audits"]["TRU"]["membership"]["flag"] in ("ok", "residual_memory", "over_forgetting")
+    if not report["status"]["target_reached"]:
+        return
+    # a second demo in the same folder trains without the first one's deleted users and answers a new request;
+    # its Reset floor starts from the same deletion state (the store's earlier requests)
+    again = demo.main(str(tmp_path / "demo"), extra=small)
+    assert again["request"]["fingerprint"] != report["request"]["fingerprint"]
+    assert again["lineage"]["before"]["deletions"] == [report["request"]["fingerprint"]]
+    assert "| *Reset* |" in capsys.readouterr().out
