@@ -83,6 +83,21 @@ def test_checkpoints_load_weights_only(tmp_path: Path, monkeypatch: pytest.Monke
     assert calls and all(w is True for w in calls), calls
 
 
+@pytest.mark.parametrize(("flag", "value", "match"), [("--data.init_args.batch_size", "0", "batch_size=0"),
+                                                       ("--data.init_args.seed", "-1", "seed must be an integer >= 0"),
+                                                       ("--data.init_args.num_users", "0", "num_users must be")])
+def test_bad_data_arguments_print_one_short_error(flag: str, value: str, match: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from lightning_tru.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO / "configs/train/lightgcn_synthetic.yaml"), *QUIET, flag, value]
+    assert main(lambda: train_cli(args, run=False)) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and match in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def _mmrec(root: Path, inter: str, feat: "np.ndarray | None" = None) -> Path:
     import numpy as np
 

@@ -364,7 +364,7 @@ def test_request_error_is_a_value_error() -> None:
 @pytest.mark.parametrize(
     ("name", "text", "match"),
     [
-        ("r.csv", "userID\n1\nabc\n", r"line 3, column userID: not an integer id"),
+        ("r.csv", "userID\n1\nabc\n", r"line 3, column userID: 'abc' is not an integer id"),
         ("r.csv", "userID,itemID\n1,2\n3\n", r"line 3, column itemID"),
         ("r.csv", "userID,itemID\n1,2\n3,4.5\n", r"line 3, column itemID"),
         ("r.csv", "user,item\n1,2\n", r"line 1: unknown column\(s\) \['user', 'item'\].*\['userID', 'itemID'\]"),
@@ -381,6 +381,14 @@ def test_request_error_is_a_value_error() -> None:
         ("r.json", '{"users": ["a"]}', r"ids must be integers"),
         ("r.json", '{"pairs": [[1, 2], [3]]}', r"ids must be integers|\[user, item\] pairs"),
         ("r.xlsx", "userID\n1\n", r"unsupported request file type"),
+        # read as something else than written: never silently
+        ("r.json", '{"users": [0], "users": [1]}', r"key\(s\) \['users'\] given more than once"),
+        ("r.csv", "userID\n0,5\n", r"line 2 has 2 fields but the header \['userID'\] names 1"),
+        ("r.csv", "userID\n1_0\n", r"line 2, column userID: '1_0' is not an integer id"),
+        ("r.csv", "userID\n\u0661\n", r"line 2, column userID: '\u0661' is not an integer id"),
+        ("r.csv", "userID\n99999999999999999999\n", r"line 2, column userID: .* does not fit a 64-bit integer"),
+        ("r.json", '{"users": [99999999999999999999]}', r"does not fit a 64-bit integer"),
+        ("r.csv", "\nuserID\n0\n", r"line 1 must be the header"),
     ],
 )
 def test_malformed_files(tiny_data: InteractionData, tmp_path: Path, name: str, text: str, match: str) -> None:
@@ -388,6 +396,20 @@ def test_malformed_files(tiny_data: InteractionData, tmp_path: Path, name: str, 
     with pytest.raises(ForgetRequestError, match=match) as err:
         ForgetRequest(file=f).resolve(tiny_data)
     assert str(f) in str(err.value)  # the message names the file
+
+
+@pytest.mark.parametrize("name", ["r.csv", "r.json"])
+def test_a_file_that_is_not_utf8_is_one_clear_error(tiny_data: InteractionData, tmp_path: Path, name: str) -> None:
+    f = tmp_path / name
+    f.write_bytes(b"userID\n\xff\xfe1\n" if name.endswith(".csv") else b'{"users": [\xff]}')
+    with pytest.raises(ForgetRequestError, match=f"{name}: not UTF-8 text"):
+        ForgetRequest(file=f).resolve(tiny_data)
+
+
+def test_a_json_file_with_a_bom_is_read(tiny_data: InteractionData, tmp_path: Path) -> None:
+    f = tmp_path / "r.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"users": [0]}).encode())
+    assert ForgetRequest(file=f).resolve(tiny_data).users.tolist() == [0]
 
 
 def test_missing_file(tiny_data: InteractionData, tmp_path: Path) -> None:

@@ -145,12 +145,46 @@ def test_graph_without_features_is_allowed(tmp_path: Path) -> None:
 
 
 def test_duplicates_dropped_with_warning(tmp_path: Path) -> None:
-    rows = ROWS + [(0, 1, 2), (3, 3, 1), (0, 1, 0)]
+    rows = ROWS + [(0, 1, 0), (1, 3, 1), (0, 1, 0)]  # repeated rows of the same split
     root = make_folder(tmp_path, inter=_inter_text(rows))
     with pytest.warns(UserWarning, match=r"toy\.inter: dropped 3 duplicated"):
         data = load_mmrec(root)
     np.testing.assert_array_equal(data.pairs, np.array([r[:2] for r in ROWS]))
     np.testing.assert_array_equal(data.split, np.array([r[2] for r in ROWS]))
+
+
+def test_blank_and_whitespace_lines_are_skipped_and_bad_ids_named(tmp_path: Path) -> None:
+    text = _inter_text()
+    lines = text.split("\n")
+    root = make_folder(tmp_path / "ok", inter="\n".join(lines[:3] + ["   ", "\t", ""] + lines[3:]))
+    np.testing.assert_array_equal(load_mmrec(root).pairs, np.array([r[:2] for r in ROWS]))
+    for bad in ("1_0", "\u0661"):
+        root = make_folder(tmp_path / f"bad{len(bad)}", inter="\n".join(lines[:4] + [f"{bad}\t1\t0"] + lines[4:]))
+        with pytest.raises(DataFormatError, match=rf"line 5, column 'userID': '{bad}' is not an integer"):
+            load_mmrec(root)
+
+
+def test_graph_and_feature_files_that_cannot_be_used_are_errors(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "a", features={"image": _feat()})
+    (root / "g.npz").write_bytes(b"PK\x03\x04junk")  # a broken zip
+    with pytest.raises(DataFormatError, match="not a scipy sparse .npz matrix"):
+        load_mmrec(root, knn_graphs={"image": "g.npz"})
+    sp.save_npz(root / "h.npz", _graph(4))
+    with pytest.raises(DataFormatError, match=r"knn_graphs names the modalities \['imgae'\].*\['image'\]"):
+        load_mmrec(root, knn_graphs={"imgae": "h.npz"})  # a typo: the graph would be loaded and never used
+    root = make_folder(tmp_path / "c", features={"image": _feat().astype(np.complex64)})
+    with pytest.raises(DataFormatError, match="is not numeric"):
+        load_mmrec(root)
+
+
+@pytest.mark.parametrize("extra", [(0, 1, 2), (1, 3, 0)])
+def test_a_pair_in_two_splits_is_an_error_naming_both_lines(tmp_path: Path, extra: tuple[int, int, int]) -> None:
+    """Which split wins would depend on the row order, and either way train and evaluation share the pair."""
+    root = make_folder(tmp_path, inter=_inter_text(ROWS + [extra]))
+    first = 2 + next(k for k, r in enumerate(ROWS) if r[:2] == extra[:2])
+    with pytest.raises(DataFormatError, match=rf"line {len(ROWS) + 2}: pair \(userID {extra[0]}, itemID {extra[1]}\) "
+                                               rf"has x_label {extra[2]}, but line {first} gives it x_label"):
+        load_mmrec(root)
 
 
 def test_loading_does_not_modify_folder(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ class RecDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1")
+            raise DataFormatError(f"batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1")
         self.deletions = DeletionStore(deletions) if deletions is not None else None
         #: fingerprints of the deletion requests removed from ``data``, in the order they were answered
         self.deletion_chain: tuple[str, ...] = ()

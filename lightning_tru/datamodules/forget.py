@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -18,6 +19,7 @@ REGIMES: tuple[str, ...] = ("user", "item", "interaction")
 SELECTIONS: tuple[str, ...] = ("random", "core", "edge")
 JSON_KEYS: tuple[str, ...] = ("users", "items", "pairs")
 CSV_COLUMNS: tuple[str, ...] = ("userID", "itemID")
+_ID = re.compile(r"[+-]?[0-9]+")
 
 
 class ForgetRequestError(ValueError):
@@ -179,9 +181,12 @@ class ForgetRequest:
                     "(earlier requests deleted them), only held-out rows, which no model was fitted to; name them "
                     "together with ids that still have train rows, and their held-out rows go with that request"
                 )
-            raise ForgetRequestError(
-                "the request selects no train interaction; raise the share or name ids that have train rows"
-            )
+            if self.file is not None:
+                raise ForgetRequestError(
+                    f"{self.file}: the request selects no train interaction (an empty list, or ids without train "
+                    "rows); name the users, items or pairs to delete"
+                )
+            raise ForgetRequestError("the request selects no train interaction; raise the share")
         if mask.all():
             raise ForgetRequestError(
                 f"the request would delete all {len(train)} train interactions of {data.name}; "
@@ -265,8 +270,18 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
     if not path.is_file():
         raise ForgetRequestError(f"request file {path} does not exist")
     if path.suffix.lower() == ".json":
+
+        def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            keys = [k for k, _ in pairs]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            if twice:  # json keeps the last one: the first list would be dropped without a word
+                raise ForgetRequestError(f'{path}: key(s) {twice} given more than once; merge their lists into one')
+            return dict(pairs)
+
         try:
-            obj = json.loads(path.read_text())
+            obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=no_repeats)
+        except UnicodeDecodeError as e:
+            raise ForgetRequestError(f"{path}: not UTF-8 text ({e}); save the request file as UTF-8") from None
         except json.JSONDecodeError as e:
             raise ForgetRequestError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
         if not isinstance(obj, dict):
@@ -288,21 +303,27 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
             value = [x for r in value for x in r]
         if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
             raise ForgetRequestError(f'{path}: "{key}" ids must be integers')
+        huge = [x for x in value if abs(x) >= 2**63]
+        if huge:
+            raise ForgetRequestError(f'{path}: "{key}" id {huge[0]} does not fit a 64-bit integer; it names no id')
         ids = np.asarray(value, dtype=np.int64)
         if key == "pairs":
             return None, None, ids.reshape(-1, 2)
         return (ids, None, None) if key == "users" else (None, ids, None)
     if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
         raise ForgetRequestError(f"{path}: unsupported request file type; use .csv or .json")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        sample = fh.read(2048)
-        if not sample.strip():
-            raise ForgetRequestError(f"{path}: empty request file; write a header naming userID and/or itemID")
-        fh.seek(0)
-        delim = "\t" if "\t" in sample.splitlines()[0] else ","
-        rows = list(csv.reader(fh, delimiter=delim))
-    if not rows:
-        raise ForgetRequestError(f"{path}: empty request file")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(2048)
+            if not sample.strip():
+                raise ForgetRequestError(f"{path}: empty request file; write a header naming userID and/or itemID")
+            fh.seek(0)
+            delim = "\t" if "\t" in sample.splitlines()[0] else ","
+            rows = list(csv.reader(fh, delimiter=delim))
+    except UnicodeDecodeError as e:
+        raise ForgetRequestError(f"{path}: not UTF-8 text ({e}); save the request file as UTF-8") from None
+    if not rows or not any(c.strip() for c in rows[0]):
+        raise ForgetRequestError(f"{path}: line 1 must be the header naming userID and/or itemID; found an empty line")
     header = [h.strip() for h in rows[0]]
     unknown = [h for h in header if h not in CSV_COLUMNS]
     if unknown:
@@ -317,12 +338,19 @@ def _read_request_file(path: Path) -> tuple[Optional[np.ndarray], Optional[np.nd
     for line, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):  # blank line
             continue
+        if len(row) > len(header):  # e.g. "userID" over "0,5": the 5 would be dropped, the whole user deleted
+            raise ForgetRequestError(
+                f"{path}: line {line} has {len(row)} fields but the header {header} names {len(header)}; "
+                "name every column in the header (userID,itemID for pairs)"
+            )
         for name in ("userID", "itemID"):
             if name in cols:
-                try:
-                    out[name].append(int(row[cols[name]]))
-                except (ValueError, IndexError):
-                    raise ForgetRequestError(f"{path}: line {line}, column {name}: not an integer id") from None
+                value = row[cols[name]].strip() if cols[name] < len(row) else ""
+                if not _ID.fullmatch(value):  # ASCII digits only (int() also reads "1_0" as 10)
+                    raise ForgetRequestError(f"{path}: line {line}, column {name}: {value!r} is not an integer id")
+                if abs(int(value)) >= 2**63:
+                    raise ForgetRequestError(f"{path}: line {line}, column {name}: {value} does not fit a 64-bit integer")
+                out[name].append(int(value))
     u = np.asarray(out["userID"], dtype=np.int64) if "userID" in cols else None
     i = np.asarray(out["itemID"], dtype=np.int64) if "itemID" in cols else None
     if u is not None and i is not None:

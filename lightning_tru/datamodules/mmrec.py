@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +31,7 @@ MAX_ID_RATIO = 10
 MAX_UNUSED_IDS = 100_000
 _FEATURE_SUFFIX = "_feat.npy"
 _GRAPH_INFIX = "_adj_"
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def _listing(folder: Path, limit: int = 30) -> str:
@@ -60,9 +63,7 @@ def _diagnose_parse(path: Path, lines: list[str], header: list[str], cols: dict[
             )
         for name, c in cols.items():
             value = fields[c].strip()
-            try:
-                int(value)
-            except ValueError:
+            if not _INT.fullmatch(value):  # ASCII digits only, as numpy reads them (int() also takes "1_0", "١")
                 return DataFormatError(
                     f"{path}: line {lineno}, column '{name}': {value!r} is not an integer. "
                     f"Ids and x_label must be non-negative integers; fix or remove the row."
@@ -121,7 +122,9 @@ def read_inter(path: str | Path, known_items: int = 0) -> tuple[np.ndarray, np.n
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise DataFormatError(f"{path}: cannot be read as UTF-8 text ({e}); pass a tab-separated .inter file") from None
-    lines = text.splitlines()
+    lines = [line.rstrip("\r") for line in text.split("\n")]  # numpy's own line split: the numbers agree
+    if lines and not lines[-1]:
+        lines.pop()
     if not lines or not lines[0].strip():
         raise DataFormatError(
             f"{path}: line 1 must be a header naming the columns {', '.join(REQUIRED_COLUMNS)} (tab-separated); "
@@ -145,8 +148,8 @@ def read_inter(path: str | Path, known_items: int = 0) -> tuple[np.ndarray, np.n
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "input contained no data" for a header-only file
             table = np.loadtxt(
-                io.StringIO(text),
-                skiprows=1,
+                io.StringIO("\n".join(line for _, line in _data_lines(lines))),  # blank / whitespace lines skipped
+                skiprows=0,
                 delimiter="\t",
                 usecols=tuple(cols.values()),
                 dtype=np.int64,
@@ -178,9 +181,20 @@ def read_inter(path: str | Path, known_items: int = 0) -> tuple[np.ndarray, np.n
     if len(pairs):
         width = int(pairs[:, 1].max()) + 1
         if (int(pairs[:, 0].max()) + 1) * width < 2**62:
-            _, first = np.unique(pairs[:, 0] * width + pairs[:, 1], return_index=True)
+            _, first, inverse = np.unique(pairs[:, 0] * width + pairs[:, 1], return_index=True, return_inverse=True)
         else:
-            _, first = np.unique(pairs, axis=0, return_index=True)
+            _, first, inverse = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        conflict = split != split[first[inverse]]  # a pair in two splits: train/test leakage, never resolved silently
+        if conflict.any():
+            row = int(np.flatnonzero(conflict)[0])
+            other = int(first[inverse[row]])
+            raise DataFormatError(
+                f"{path}: line {_line_of_row(lines, row)}: pair (userID {pairs[row, 0]}, itemID {pairs[row, 1]}) has "
+                f"x_label {split[row]}, but line {_line_of_row(lines, other)} gives it x_label {split[other]} "
+                f"({int(conflict.sum())} such row(s) in all): an interaction in two splits leaks between training "
+                f"and evaluation. Keep one row per pair."
+            )
         if len(first) < len(pairs):
             keep = np.sort(first)
             warnings.warn(
@@ -233,7 +247,8 @@ def _load_feature(path: Path, modality: str, strict: bool) -> np.ndarray:
         raw = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DataFormatError(f"{path}: not a readable numeric .npy array ({e}); save features with np.save") from None
-    if not isinstance(raw, np.ndarray) or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+    if not isinstance(raw, np.ndarray) or not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_) \
+            or np.issubdtype(raw.dtype, np.complexfloating):
         raise DataFormatError(f"{path}: dtype {getattr(raw, 'dtype', type(raw))} is not numeric; save a float matrix")
     if raw.ndim != 2:
         raise DataFormatError(
@@ -266,6 +281,12 @@ def _graph_files(
 ) -> dict[str, Path]:
     """Modality name -> kNN graph file, from a folder or an explicit mapping."""
     if isinstance(knn_graphs, Mapping):
+        unknown = sorted(str(m) for m in knn_graphs if wanted is not None and str(m) not in wanted)
+        if unknown:
+            raise DataFormatError(
+                f"knn_graphs names the modalities {unknown}, which have no features in {root} (modalities: "
+                f"{sorted(wanted or [])}); a graph is used beside its modality's features: fix the names"
+            )
         return {str(m): _resolve(root, f) for m, f in knn_graphs.items()}
     folder = _resolve(root, knn_graphs)
     if not folder.is_dir():
@@ -299,7 +320,7 @@ def _load_graph(path: Path, modality: str, num_items: int) -> sp.csr_matrix:
         raise DataFormatError(f"{path}: kNN graph for modality '{modality}' not found. Folder contents: {where}")
     try:
         g = sp.load_npz(path)
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise DataFormatError(f"{path}: not a scipy sparse .npz matrix ({e}); save it with scipy.sparse.save_npz") from None
     if g.shape != (num_items, num_items):
         raise DataFormatError(
@@ -385,8 +406,9 @@ def load_mmrec(
 
     graphs: dict[str, sp.csr_matrix] = {}
     if knn_graphs is not None:
-        wanted = None if modalities is None else set(files)
-        for m, f in _graph_files(root, knn_graphs, wanted).items():
+        # beside features, graphs of the loaded modalities only (another name is a typo no model would use);
+        # graphs alone (no feature files) are kept for models that use them so
+        for m, f in _graph_files(root, knn_graphs, set(files) or None).items():
             graphs[m] = _load_graph(f, m, num_items)
 
     data = InteractionData(

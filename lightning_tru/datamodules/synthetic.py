@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from lightning_tru.datamodules.interactions import TEST, TRAIN, VALID, InteractionData
+from lightning_tru.datamodules.interactions import TEST, TRAIN, VALID, DataFormatError, InteractionData
 
 __all__ = ["make_synthetic", "DEFAULT_MODALITY_DIMS", "DEFAULT_MODALITY_NOISE", "EXACT_SAMPLER_MAX_PAIRS"]
 
@@ -28,7 +28,7 @@ Sampler = Literal["auto", "exact", "pooled"]
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise DataFormatError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -37,7 +37,7 @@ def _check_real(name: str, value: object, minimum: float, inclusive: bool = True
     if ok:
         ok = float(value) >= minimum if inclusive else float(value) > minimum
     if not ok:
-        raise ValueError(f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum}, got {value!r}")
+        raise DataFormatError(f"{name} must be a finite number {'>=' if inclusive else '>'} {minimum}, got {value!r}")
     return float(value)
 
 
@@ -231,8 +231,8 @@ def make_synthetic(
         raise ValueError(f"valid_share + test_share = {valid_share + test_share} must be < 1 to leave train data")
     if sampler not in ("auto", "exact", "pooled"):
         raise ValueError(f"sampler={sampler!r}: choose 'auto', 'exact' or 'pooled'")
-    if isinstance(seed, bool) or not isinstance(seed, Integral):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or int(seed) < 0:
+        raise DataFormatError(f"seed must be an integer >= 0, got {seed!r}")
     dims = dict(DEFAULT_MODALITY_DIMS if modality_dims is None else modality_dims)
     for m, d in dims.items():
         if not isinstance(m, str) or not m:
