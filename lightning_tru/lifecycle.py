@@ -297,6 +297,12 @@ def answer_request(
             instead of ``audit.user_level`` training one (benchmarks comparing methods train it once).
         verbose: print the table.
     """
+    if not isinstance(model, RecommenderModule):
+        raise TypeError(
+            f"answer_request takes a RecommenderModule (its checkpoints carry the signature and lineage the lifecycle "
+            f"checks), got {type(model).__name__}; for your own model run the callback directly: "
+            "Trainer(callbacks=[TRU()]).fit(UnlearningTask(model), datamodule=UnlearningDataModule(...)) (docs/dropin.md)"
+        )
     if datamodule.deletions is None:
         raise ValueError(
             "the datamodule has no deletion store, so later runs would not honour this request: "

@@ -1,14 +1,17 @@
 """The drop-in protocol: a user's own LightningModule, unlearned by TRU through UnlearningTask."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor, nn
 
 from lightning_tru.models.protocol import all_scores, branch_groups, entity_groups, layer_groups
@@ -102,3 +105,101 @@ class _NoScore(nn.Module):
 def test_model_without_score_is_rejected() -> None:
     with pytest.raises(TypeError, match=r"_NoScore has no score\(users, items\) method"):
         UnlearningTask(_NoScore())
+
+
+# ------------------------------------------------------------------------- one run per callback, resume, modes
+class _DropMLP(torch.nn.Module):
+    """A drop-in scorer with dropout and a non-dot-product score (only ``score``, as docs/dropin.md asks)."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int = 16) -> None:
+        super().__init__()
+        self.user, self.item = torch.nn.Embedding(num_users, dim), torch.nn.Embedding(num_items, dim)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(2 * dim, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                       torch.nn.Linear(16, 1))
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.user(users), self.item(items)], -1)).squeeze(-1)
+
+
+def _drop_mlp_setup() -> tuple:
+    from lightning_tru import ForgetRequest, SyntheticDataModule, UnlearningDataModule
+
+    seed_everything(0, verbose=False)
+    dm = SyntheticDataModule(num_users=300, num_items=120, seed=0, batch_size=512)
+    model = _DropMLP(dm.num_users, dm.num_items)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(15):
+        for u, p, n in dm.train_dataloader():
+            loss = -torch.nn.functional.logsigmoid(model.score(u, p) - model.score(u, n)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model, UnlearningDataModule(dm, ForgetRequest("user", 0.1, seed=0), seed=0)
+
+
+def _fit(model: torch.nn.Module, udm: Any, cb: Any, epochs: int, extra: list | None = None, **kw: Any) -> None:
+    from lightning_tru import UnlearningTask
+
+    Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+            max_epochs=epochs, callbacks=[cb, *(extra or [])], enable_checkpointing=bool(extra),
+            limit_val_batches=0).fit(UnlearningTask(model), datamodule=udm, **kw)
+
+
+def test_a_resumed_run_with_dropout_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    """Dropout draws, the last verified point (bisection, guard) and the step size all continue across a resume."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_tru import TRU
+
+    base, udm = _drop_mlp_setup()
+    kw = dict(lr=3e-2, eval_every=2, max_utility_loss=None)
+    full = copy.deepcopy(base)
+    seed_everything(0, verbose=False)
+    cb_full = TRU(**kw)
+    _fit(full, udm, cb_full, 30)
+    assert cb_full.steps >= 8 and cb_full.target_reached  # several verifications: the test has something to resume
+    seed_everything(0, verbose=False)
+    part = copy.deepcopy(base)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=1, save_top_k=-1, filename="{epoch}")
+    _fit(part, udm, TRU(**kw), 5, extra=[ckpt])  # "crashes" after 5 steps, between two verifications
+    resumed = copy.deepcopy(base)
+    cb = TRU(**kw)
+    seed_everything(123, verbose=False)  # whatever the global RNG is now: the checkpoint's states are restored
+    _fit(resumed, udm, cb, 30, ckpt_path=tmp_path / "epoch=4.ckpt")
+    assert cb.steps == cb_full.steps and cb.stopping_reason == cb_full.stopping_reason
+    for (n, a), (_, b) in zip(full.named_parameters(), resumed.named_parameters()):
+        torch.testing.assert_close(a, b, msg=n, rtol=0, atol=0)
+
+
+def test_a_callback_answers_one_request_and_restores_the_models_modes() -> None:
+    from lightning_tru import TRU
+
+    model, udm = _drop_mlp_setup()
+    model.eval()
+    model.mlp[2].train()  # a submodule the user keeps in another mode than its parent
+    modes = {n: m.training for n, m in model.named_modules()}
+    cb = TRU(lr=3e-2, eval_every=2)
+    _fit(model, udm, cb, 4)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    with pytest.raises(RuntimeError, match="already ran .* build a new one"):
+        _fit(model, udm, cb, 4)  # the old profile and step count would be taken for a resume
+    assert {n: m.training for n, m in model.named_modules()} == modes  # also after a failed run
+
+
+@pytest.mark.parametrize("bad", [dict(lr=float("inf")), dict(lr=float("nan")), dict(eval_every=1.5),
+                                 dict(train_mode="no")])
+def test_bad_callback_values_are_refused_up_front(bad: dict) -> None:
+    from lightning_tru import TRU
+
+    with pytest.raises(ValueError, match="lr=|eval_every=|train_mode="):
+        TRU(**bad)
+
+
+def test_scalegun_defaults_work_on_a_model_without_an_id_branch() -> None:
+    from lightning_tru.callbacks.scalegun import ScaleGUN
+
+    model, udm = _drop_mlp_setup()
+    sg = ScaleGUN()
+    assert sg.select_parameters(model, udm.num_users, udm.num_items) == ["user.weight", "item.weight"]
+    with pytest.raises(ValueError, match="branches=.*'auto'"):
+        ScaleGUN(branches="id")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -105,8 +106,11 @@ class UnlearningCallback(Callback, abc.ABC):
         heldout_users: int = 10000,
     ) -> None:
         check_k(k)
-        if lr <= 0 or eval_every < 1:
-            raise ValueError(f"lr={lr} must be > 0, eval_every={eval_every} >= 1")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0) or isinstance(eval_every, bool) \
+                or not isinstance(eval_every, int) or eval_every < 1:
+            raise ValueError(f"lr={lr} must be a finite number > 0, eval_every={eval_every} an integer >= 1")
+        if not isinstance(train_mode, bool):
+            raise ValueError(f"train_mode={train_mode!r} must be True or False")
         if target_recall is not None and not 0.0 <= target_recall <= 1.0:
             raise ValueError(
                 f"target_recall={target_recall} must be in [0, 1] (a forget Recall@K), or None to calibrate it "
@@ -142,6 +146,9 @@ class UnlearningCallback(Callback, abc.ABC):
         self._profiled = False
         self._audit: Optional[tuple[np.ndarray, np.ndarray]] = None  # (forget pairs, matched non-members)
         self._previous: Optional[dict[str, Tensor]] = None  # parameters at the previous verification
+        self._restored = False  # load_state_dict ran for the coming fit (a resume)
+        self._rng: Optional[dict[str, Any]] = None  # the RNG states a resumed run continues from
+        self._modes: dict[str, bool] = {}  # the user's model's train/eval mode per module, restored at the end
 
     @property
     @override
@@ -171,11 +178,27 @@ class UnlearningCallback(Callback, abc.ABC):
                 f"{[type(c).__name__ for c in found]}"
             )
         pl_module.bind(self)
+        self._modes = {n: m.training for n, m in pl_module.model.named_modules()}  # type: ignore[attr-defined]
+
+    def _restore_modes(self, pl_module: LightningModule) -> None:
+        """Put every module of the user's model back in the train/eval mode it had before the run."""
+        for n, m in pl_module.model.named_modules():  # type: ignore[attr-defined]
+            if n in self._modes:
+                m.training = self._modes[n]
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(pl_module, UnlearningTask):
+            self._restore_modes(pl_module)
+            if pl_module._method is self:
+                pl_module.bind(None)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if isinstance(pl_module, UnlearningTask) and pl_module._method is self:
-            pl_module.bind(None)
+        if isinstance(pl_module, UnlearningTask):
+            self._restore_modes(pl_module)  # also when the run stopped before its first epoch (no on_train_end)
+            if pl_module._method is self:
+                pl_module.bind(None)
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -196,8 +219,21 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.max_utility_loss is not None:
             self._guard = self._guard_rows(dm)
             self.keep = self.utility_keep(dm, self._guard)
+        if self._profiled and not self._restored:  # state of an earlier fit, not a checkpoint's: never reused
+            raise RuntimeError(
+                f"this {type(self).__name__} already ran ({self.steps} steps, request {str(self._fingerprint)[:12]}); "
+                "a callback answers one request: build a new one, or pass ckpt_path to resume that run"
+            )
+        self._restored = False
         if self._profiled:
             self.restore_profile(model)
+            if self._previous is None:  # a checkpoint without it: the restored weights are the last point there is
+                self._previous = self._snapshot(model)
+            if self._rng is not None:  # dropout and every other draw continue as in an uninterrupted run
+                torch.set_rng_state(self._rng["cpu"])
+                if self._rng.get("cuda") is not None and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(self._rng["cuda"])
+                self._rng = None
             return
         self.prepare(trainer, model, dm)
         if self.stop_rule == "recall" and self.target_recall is None:
@@ -222,9 +258,12 @@ class UnlearningCallback(Callback, abc.ABC):
             trainer.should_stop = True
             if self.stop_rule == "membership" and not self._inside(res):  # the preparation alone went past the band
                 self.overshoot = True
+                floor = "" if self.recall_floor is None else (
+                    f", forget recall@{self.k} {res[f'forget_recall@{self.k}']:.4f} vs floor {self.recall_floor:.4f}")
                 self.stopping_reason = (
                     f"overshoot before the first step: pair-MIA AUC {res['mia_auc']:.4f} vs {self.reference:.4f} +- "
-                    f"{res['mia_band']:.3f} after the preparation alone (over-forgetting); the request is NOT answered"
+                    f"{res['mia_band']:.3f}{floor} after the preparation alone (over-forgetting); the request is NOT "
+                    "answered"
                 )
                 rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
                 return
@@ -329,6 +368,7 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.stopping_reason is None:
             self.stopping_reason = f"step budget spent ({self.steps} steps) without reaching the target"
         self._previous = None
+        self._restore_modes(pl_module)
         rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
 
     @property
@@ -544,6 +584,11 @@ class UnlearningCallback(Callback, abc.ABC):
             "history": list(self.history),
             "met": self._met,
             "extra": self.extra_state(),
+            # a resumed run ends where an uninterrupted one does: the last verified point (bisection and the guard's
+            # rollback go back to it) and the RNG states the next step draws from (dropout)
+            "previous": self._previous,
+            "rng": {"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
 
     @override
@@ -558,5 +603,8 @@ class UnlearningCallback(Callback, abc.ABC):
         if state_dict.get("utility0") is not None:
             self.utility0 = float(state_dict["utility0"])
         self.history = list(state_dict.get("history", []))
+        self._previous = state_dict.get("previous")
+        self._rng = state_dict.get("rng")
+        self._restored = True
         self.load_extra_state(state_dict.get("extra", {}))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from lightning_tru.callbacks.base import UnlearningCallback, check_retain_weight
 from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataModule
-from lightning_tru.models.protocol import attach_graph, branch_groups, group_scores
+from lightning_tru.models.protocol import attach_graph, branch_groups, entity_groups, group_scores
 from lightning_tru.nn.losses import bpr_loss
 from lightning_tru.nn.newton import CURVATURES, CGResult, Curvature, flat_grad, solve_damped
 
@@ -93,8 +93,10 @@ class ScaleGUN(UnlearningCallback):
         cg_iters: most CG iterations.
         cg_tol: relative residual at which CG stops.
         branches: branch names (the model's ``branch_parameters``) whose parameters are updated;
-            the default ``("id",)`` is the ID embedding tables, the closest analogue of
-            ScaleGUN's linear head on propagated features.
+            the default ``"auto"`` is the ``"id"`` branch (the ID embedding tables, the closest analogue of
+            ScaleGUN's linear head on propagated features) where the model has one, else its user / item
+            embedding tables (``entity_parameters``, or ``nn.Embedding`` tables sized like the users / items),
+            else every trainable parameter: any drop-in model works without naming branches.
         parameters: ``fnmatch`` patterns of parameter names updated in addition; with
             ``branches=None`` and ``parameters=None`` every trainable parameter is.
         sample_size: pairs of each set (retain, forget) in the objectives; ``None`` = all. With
@@ -115,7 +117,7 @@ class ScaleGUN(UnlearningCallback):
         curvature: Curvature = "gauss_newton",
         cg_iters: int = 50,
         cg_tol: float = 1e-4,
-        branches: Optional[Sequence[str]] = ("id",),
+        branches: Union[Literal["auto"], Sequence[str], None] = "auto",
         parameters: Optional[Sequence[str]] = None,
         sample_size: Optional[int] = None,
         noise_std: float = 0.0,
@@ -137,7 +139,10 @@ class ScaleGUN(UnlearningCallback):
         if curvature not in CURVATURES:
             raise ValueError(f"curvature={curvature!r}; choose one of {CURVATURES}")
         self.damping, self.cg_iters, self.cg_tol, self.curvature = damping, cg_iters, cg_tol, curvature
-        self.branches = tuple(branches) if branches is not None else None
+        if isinstance(branches, str) and branches != "auto":
+            raise ValueError(f"branches={branches!r}: pass 'auto', a list of branch names such as ['id'], or None")
+        self.branches: Union[str, tuple[str, ...], None] = (
+            branches if branches is None or branches == "auto" else tuple(branches))
         self.parameters = tuple(parameters) if parameters is not None else None
         self.sample_size, self.noise_std, self.noise_seed = sample_size, noise_std, noise_seed
         self.finetune_steps = finetune_steps
@@ -145,20 +150,28 @@ class ScaleGUN(UnlearningCallback):
         self.selected: list[str] = []
 
     # ----------------------------------------------------------------------- selection
-    def select_parameters(self, model: nn.Module) -> list[str]:
-        """Names of the parameters the Newton step updates (validated against the model)."""
+    def select_parameters(self, model: nn.Module, num_users: int = 0, num_items: int = 0) -> list[str]:
+        """Names of the parameters the Newton step updates (validated against the model; ``num_users`` /
+        ``num_items`` find the entity tables of a model without an ``"id"`` branch, ``branches="auto"``)."""
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        if self.branches is None and self.parameters is None:
-            return trainable
+        branches = self.branches
         chosen: set[str] = set()
-        if self.branches is not None:
+        if branches == "auto":
+            branches = ("id",) if "id" in branch_groups(model) else None
+            if branches is None:  # no "id" branch: the entity tables, else every trainable parameter
+                chosen.update(n for ns in entity_groups(model, num_users, num_items).values() for n in ns)
+                if not chosen and self.parameters is None:
+                    return trainable
+        elif branches is None and self.parameters is None:
+            return trainable
+        if branches is not None:
             groups = branch_groups(model)
-            missing = [b for b in self.branches if b not in groups]
+            missing = [b for b in branches if b not in groups]
             if missing:
                 raise ValueError(
                     f"ScaleGUN branches {missing} are not branches of the model; choose from {sorted(groups)}"
                 )
-            chosen.update(n for b in self.branches for n in groups[b])
+            chosen.update(n for b in branches for n in groups[b])
         for pattern in self.parameters or ():
             hits = fnmatch.filter(trainable, pattern)
             if not hits:
@@ -213,7 +226,7 @@ class ScaleGUN(UnlearningCallback):
 
     @override
     def profile(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> None:
-        self.selected = self.select_parameters(model)
+        self.selected = self.select_parameters(model, dm.num_users, dm.num_items)
         named = dict(model.named_parameters())
         params = [named[n] for n in self.selected]
         device = params[0].device

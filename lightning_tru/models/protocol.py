@@ -39,18 +39,19 @@ from torch import Tensor, nn
 
 @contextmanager
 def eval_mode(model: Any) -> Iterator[Any]:
-    """Run the block with ``model`` in eval mode and restore its mode afterwards (also on error).
+    """Run the block with ``model`` in eval mode and restore every submodule's own mode afterwards (also on
+    error: a submodule the user keeps in another mode than its parent stays so).
 
     A model without ``train``/``eval`` (a plain scorer) is left as it is.
     """
-    was_training = getattr(model, "training", False)
+    modes = [(m, m.training) for m in model.modules()] if hasattr(model, "modules") else []
     if hasattr(model, "eval"):
         model.eval()
     try:
         yield model
     finally:
-        if hasattr(model, "train"):
-            model.train(was_training)
+        for m, was in modes:
+            m.training = was
 
 
 def propagation(model: Any) -> Any:
