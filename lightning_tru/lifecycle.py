@@ -202,8 +202,9 @@ def _finite(obj: Any) -> Any:
 
 
 def _changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
-    after = model.state_dict()
-    return any(not torch.equal(v, after[k].cpu()) for k, v in before.items() if torch.is_floating_point(v))
+    """Whether any parameter differs from ``before`` (buffers such as BatchNorm's running statistics move in every
+    forward pass in train mode: they are no unlearning)."""
+    return any(not torch.equal(before[n], p.detach().cpu()) for n, p in model.named_parameters() if n in before)
 
 
 def _retrain(initial: Any, udm: UnlearningDataModule, rs: RetrainSettings) -> tuple[Any, dict[str, Any]]:
@@ -344,7 +345,7 @@ def answer_request(
         assert trainer is not None
         cb = callbacks[0]
         name = type(cb).__name__
-        weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
         if hasattr(cb, "use_initial"):  # Reset / TRU: deleted rows exactly as Retrain leaves them
             cb.use_initial(initial)
         model.train()
@@ -364,7 +365,8 @@ def answer_request(
         changed = _changed(weights, model)
         final = cb.verify(model, udm)
         reached = changed and cb.target_reached
-        reason = cb.stopping_reason if changed else f"the weights did not change ({cb.steps} steps): nothing was unlearned"
+        reason = cb.stopping_reason if changed else (
+            f"the weights did not change ({cb.steps} steps): nothing was unlearned ({name}: {cb.stopping_reason})")
         steps = cb.steps if cb.steps or not changed else 1  # a one-shot edit (a reset, a Newton step) is one update
         status = {"target_reached": bool(reached), "stopping_reason": reason, "steps": steps,
                   "stop_rule": cb.stop_rule, "target_recall": cb.target_recall, "expected_retrain_mia_auc": cb.reference,
@@ -450,7 +452,7 @@ def answer_request(
         if reached:  # the record's digest: `ledger verify --deletions` detects an edited or removed record
             entry["store_record"] = record_digest(store.as_record(fs, resolved_on))
         check_entry(entry)  # a ledger line that cannot be written fails here, before anything is recorded
-        files = {"report.json": json.dumps(report, indent=2, default=str).encode()}
+        files = {"report.json": json.dumps(_finite(report), indent=2, default=str).encode()}  # strict JSON
         files["model.ckpt"] = checkpoint_bytes({
             "pytorch-lightning_version": lightning.__version__,  # loadable by Trainer.validate/test/predict too
             "epoch": 0,

@@ -287,6 +287,10 @@ def test_scalegun_one_shot_step_forgets_and_stops(setup: tuple) -> None:
     after = _recall(model, udm)
     print(f"ScaleGUN: forget recall {newton['forget_recall_before_step']:.3f} -> {after:.3f}, {newton}")
     assert cb.steps == 0 and "Newton" in str(cb.stopping_reason)  # no optimiser step ran
+    # the reason says whether the step landed inside the band, and the status follows it
+    last = cb.history[-1]
+    assert "pair-MIA AUC" in str(cb.stopping_reason) and last.get("newton") == 1.0
+    assert cb.target_reached == (abs(last["mia_auc"] - cb.reference) <= last["mia_band"])
     assert after < 0.9 * newton["forget_recall_before_step"]  # the step itself forgets (beyond graph surgery)
     assert newton["cg_iterations"] >= 1 and not newton["negative_curvature"]
     assert _ndcg(model, udm) >= 0.8 * _ndcg(trained, udm)

@@ -367,7 +367,7 @@ def test_named_users_lose_their_held_out_rows_even_without_train_rows(tmp_path: 
     after1, _ = store.apply(raw)
     assert (after1.pairs[:, 0] == u0).any()  # interaction-wise keeps the held-out rows
     (tmp_path / "only.json").write_text(json.dumps({"users": [u0]}))
-    with pytest.raises(ValueError, match=rf"users \[{u0}\] have none left.*held-out rows"):
+    with pytest.raises(ValueError, match=rf"users \[{u0}\] have none .*held-out rows"):
         ForgetRequest(file=tmp_path / "only.json").resolve(after1)
     (tmp_path / "r2.json").write_text(json.dumps({"users": [u0, u1]}))
     fs2 = ForgetRequest(file=tmp_path / "r2.json").resolve(after1)
@@ -459,3 +459,35 @@ def test_ledger_verify_checks_the_store_against_the_ledger(answered: dict[str, A
     empty.write_text("")
     assert ledger_main(["verify", str(empty), "--deletions", str(store)]) == 1  # a record no entry answers
     assert "answered by no ledger entry" in capsys.readouterr().out
+
+
+def test_a_request_too_small_to_verify_is_not_answered(tmp_path: Path) -> None:
+    """One pair: the pair-MIA AUC is 0 or 1, its band covers everything; nothing can be verified, nothing recorded."""
+    store = tmp_path / "deletions"
+    trained = _train(_dm(store), tmp_path / "t.ckpt", epochs=5)
+    dm = _dm(store)
+    (tmp_path / "one.json").write_text(json.dumps({"pairs": [dm.train_pairs()[0].tolist()]}))
+    report = answer_request(_model(dm), dm, ForgetRequest(file=tmp_path / "one.json"), trained,
+                            trainer=_quiet(max_epochs=20, callbacks=[TRU()]), output_root=tmp_path / "out",
+                            ledger=tmp_path / "ledger.jsonl", verbose=False)
+    assert report["status"]["target_reached"] is False
+    assert "too few forget pairs to verify" in report["status"]["stopping_reason"]
+    assert not store.exists()
+
+
+def test_buffers_are_no_unlearning_and_go_back_with_a_rollback() -> None:
+    from lightning_tru.callbacks.base import UnlearningCallback
+    from lightning_tru.lifecycle import _changed
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    weights = {k: v.detach().clone() for k, v in net.named_parameters()}
+    snap = UnlearningCallback._snapshot(net)
+    net.train()
+    net(torch.randn(8, 3))  # a forward pass in train mode moves the running statistics only
+    assert not _changed(weights, net)
+    assert not torch.equal(snap["1.running_mean"], net[1].running_mean)
+    UnlearningCallback._restore(net, snap)
+    assert torch.equal(snap["1.running_mean"], net[1].running_mean)
+    with torch.no_grad():
+        net[0].weight[0, 0] += 1.0
+    assert _changed(weights, net)

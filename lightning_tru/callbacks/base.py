@@ -155,6 +155,10 @@ class UnlearningCallback(Callback, abc.ABC):
     def state_key(self) -> str:
         return self._generate_state_key(method=type(self).__name__)
 
+    #: widest band (two standard errors of the pair-MIA AUC) the membership rule verifies against: beyond it (a
+    #: request of a few dozen pairs) the run cannot be told from Retrain, nor from the deployed model
+    max_band: float = 0.15
+
     # --------------------------------------------------------------------------- hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -244,6 +248,16 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.stop_rule == "membership":
             self.recall_floor = self.reference_recall_floor(model, dm, res[f"forget_recall@{self.k}"])
         self.history.append({"step": 0.0, **res})
+        if self.stop_rule == "membership" and res["mia_band"] > self.max_band:  # the attack cannot tell anything
+            trainer.should_stop = True
+            self.stopping_reason = (
+                f"too few forget pairs to verify ({len(self._audit[0]) if self._audit else 0} with a matched non-member): "
+                f"the pair-MIA AUC's band is +- {res['mia_band']:.3f} (> {self.max_band}), so no point of the run could "
+                "be told from Retrain or from the deployed model; the request is NOT answered: answer it with Retrain "
+                "(--method retrain) or together with other requests"
+            )
+            rank_zero_warn(f"{type(self).__name__}: {self.stopping_reason}")
+            return
         if self.max_utility_loss is not None:
             self.utility0 = res["guard_recall"]
         target = f"target {self.target_recall:.4f}" if self.stop_rule == "recall" else (
@@ -397,12 +411,16 @@ class UnlearningCallback(Callback, abc.ABC):
 
     @staticmethod
     def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        """The trainable parameters and the floating-point buffers (BatchNorm's running statistics move in train
+        mode: going back to a point restores them too)."""
+        out = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        out.update({n: b.detach().clone() for n, b in model.named_buffers() if torch.is_floating_point(b)})
+        return out
 
     @staticmethod
     def _restore(model: nn.Module, state: dict[str, Tensor]) -> None:
         with torch.no_grad():
-            for n, p in model.named_parameters():
+            for n, p in [*model.named_parameters(), *model.named_buffers()]:
                 if n in state:
                     p.copy_(state[n])
 

@@ -277,9 +277,24 @@ class ScaleGUN(UnlearningCallback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
+        if trainer.should_stop and self.stopping_reason is not None:  # the base rule already ended the run
+            return
         if self.steps >= self.finetune_steps:  # the one-shot edit is done: skip the training loop
-            self.stopping_reason = f"one-shot Newton step applied ({self.steps} fine-tuning steps)"
             trainer.should_stop = True
+            res = self.verify(pl_module.model, trainer.datamodule)  # type: ignore[attr-defined, arg-type]
+            self.history.append({"step": 0.0, "newton": 1.0, **res})
+            if self.stop_rule == "membership":
+                self._met = self._inside(res)
+                verdict = (f"pair-MIA AUC {res['mia_auc']:.4f} vs the expected Retrain AUC {self.reference:.4f} +- "
+                           f"{res['mia_band']:.3f}: " + ("inside the band" if self._met else "outside the band"))
+            else:
+                self._met = res[f"forget_recall@{self.k}"] <= float(self.target_recall)  # type: ignore[arg-type]
+                verdict = f"forget recall@{self.k} {res[f'forget_recall@{self.k}']:.4f} vs target {self.target_recall:.4f}"
+            if self._guard is not None and self.utility0 is not None and res["guard_recall"] < self.utility_bound(self.utility0):
+                self.utility_guard_tripped = True
+                verdict += (f"; utility guard: retained valid recall@{self.k} {self.utility0:.4f} -> "
+                            f"{res['guard_recall']:.4f} ({self._bound_text()})")
+            self.stopping_reason = f"one-shot Newton step applied ({self.steps} fine-tuning steps); {verdict}"
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -674,7 +674,8 @@ class TRU(UnlearningCallback):
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         rows = torch.as_tensor(ids, dtype=torch.long, device=dev)
-        before = {n: p.detach().clone() for n, p in params.items()}
+        before = self._snapshot(model)  # the buffers too: an undone refit leaves no BatchNorm statistics behind
+        before.update({n: p.detach().clone() for n, p in params.items()})
         utility0 = self._guard_recall(model, dm)
         auc0 = self._audit_auc(model, dm) if auc_gain else None
         try:
@@ -732,6 +733,7 @@ class TRU(UnlearningCallback):
         dev = next(model.parameters()).device
         rows = rows.to(dev)
         before = {n: p.detach().clone() for n, p in params.items()}
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers() if torch.is_floating_point(b)}
         fitted = [params[n] for n in tables]
         opt = torch.optim.Adam(fitted, lr=lr)
         g = torch.Generator().manual_seed(seed)
@@ -765,6 +767,9 @@ class TRU(UnlearningCallback):
                     p[others] = before[n][others]
                 else:
                     p.copy_(before[n])
+            for n, b in model.named_buffers():  # e.g. BatchNorm statistics the fit's forward passes moved
+                if n in buffers:
+                    b.copy_(buffers[n])
 
     def _refit_items(self, model: nn.Module, dm: UnlearningDataModule) -> np.ndarray:
         r"""User- and interaction-wise: items that lose at least ``item_refit_share`` of their train interactions

@@ -177,9 +177,9 @@ class ForgetRequest:
             if held:
                 (k, v), = held.items()
                 raise ForgetRequestError(
-                    f"the request selects no train interaction: the {k.split('_')[1]} {v[:5].tolist()} have none left "
-                    "(earlier requests deleted them), only held-out rows, which no model was fitted to; name them "
-                    "together with ids that still have train rows, and their held-out rows go with that request"
+                    f"the request selects no train interaction: the {k.split('_')[1]} {v[:5].tolist()} have none (never "
+                    "had one, or earlier requests deleted them), only held-out rows, which no model was fitted to; name "
+                    "them together with ids that have train rows, and their held-out rows go with that request"
                 )
             if self.file is not None:
                 raise ForgetRequestError(
