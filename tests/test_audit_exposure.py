@@ -92,3 +92,27 @@ def test_random_recall_matches_enumerated_random_rankings() -> None:
         expected.append(np.mean(recalls))
     assert random_recall(csr(retained), csr(forgotten), k) == pytest.approx(float(np.mean(expected)))
     assert random_recall(csr(retained), csr({0: [], 1: [], 2: []}), k) == 0.0
+
+
+def test_recall_exposure_is_measured_in_eval_mode_and_leaves_the_mode_alone() -> None:
+    """A model with dropout is measured without it (two calls agree) and stays in the mode it was in."""
+    import scipy.sparse as sp
+    import torch
+
+    from lightning_tru.audit.forgetting import recall_exposure_at_k
+
+    class Drop(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.u, self.i = torch.nn.Parameter(torch.randn(6, 4)), torch.nn.Parameter(torch.randn(9, 4))
+            self.drop = torch.nn.Dropout(0.5)
+
+        def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.drop(self.u), self.i
+
+    m = Drop().train()
+    target = sp.csr_matrix(([1.0] * 6, (range(6), [0, 1, 2, 3, 4, 5])), shape=(6, 9))
+    empty = sp.csr_matrix((6, 9))
+    a, b = recall_exposure_at_k(m, empty, target, k=3), recall_exposure_at_k(m, empty, target, k=3)
+    assert a == b and m.training and m.drop.training

@@ -10,7 +10,7 @@ import torch
 from lightning_tru.audit.scoring import dense_rows
 from lightning_tru.metrics import RecallAtK
 from lightning_tru.metrics.exposure import ExposureAtK
-from lightning_tru.models.protocol import all_scores
+from lightning_tru.models.protocol import all_scores, eval_mode
 
 
 def recall_exposure_at_k(
@@ -32,14 +32,15 @@ def recall_exposure_at_k(
     recall = RecallAtK(k, sync_on_compute=False).to(device)
     exposure = ExposureAtK(k, sync_on_compute=False).to(device)
     num_items = target.shape[1]
-    for s in range(0, len(users), batch_users):
-        ub = users[s : s + batch_users]
-        ut = torch.from_numpy(ub).to(device)
-        scores = all_scores(model, ut, num_items).masked_fill(dense_rows(exclude, ub, device), float("-inf"))
-        top = torch.topk(scores, min(k, num_items), dim=1).indices
-        hits = dense_rows(target, ub, device)
-        recall.update(top, hits)
-        exposure.update(top, hits)
+    with eval_mode(model):  # no dropout in a measurement (every module's own mode comes back afterwards)
+        for s in range(0, len(users), batch_users):
+            ub = users[s : s + batch_users]
+            ut = torch.from_numpy(ub).to(device)
+            scores = all_scores(model, ut, num_items).masked_fill(dense_rows(exclude, ub, device), float("-inf"))
+            top = torch.topk(scores, min(k, num_items), dim=1).indices
+            hits = dense_rows(target, ub, device)
+            recall.update(top, hits)
+            exposure.update(top, hits)
     return {f"forget_recall@{k}": float(recall.compute()), f"exposure@{k}": float(exposure.compute())}
 
 
