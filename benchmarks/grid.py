@@ -98,7 +98,8 @@ class Cell:
 
 # ------------------------------------------------------------------------------- arguments
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)  # --quick tells the flags given from their full names
     ap.add_argument("--backbones", nargs="+", choices=BACKBONES, default=["mgcn", "miggt"])
     ap.add_argument("--data", nargs="+", choices=DATASETS, default=["tiktok", "baby"])
     ap.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
@@ -143,6 +144,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         for flag, (dest, value) in quick.items():
             if flag not in given:
                 setattr(a, dest, value)
+    for dest in ("backbones", "data", "regimes", "selections", "methods", "seeds", "core_edge_on"):
+        setattr(a, dest, list(dict.fromkeys(getattr(a, dest))))  # a value given twice runs once
     a.results = a.results or str(Path(a.out).with_name("grid_results.jsonl"))
     return a
 
@@ -153,6 +156,15 @@ def check_args(a: argparse.Namespace) -> None:
         raise GridError(f"--share {a.share}: pass a fraction in (0, 1), e.g. 0.05")
     if a.max_epochs < 1 or a.patience < 1:
         raise GridError(f"--max-epochs {a.max_epochs} / --patience {a.patience}: both must be at least 1")
+    if a.threads < 1:
+        raise GridError(f"--threads {a.threads}: pass at least 1")
+    bad_seeds = [s for s in a.seeds if s < 0]
+    if bad_seeds:
+        raise GridError(f"--seeds {bad_seeds}: seeds are integers >= 0")
+    if a.embedding_dim is not None and a.embedding_dim < 1:
+        raise GridError(f"--embedding-dim {a.embedding_dim}: pass at least 1 (or leave it out: the configs' size)")
+    if a.synthetic_size is not None and min(a.synthetic_size) < 2:
+        raise GridError(f"--synthetic-size {' '.join(map(str, a.synthetic_size))}: users and items must be at least 2")
     for pair in a.core_edge_on:
         bb, _, data = pair.partition("/")
         if bb not in BACKBONES or data not in DATASETS:
@@ -220,11 +232,16 @@ def append_records(path: Path, records: list[dict[str, Any]]) -> None:
     """Append ``records`` as JSON lines in one locked write, synced to disk."""
     data = "".join(json.dumps(r, sort_keys=True, default=str, allow_nan=False) + "\n" for r in records).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, data)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut by a crash: never glue the next record to it
+            data = b"\n" + data
+        written = 0
+        while written < len(data):  # a short write (a full disk) raises or completes, never leaves half a line
+            written += os.write(fd, data[written:])
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -278,6 +295,12 @@ def record_of(cell: Cell, report: dict[str, Any], col: str, a: argparse.Namespac
 
 
 # ------------------------------------------------------------------------------ running
+def _drop_store(store: str) -> None:
+    """Remove a cell's temporary deletion store and its lock file (``.<store>.lock`` beside it)."""
+    shutil.rmtree(store, ignore_errors=True)
+    Path(store).with_name(f".{Path(store).name}.lock").unlink(missing_ok=True)
+
+
 class Runner:
     """Runs cells, caching trained checkpoints and Retrains under ``work`` and skipping finished cells."""
 
@@ -296,19 +319,20 @@ class Runner:
         elif self.a.synthetic_size:
             out += ["--data.init_args.num_users", str(self.a.synthetic_size[0]),
                     "--data.init_args.num_items", str(self.a.synthetic_size[1])]
-        if self.a.embedding_dim:
+        if self.a.embedding_dim is not None:
             out += ["--model.backbone.init_args.embedding_dim", str(self.a.embedding_dim)]
         return [*out, *QUIET]
 
     def _unlearn_args(self, bb: str, data: str, seed: int, ckpt: Path, request: list[str], folder: Path,
-                      method: Optional[str]) -> list[str]:
+                      method: Optional[str], user_level: Optional[bool] = None) -> list[str]:
         cfg = ["--config", str(REPO / f"configs/train/{bb}_{data}.yaml")]
         if method is not None:
             sub = "ablations/" if method in ABLATIONS else ""
             cfg += ["--config", str(UNLEARN / f"{sub}{method}.yaml")]
         return [*cfg, *self._overrides(bb, data, seed), "--ckpt_path", str(ckpt), *request,
                 "--retrain_max_epochs", str(self.a.max_epochs), "--output_root", str(folder / "runs"),
-                "--ledger", str(folder / "ledger.jsonl"), "--audit_user_level", str(self.a.user_mia).lower()]
+                "--ledger", str(folder / "ledger.jsonl"),
+                "--audit_user_level", str(self.a.user_mia if user_level is None else user_level).lower()]
 
     # -- cached artefacts
     def model_folder(self, bb: str, data: str, seed: int) -> Path:
@@ -344,7 +368,9 @@ class Runner:
         tag = folder / f"retrain{offset or ''}.json"
         store = self._store(folder)
         try:
-            cli = unlearn_cli([*self._unlearn_args(bb, data, seed + offset, ckpt, request, folder, None),
+            # no user-level MIA here: it would train a shadow of its own (uncapped); the methods' runs audit Retrain
+            # against the request's shared shadow (Runner.shadow), and the Retrain cache stays valid either way
+            cli = unlearn_cli([*self._unlearn_args(bb, data, seed + offset, ckpt, request, folder, None, user_level=False),
                                "--method", "retrain", "--deletions", store], run=False)
             if tag.is_file():
                 run_dir = json.loads(tag.read_text())["run_dir"]
@@ -354,7 +380,7 @@ class Runner:
                 self.trainings += 1
                 atomic_write_bytes(tag, json.dumps({"run_dir": report["run_dir"]}).encode())
         finally:
-            shutil.rmtree(store, ignore_errors=True)
+            _drop_store(store)
         state = torch.load(Path(report["run_dir"]) / "model.ckpt", map_location="cpu", weights_only=True)
         cli.model.load_state_dict(state["state_dict"])
         return cli.model, report["details"]["Retrain"], report
@@ -374,7 +400,7 @@ class Runner:
                 raise RuntimeError(f"the request resolved differently from its cached Retrain's; remove {folder} and run again")
             audits = run_audits(model2, udm, retrain=gold_model, name=SECOND, seed=job["seed"])
         finally:
-            shutil.rmtree(store, ignore_errors=True)
+            _drop_store(store)
         return {**rep2, "method": SECOND, "metrics": {SECOND: rep2["metrics"]["Retrain"], "Retrain": gold_report["metrics"]["Retrain"]},
                 "audits": audits, "seconds": {SECOND: rep2["seconds"]["Retrain"], "Retrain": gold_report["seconds"]["Retrain"]},
                 "efficiency": {SECOND: rep2.get("efficiency", {}).get("Retrain", {})}}
@@ -393,7 +419,7 @@ class Runner:
             self.trainings += 1
             return request_shadow(**cli.job())
         finally:
-            shutil.rmtree(store, ignore_errors=True)
+            _drop_store(store)
 
     def answer(self, bb: str, data: str, seed: int, ckpt: Path, request: list[str], folder: Path, method: str,
                gold: Optional[tuple[Any, dict[str, Any]]], second: Any, store: Optional[str] = None,
@@ -407,7 +433,7 @@ class Runner:
             return answer_request(**cli.job(), retrained=gold, retrained_seed2=second, shadow=shadow, verbose=False)
         finally:
             if own:
-                shutil.rmtree(store, ignore_errors=True)
+                _drop_store(store)
 
     # -- the grid
     def run_single(self, cells: list[Cell]) -> None:
@@ -466,7 +492,7 @@ class Runner:
             body = {ids[0]: sorted({tuple(x) if regime == "interaction" else int(x)
                                     for e in entries for x in getattr(e, ids[1]).tolist()})}
             atomic_write_bytes(union, json.dumps(body).encode())
-            shutil.rmtree(store, ignore_errors=True)
+            _drop_store(store)
         return [*steps, ["--request.regime", regime, "--request.file", str(union)]]
 
     def run_successive(self, cells: list[Cell]) -> None:
@@ -495,11 +521,11 @@ class Runner:
                             break
                         source = Path(rep["run_dir"]) / "model.ckpt"
                     rep = self.answer(bb, data, seed, ckpt, union, folder, cell.method, (gold_model, info), second)
-                except Exception as e:
+                except (Exception, SystemExit) as e:  # as single cells: a method's CLI exit must not end the grid
                     print(f"FAILED {cell.key}: {type(e).__name__}: {e}"[:400], flush=True)
                     continue
                 finally:
-                    shutil.rmtree(store, ignore_errors=True)
+                    _drop_store(store)
                 records.append(record_of(cell, rep, rep["method"], self.a))
                 append_records(self.results, records)  # the chain's records together: a chain is one unit
                 self.done.add(cell.key)
@@ -638,8 +664,11 @@ def detail_table(records: list[dict[str, Any]]) -> str:
             ("gap after", "fairness_after", "+.4f"), ("gap Retrain", "fairness_retrain", "+.4f"), ("steps", "steps", ".0f")]
     lines = ["| cell | method | " + " | ".join(c for c, _, _ in cols) + " | answered | seeds |",
              "|---" * (len(cols) + 4) + "|"]
-    for key in sorted(stats, key=lambda c: (BACKBONES.index(c[0]), DATASETS.index(c[1]), SELECTIONS.index(c[2]),
-                                              REGIMES.index(c[3]), METHODS.index(c[4]))):
+    def order(c: tuple) -> tuple:  # a record of a method (or axis) this version no longer has sorts last
+        axes = (BACKBONES, DATASETS, SELECTIONS, REGIMES, METHODS)
+        return tuple(ax.index(v) if v in ax else len(ax) for ax, v in zip(axes, c[:5])) + (str(c[4]),)
+
+    for key in sorted(stats, key=order):
         st = stats[key]
         ans = st.get("answered")
         lines.append(f"| {'/'.join(map(str, key[:4]))} | {key[4]} | "
@@ -808,6 +837,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # the CLIs run in-process on purpose
     runner = Runner(a)
+    if a.dry_run and a.render_only:
+        print("--dry-run writes nothing: nothing to render", flush=True)
+        return 0
     if not a.render_only:
         est = estimate_seconds(a, runner)
         print(f"estimate: roughly {est / 3600:.1f} h on 2 quiet cores ({est:.0f} s; every training at its cap)", flush=True)

@@ -198,3 +198,33 @@ def test_second_retrain_is_the_seed_floor_of_every_audit(tmp_path: Path) -> None
     assert reset["retrain_mia_auc"] == pytest.approx(gold["mia_auc"])
     table = grid.main_tables(_lines(tmp_path))
     assert "| synthetic | random | **retrain2** |" in table and "retrain2" not in table.split("front")[-1]
+
+
+def test_a_cut_line_never_swallows_the_next_record(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    grid.append_records(path, [{"key": "a", "x": 1}])
+    with path.open("ab") as fh:
+        fh.write(b'{"key": "b", "x"')  # a crash mid-write
+    grid.append_records(path, [{"key": "c", "x": 3}])
+    assert [r["key"] for r in grid.load_records(path)] == ["a", "c"]
+
+
+def test_flags_are_exact_deduplicated_and_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = grid.parse_args(["--quick", "--methods", "tru", "reset", "tru", "--seeds", "3", "3"])
+    assert a.methods == ["tru", "reset"] and a.seeds == [3]  # a value given twice runs once; explicit flags win
+    with pytest.raises(SystemExit):
+        grid.parse_args(["--quick", "--seed", "3"])  # an abbreviation is refused (it would lose to --quick)
+    capsys.readouterr()
+    for bad, msg in ((["--threads", "0"], "--threads 0"), (["--seeds", "-1"], "seeds are integers >= 0"),
+                     (["--embedding-dim", "0"], "--embedding-dim 0"), (["--synthetic-size", "0", "70"], "at least 2")):
+        assert grid.main([*_argv(tmp_path), *bad]) == 2
+        assert msg in capsys.readouterr().err
+    assert grid.main([*_argv(tmp_path), "--dry-run", "--render-only"]) == 0
+    assert not list(tmp_path.iterdir())  # nothing written by any of them
+
+
+def test_rendering_skips_over_a_method_this_version_does_not_know() -> None:
+    rec = {"backbone": "mgcn", "data": "synthetic", "selection": "random", "regime": "user", "share": 0.05, "seed": 0,
+           "ndcg": 0.1, "recall": 0.2, "forget_recall": 0.1, "mia_auc": 0.5, "answered": True, "seconds": 1.0}
+    table = grid.detail_table([{**rec, "method": "tru"}, {**rec, "method": "tru_no_oldablation"}])
+    assert table.index("| tru |") < table.index("| tru_no_oldablation |")
