@@ -224,6 +224,9 @@ def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tu
     phase = calibrated.negative_phase
     assert phase["controls"] == 30 and full.negative_phase["controls"] == 0, phase
     assert calibrated.steps == 0, calibrated.stopping_reason  # its reference is the phase it ran: no reverse step
+    # what the reference rests on is said in the reason a reviewer reads
+    assert "calibrated on 30 items without a train interaction" in str(calibrated.stopping_reason)
+    assert "uncalibrated (fewer than" in str(full.stopping_reason)
     assert 0 < phase["calibrated_step"] < phase["simulated_steps"], phase
     assert phase["control_score_start"] > phase["control_score_trained"] > phase["control_score_simulated"], phase
     table = "backbone.item_id_embedding.weight"

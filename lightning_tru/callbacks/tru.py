@@ -23,6 +23,7 @@ from lightning_tru.datamodules.unlearning import UnlearnBatch, UnlearningDataMod
 from lightning_tru.models.protocol import (
     FrozenScorer, all_scores, branch_groups, entity_groups, eval_mode, group_pair_scores, layer_groups,
 )
+from lightning_tru.models.unlearning import UnlearningTask
 from lightning_tru.nn.losses import bpr_loss, reverse_bpr_loss
 from lightning_tru.nn.row_adam import RowAdam
 
@@ -441,8 +442,25 @@ class TRU(UnlearningCallback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
-        """A request not answered says what the model did not give TRU (see :meth:`_limitations`)."""
         super().on_train_end(trainer, pl_module)
+        self._explain(pl_module)
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if isinstance(pl_module, UnlearningTask):  # a run that stopped before its first step has no on_train_end
+            self._explain(pl_module)
+        super().teardown(trainer, pl_module, stage)
+
+    def _explain(self, pl_module: Any) -> None:
+        """The reason says what the item-wise reference rests on and, for a request not answered, what the model did
+        not give TRU (see :meth:`_limitations`); idempotent."""
+        if self.negative_phase.get("items") and self.stopping_reason is not None and "negative sampling" not in self.stopping_reason:
+            n, c = self.negative_phase["items"], self.negative_phase.get("controls", 0)
+            self.stopping_reason += (  # what the item-wise reference rests on: a reviewer reads it here
+                f"; the {n} deleted items' rows follow Retrain's simulated negative sampling, "
+                + (f"calibrated on {c} items without a train interaction" if c else
+                   f"uncalibrated (fewer than {self.min_controls} items without a train interaction to calibrate on: "
+                   "the simulation's end point, which over-forgets, see docs/method.md)"))
         notes = list(self.limitations)
         if self.utility_guard_tripped and not callable(getattr(pl_module.model, "embeddings", None)):
             notes.append(f"{type(pl_module.model).__name__}'s score is not a dot product of user and item rows (no "
