@@ -469,7 +469,7 @@ def answer_request(
             if write_retained is not None:
                 write_mmrec(udm.retained.data, Path(write_retained), datamodule.data.name)
                 report["retained_data"] = str(write_retained)
-            store.record(fs, resolved_on=resolved_on, chain=datamodule.deletion_chain)
+            store.record(fs, resolved_on=resolved_on)  # the chain was checked above, under the same lock
         append_entry(Path(ledger), entry)
     if verbose:
         print(format_table(columns, seconds))

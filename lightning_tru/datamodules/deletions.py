@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -185,22 +185,18 @@ class DeletionStore:
                         forget_pairs=forget.forget_pairs.astype(np.int64), users=forget.purged_users.astype(np.int64),
                         items=forget.purged_items.astype(np.int64), position=position, resolved_on=resolved_on)
 
-    def record(self, forget: ForgetSet, resolved_on: str, chain: Optional[Sequence[str]] = None) -> Path:
-        """Add an answered request (atomically: a temporary file and a rename). Recording the same
-        request twice is a no-op. ``chain``: the requests the run saw applied (:meth:`check_chain`),
-        checked under the store's lock (:meth:`locked`, re-entrant callers hold it already)."""
+    def record(self, forget: ForgetSet, resolved_on: str) -> Path:
+        """Add an answered request (atomically: a temporary file and a rename), as :meth:`as_record` builds it.
+        Recording the same request twice is a no-op. Concurrent runs hold :meth:`locked` around
+        :meth:`check_chain` and the record (``lifecycle.answer_request`` does)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{forget.fingerprint}.npz"
         if path.exists():
             return path
-        if chain is not None:
-            self.check_chain(chain)
-        position = len(self.entries())
-        users, items = forget.purged_users, forget.purged_items
+        d = self.as_record(forget, resolved_on, position=len(self.entries()))
         atomic_write(path, lambda fh: np.savez(
-            fh, fingerprint=np.array(forget.fingerprint), regime=np.array(forget.regime),
-            forget_pairs=forget.forget_pairs.astype(np.int64), users=users.astype(np.int64),
-            items=items.astype(np.int64), position=np.array(position), resolved_on=np.array(resolved_on),
+            fh, fingerprint=np.array(d.fingerprint), regime=np.array(d.regime), forget_pairs=d.forget_pairs,
+            users=d.users, items=d.items, position=np.array(d.position), resolved_on=np.array(d.resolved_on),
         ))
         return path
 
