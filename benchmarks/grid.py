@@ -776,7 +776,9 @@ def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
     single = [r for r in records if r["mode"] == "single"]
     chains = [r for r in records if r["mode"] == "successive"]
     suffix = "_quick" if a.quick else "" if sid == setup_id(parse_args([])) else f"_{sid}"
-    title = "Results grid" + suffix.replace("_", " (", 1) + (")" if suffix else "")
+    if a.share != parse_args([]).share:  # another request size: its own section and plots, never the 5% ones
+        suffix += f"_share{a.share:g}"
+    title = "Results grid" + suffix.replace("_", " (", 1).replace("_", ", ") + (")" if suffix else "")
     caps = (f"training and every Retrain capped at {a.max_epochs} epochs with early stopping on valid Recall@20 "
             f"(patience {a.patience}); requests of {a.share:.0%}"
             + (f"; synthetic data {a.synthetic_size[0]} users x {a.synthetic_size[1]} items" if a.synthetic_size else "")

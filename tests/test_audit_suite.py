@@ -27,7 +27,9 @@ def test_run_audits_schema_and_verdicts() -> None:
     # the deployed model still remembers: residual memory against Retrain, at pair and user level
     assert out["before"]["membership"]["flag"] == "residual_memory"
     assert out["before"]["membership"]["reference"] == out["Retrain"]["membership"]["auc"]
-    assert out["Retrain"]["membership"]["reference"] == 0.5 and out["Retrain"]["membership"]["flag"] == "ok"
+    # Retrain is the reference, never judged against 0.5 (item-wise it sits far below)
+    rm = out["Retrain"]["membership"]
+    assert rm["reference"] == rm["auc"] and rm["flag"] == rm["flag_rank"] == "reference" and rm["delta_rank"] == 0.0
     assert out["before"]["global_exposure"]["reduction"] == 0.0
     ge = out["Retrain"]["global_exposure"]
     assert ge["reduction"] == pytest.approx(1 - ge["exposure@20"] / out["before"]["global_exposure"]["exposure@20"])

@@ -228,3 +228,17 @@ def test_rendering_skips_over_a_method_this_version_does_not_know() -> None:
            "ndcg": 0.1, "recall": 0.2, "forget_recall": 0.1, "mia_auc": 0.5, "answered": True, "seconds": 1.0}
     table = grid.detail_table([{**rec, "method": "tru"}, {**rec, "method": "tru_no_oldablation"}])
     assert table.index("| tru |") < table.index("| tru_no_oldablation |")
+
+
+def test_another_request_size_renders_its_own_section(tiny_grid: Path, tmp_path: Path) -> None:
+    recs = _lines(tiny_grid)
+    other = [{**r, "share": 0.1, "key": r["key"].replace("/0.05/", "/0.1/"), "ndcg": r["ndcg"] / 2} for r in recs]
+    results = tmp_path / "grid_results.jsonl"
+    grid.append_records(results, recs + other)
+    for share in ("0.05", "0.1"):
+        assert grid.main(_argv(tmp_path, "--render-only", "--no-retrain-floor", "--share", share, "--results", str(results))) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    titles = [line for line in text.splitlines() if line.startswith("## Results grid")]
+    assert len(titles) == 2 and len(set(titles)) == 2 and "share0.1" in titles[1]  # neither replaced the other
+    five, ten = text.split(titles[1])
+    assert f"{recs[0]['ndcg']:.4f}" in five and f"{other[0]['ndcg']:.4f}" in ten

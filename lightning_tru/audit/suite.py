@@ -16,7 +16,7 @@ Returned schema (JSON-ready; one entry per model state, the "column" of ``report
     }
 
 ``flag`` is ``"ok"``, ``"residual_memory"`` or ``"over_forgetting"`` against Retrain's value
-(0.5 for the pair AUC when no Retrain is given); the pair-level band is
+(0.5 for the pair AUC when no Retrain is given), ``"reference"`` on the Retrain column itself; the pair-level band is
 :math:`\max(\text{tolerance}, 2\sqrt2\,\mathrm{SE})`, SE the Mann-Whitney null standard error of
 one AUC (small forget sets get a wider band instead of false flags). Efficiency is measured by the caller around the
 unlearning itself (:class:`~lightning_tru.audit.efficiency.Efficiency`).
@@ -202,9 +202,13 @@ def run_audits(
     for col, res in out.items():
         mem = res["membership"]
         band = max(tolerance, 2.0 * math.sqrt(2.0) * mem["se"])  # two SEs of a difference of two AUCs
-        mem.update(membership_verdict(mem["auc"], ref["auc"] if ref and col != "Retrain" else None, band))
-        rank = membership_verdict(mem["auc_rank"], ref["auc_rank"] if ref and col != "Retrain" else None, band)
-        mem.update({"band": band, "delta_rank": rank["delta"], "flag_rank": rank["flag"]})
+        if col == "Retrain":  # the reference itself (item-wise Retrain sits far below 0.5: no verdict against 0.5)
+            mem.update({"reference": mem["auc"], "delta": 0.0, "flag": "reference", "band": band, "delta_rank": 0.0,
+                        "flag_rank": "reference"})
+        else:
+            mem.update(membership_verdict(mem["auc"], ref["auc"] if ref else None, band))
+            rank = membership_verdict(mem["auc_rank"], ref["auc_rank"] if ref else None, band)
+            mem.update({"band": band, "delta_rank": rank["delta"], "flag_rank": rank["flag"]})
         if "before" in out:
             ge = res["global_exposure"]
             ge["reduction"] = exposure_reduction(out["before"]["global_exposure"][f"exposure@{k}"], ge[f"exposure@{k}"])
