@@ -166,3 +166,71 @@ def test_refit_without_an_auc_gain_is_undone(mig: tuple) -> None:
         unlearn(trained, udm, tru, 1)
     assert "no gain" in tru.refit["undone"] and USERS not in tru.kept_rows, tru.refit
     assert torch.equal(tru.prepared, dict(trained.named_parameters())[USERS])  # exactly the trained rows again
+
+
+@pytest.fixture(scope="module")
+def mig_cold() -> tuple[UnlearningDataModule, RecommenderModule, RecommenderModule]:
+    """MIG-GT trained on data where 15 items have no train interaction (cold: what Retrain makes of a deleted item)."""
+    seed_everything(0, verbose=False)
+    src = SyntheticDataModule(num_users=300, num_items=150, seed=3, batch_size=1024, eval_batch_size=256)
+    dm = UnlearningDataModule(src, ForgetRequest("item", 0.1, seed=7), seed=0).retained
+    initial = RecommenderModule(MIG, dm.num_users, dm.num_items, src.feature_dims, optimizer=partial(torch.optim.Adam, lr=1e-2))
+    trained, _ = retrain(initial, dm, max_epochs=25, patience=10, seed=0, accelerator="cpu")
+    return dm, initial, trained
+
+
+def test_deleted_items_without_a_table_are_referenced_on_cold_items(mig_cold: tuple) -> None:
+    """Where the data hold items without a train interaction, a model without an item table is no limitation: Retrain
+    never sees a deleted item as a positive, like those cold items, so the expected Retrain AUC takes the deleted items'
+    pairs' term from cold items in their place (item-wise: all of it), where the share of forget pairs on deleted items
+    times ``cold_error`` stays within half the band. Fewer cold items than ``min_controls``, or a share too large for
+    the default ``cold_error`` (item-wise: 1): the limitation stands and the reference is 0.5."""
+    dm, initial, trained = mig_cold
+    cold = np.flatnonzero(np.diff(dm.data.csr("train").tocsc().indptr) == 0)
+    assert len(cold) == 15
+    udm = UnlearningDataModule(dm, ForgetRequest("item", 0.05, seed=0), seed=0)
+    default = TRU(eval_every=1)
+    with pytest.warns(UserWarning, match="no item ID table"):
+        unlearn(trained, udm, default, 1)
+    assert default.cold_reference == {} and len(default.limitations) == 1 and default.reference == 0.5
+    tru = TRU(eval_every=1)
+    tru.cold_error = tru.tolerance / 2  # trusted up to a share of 1
+    tru.use_initial(initial)
+    model = unlearn(trained, udm, tru, 2)
+    ref = tru.cold_reference
+    assert tru.limitations == [] and ref["cold_items"] == 15 and ref["audited_share"] == 1.0 and ref["items"] == len(udm.forget.items)
+    assert tru.reference == pytest.approx(ref["cold_auc"]) and ref["base_reference"] == 0.5
+    assert "15 cold items" in str(tru.stopping_reason) and not tru.target_reached  # the shared layers cannot reach it here
+    assert tru.history[0]["mia_auc"] > ref["cold_auc"] + 0.3  # after surgery the deleted items still stand out
+    # the cold pairs' AUC by hand: each audited (u, i) with i replaced by a cold item u never met, against the audit's
+    # non-members, percentiles from the user's full ranking of the items outside u's retained train set
+    members, nonmembers = tru._audit
+    known = dm.data.csr("train", "valid", "test").tocsr()
+    rng = np.random.default_rng(udm.seed)
+    subs = np.array([[u, rng.choice(np.setdiff1d(cold, known[u].indices))] for u, _ in members])
+    surgery = unlearn(trained, udm, TRU(reset_deleted=False, eval_every=1, max_utility_loss=None), 0)
+    surgery.eval()
+    excl = udm.retained_train_csr()
+
+    def pct(pairs: np.ndarray) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for u, i in pairs:
+                s = surgery.score(torch.full((dm.num_items,), int(u)), torch.arange(dm.num_items)).double()
+                s[torch.as_tensor(excl[u].indices, dtype=torch.long)] = float("nan")
+                cand = s[~torch.isnan(s)]
+                out.append(float(((cand < s[i]).sum() + 0.5 * ((cand == s[i]).sum() - 1)) / (len(cand) - 1)))
+        return np.array(out)
+
+    pm, pn = pct(subs), pct(nonmembers)
+    naive = float(np.mean([(p > pn).mean() + 0.5 * (p == pn).mean() for p in pm]))
+    assert ref["cold_auc"] == pytest.approx(naive, abs=1e-6)
+    strict = TRU(eval_every=1)
+    strict.cold_error = tru.cold_error
+    strict.min_controls = 16  # one more than the data hold
+    with pytest.warns(UserWarning, match="no item ID table"):
+        unlearn(trained, udm, strict, 1)
+    assert strict.cold_reference == {} and len(strict.limitations) == 1 and strict.reference == 0.5
+    again = TRU()
+    again.load_extra_state(tru.extra_state())
+    assert again.cold_reference == ref
