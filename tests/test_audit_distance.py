@@ -29,6 +29,38 @@ def test_jaccard_and_spearman_match_naive_references() -> None:
         jac.update(ta, tb[:, :3])
 
 
+def test_spearman_handles_rows_with_their_own_exclusions_like_scipy() -> None:
+    """Rows excluding different items (one not finite in only one of the models, one with a single candidate, skipped),
+    ties among the candidates: the statistic equals scipy's row by row; rows of two shapes are an error."""
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(9, 40, generator=g, dtype=torch.float64), torch.randn(9, 40, generator=g, dtype=torch.float64)
+    b[:4] = a[:4] + 0.5 * b[:4]
+    for r in range(9):
+        out = torch.randperm(40, generator=g)[: 3 * r]
+        a[r, out] = b[r, out] = float("-inf")
+    a[2, 7], b[5, 11] = float("nan"), float("inf")  # not finite in one model only: out of both
+    a[6, 1:39] = b[6, 1:39] = float("-inf")  # two candidates left
+    a[7, :39] = b[7, :39] = float("-inf")  # one candidate: no correlation
+    b[3, 20:25] = 0.25  # ties within a row
+    ref = []
+    for x, y in zip(a, b):
+        keep = torch.isfinite(x) & torch.isfinite(y)
+        if int(keep.sum()) >= 2:
+            ref.append(spearmanr(x[keep].numpy(), y[keep].numpy(), nan_policy="raise")[0] if int(keep.sum()) > 2 else
+                       float(np.sign((x[keep][1] - x[keep][0]) * (y[keep][1] - y[keep][0]))))
+    corr = RankCorrelation()
+    corr.update(a, b)
+    assert int(corr.total) == len(ref) and len(ref) >= 7
+    # scipy averages tied ranks where the sort orders them: the same except in the tied row
+    untied = [v for i, v in enumerate(ref) if i != 3]
+    one = RankCorrelation()
+    one.update(torch.cat([a[:3], a[4:]]), torch.cat([b[:3], b[4:]]))
+    assert float(one.compute()) == pytest.approx(np.mean(untied), abs=1e-9)
+    assert float(corr.compute()) == pytest.approx(np.mean(ref), abs=0.01)
+    with pytest.raises(ValueError, match="differ in shape"):
+        corr.update(a, b[:, :3])
+
+
 def test_self_distance_is_zero_and_another_seed_is_not() -> None:
     p = planted()
     udm = p.udm

@@ -72,7 +72,10 @@ class RankCorrelation(_UserMean):
     (finite in both; sum states ``accum``, ``total``)."""
 
     def update(self, scores_a: Tensor, scores_b: Tensor) -> None:
-        """``(B, I)`` scores of the same users; ``-inf`` marks excluded items (the same in both)."""
+        """``(B, I)`` scores of the same users; ``-inf`` marks excluded items (the same in both). Row by row: a batched
+        stable sort of the whole ``(B, I)`` block measured no faster (TikTok-sized rows, 1 thread)."""
+        if scores_a.shape != scores_b.shape:
+            raise ValueError(f"score rows differ in shape: {tuple(scores_a.shape)} vs {tuple(scores_b.shape)}")
         for a, b in zip(scores_a, scores_b):
             keep = torch.isfinite(a) & torch.isfinite(b)
             if int(keep.sum()) < 2:
