@@ -159,7 +159,7 @@ def test_new_arguments_are_validated() -> None:
 def test_step_size_control_reaches_the_band_in_fewer_steps(setup: tuple) -> None:
     """The user-wise request of the band test: with a constant lr the item rows' row-share-scaled steps need many
     verifications; the growing lr reaches the same band (and stays in it) in fewer steps."""
-    constant, growing = TRU(lr=5e-3, lr_growth=1.0), TRU(lr=5e-3)  # a small lr: many steps at a constant one
+    constant, growing = TRU(lr=5e-3, lr_growth=1.0, aim=1.0), TRU(lr=5e-3, aim=1.0)  # a small lr: many steps at a constant one
     res = _compare(setup, "user", 0.2, {"constant": constant, "growing": growing}, seed=1)
     assert constant.target_reached and growing.target_reached, (constant.stopping_reason, growing.stopping_reason)
     assert growing.steps < constant.steps and growing.lr_scale > 1.0, (growing.steps, constant.steps)
@@ -430,3 +430,47 @@ def test_the_heldout_recall_ranks_a_seeded_sample_of_heldout_users(setup: tuple)
     assert capped != pytest.approx(per_user.mean(), abs=1e-6)  # the sample is not the whole
     with pytest.raises(ValueError, match="heldout_users=0"):
         TRU(heldout_users=0)
+
+
+def test_aiming_at_the_reference_ends_closer_to_it_than_entering_the_band(setup: tuple) -> None:
+    """``aim=1`` stops where the run enters the band from above (its upper edge); ``aim=0`` goes on to the expected
+    Retrain AUC itself, a step past the band scaled back into it: both answered, the second no further from
+    :math:`A^*` and at most a band's width below it."""
+    edge, centre = TRU(lr=5e-3, aim=1.0), TRU(lr=5e-3)  # user-wise the default aims at the reference
+    _compare(setup, "user", 0.2, {"edge": edge, "centre": centre}, seed=1)
+    assert edge.target_reached and centre.target_reached, (edge.stopping_reason, centre.stopping_reason)
+    last = {name: [h for h in cb.history if "undone" not in h][-1] for name, cb in (("edge", edge), ("centre", centre))}
+    assert edge.reference == pytest.approx(centre.reference)
+    ref, band = float(centre.reference), last["centre"]["mia_band"]
+    assert last["edge"]["mia_auc"] > ref  # the edge run stopped above the reference
+    assert ref - band <= last["centre"]["mia_auc"] <= ref + 1e-9 or abs(last["centre"]["mia_auc"] - ref) < abs(
+        last["edge"]["mia_auc"] - ref), (last, ref)
+    assert centre.steps >= edge.steps
+    with pytest.raises(ValueError, match="aim"):
+        TRU(aim=1.5)
+
+
+class _JustInsideTRU(TRU):
+    """Retrain's expected AUC 0.01 below where the preparation leaves the forget pairs: inside the band, above ``aim=0``."""
+
+    def reference_auc(self, model: Any, dm: UnlearningDataModule) -> float:
+        model.eval()
+        return float(pair_membership(model, *self._audit, dm.retained_train_csr())["auc_rank"]) - 0.01
+
+
+def test_a_run_inside_the_band_that_stops_short_of_its_aim_is_answered(setup: tuple) -> None:
+    """Inside the band from the start but above ``aim=0``: steps that cannot move the AUC stall (or spend the budget)
+    and the run ends answered at its verified point inside the band, saying it stopped short of the aim; ``aim=1``
+    answers at once; a run that never entered the band is still NOT answered (the stall test above)."""
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0), seed=0)
+    at_once = _JustInsideTRU(lr=1e-12, reset_deleted=False, aim=1.0)
+    unlearn(trained, udm, at_once, 30)
+    assert at_once.target_reached and at_once.steps == 0, at_once.stopping_reason
+    stalled = _JustInsideTRU(lr=1e-12, reset_deleted=False, aim=0.0, stall_verifications=3)
+    unlearn(trained, udm, stalled, 60)
+    assert stalled.target_reached and "short of the aim (stalled)" in str(stalled.stopping_reason), stalled.stopping_reason
+    assert 0 < stalled.steps < 30
+    spent = _JustInsideTRU(lr=1e-12, reset_deleted=False, aim=0.0, stall_verifications=None)
+    unlearn(trained, udm, spent, 6)
+    assert spent.target_reached and spent.steps == 6 and "step budget spent" in str(spent.stopping_reason)

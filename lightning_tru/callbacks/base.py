@@ -72,6 +72,12 @@ class UnlearningCallback(Callback, abc.ABC):
             ``target_recall`` is given, else ``"membership"``.
         tolerance: :math:`\delta`, least half-width of the band around :math:`A^*`; the band is
             :math:`\max(\delta, 2\,\mathrm{SE})` with SE the AUC's null standard error (few pairs, wide band).
+        aim: the run stops once the AUC is at most :math:`A^* + a \cdot` band (1: the band's upper edge, where a run
+            coming from above enters it; 0: :math:`A^*` itself, a step past the band scaled back by :meth:`_bisect`;
+            ``None``: 0 for user-wise requests, whose reference sits at or above Retrain's AUC, 1 for the others,
+            whose reference may sit below it, see docs/method.md). Answered means inside the band either way; a run
+            inside the band that stops before its aim (utility guard, stall, step budget) ends answered at its last
+            verified point inside the band.
         audit_pairs: most forget pairs (and as many non-members) the verification scores.
         bisect_steps: verifications spent to scale back a step that overshot the band (see :meth:`_bisect`).
         max_utility_loss: utility guard: at every verification, valid Recall@K of up to ``guard_users``
@@ -99,6 +105,7 @@ class UnlearningCallback(Callback, abc.ABC):
         train_mode: bool = True,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
+        aim: Optional[float] = 1.0,
         audit_pairs: int = 20000,
         bisect_steps: int = 6,
         max_utility_loss: Optional[float] = None,
@@ -118,10 +125,10 @@ class UnlearningCallback(Callback, abc.ABC):
             )
         if stop_rule not in (None, "membership", "recall"):
             raise ValueError(f"stop_rule={stop_rule!r} must be 'membership', 'recall' or None")
-        if not 0 <= tolerance < 0.5 or audit_pairs < 1:
-            raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), audit_pairs={audit_pairs} >= 1")
+        if not 0 <= tolerance < 0.5 or audit_pairs < 1 or aim is not None and not 0 <= aim <= 1:
+            raise ValueError(f"tolerance={tolerance} must be in [0, 0.5), aim={aim} in [0, 1], audit_pairs={audit_pairs} >= 1")
         self.stop_rule = stop_rule or ("recall" if target_recall is not None else "membership")
-        self.tolerance, self.audit_pairs, self.bisect_steps = tolerance, audit_pairs, bisect_steps
+        self.tolerance, self.aim, self.audit_pairs, self.bisect_steps = tolerance, aim, audit_pairs, bisect_steps
         if max_utility_loss is not None and not 0 < max_utility_loss < 1 or guard_users < 1 or heldout_users < 1:
             raise ValueError(
                 f"max_utility_loss={max_utility_loss} must be in (0, 1) or None, guard_users={guard_users} >= 1, "
@@ -129,6 +136,7 @@ class UnlearningCallback(Callback, abc.ABC):
             )
         self.max_utility_loss, self.guard_users, self.heldout_users = max_utility_loss, guard_users, heldout_users
         self.utility_guard_tripped = False
+        self._regime: Optional[str] = None  # the request's regime (on_fit_start), for ``aim=None``
         self._met = False  # the stopping rule was met (set where the run stops for that reason)
         self.utility0: Optional[float] = None  # guard recall before the first step
         self.keep = 1.0  # share of utility0 Retrain is expected to keep at least (utility_keep)
@@ -215,6 +223,7 @@ class UnlearningCallback(Callback, abc.ABC):
                 f"{dm.forget.fingerprint[:12]}: resume with the same deletion request"
             )
         self._fingerprint = dm.forget.fingerprint
+        self._regime = dm.forget.regime
         if trainer.max_epochs == 0 or trainer.max_steps == 0:  # no budget: no edit either (never a silent answer)
             self.stopping_reason = "no step budget (max_epochs or max_steps is 0): nothing was done"
             return
@@ -308,6 +317,9 @@ class UnlearningCallback(Callback, abc.ABC):
                 if self.smaller_steps(trainer):  # the method goes on from there with smaller steps
                     self.history[-1]["undone"] = 1.0
                     return
+                if self._answered_short_of_aim(trainer, "a further step tripped the utility guard"):
+                    self.history[-1]["undone"] = 1.0
+                    return
             self.utility_guard_tripped = trainer.should_stop = True
             self.stopping_reason = (
                 f"utility guard after {self.steps} steps: retained valid recall@{self.k} fell from {self.utility0:.4f} to "
@@ -350,6 +362,30 @@ class UnlearningCallback(Callback, abc.ABC):
             f"{self.reference:.4f} +- {band:.3f}{floor}, and no point of the last step inside the band (over-forgetting)"
         )
 
+    def _last_verified(self) -> Optional[dict[str, float]]:
+        """The last verified point the model stands at after a step was taken back (neither undone nor interpolated)."""
+        points = [h for h in self.history[:-1] if "undone" not in h and "interpolated" not in h]
+        return points[-1] if points else None
+
+    def _answered_short_of_aim(self, trainer: Trainer, why: str, res: Optional[dict[str, float]] = None) -> bool:
+        """The run stops before its ``aim`` at a verified point inside the band (``res``, or the last verified point
+        the model went back to): answered. Returns whether it did."""
+        at = res if res is not None else self._last_verified()
+        if self.stop_rule != "membership" or at is None or not self._inside(at):
+            return False
+        trainer.should_stop = True
+        self._met = True
+        self.stopping_reason = (
+            f"pair-MIA AUC {at['mia_auc']:.4f} within {at['mia_band']:.3f} of the expected Retrain AUC "
+            f"{self.reference:.4f} at step {int(at['step'])}, short of the aim ({why})"
+        )
+        return True
+
+    def _level(self, res: dict[str, float]) -> float:
+        r"""The AUC at which the run stops: :math:`A^* + a \cdot` band (``aim``)."""
+        aim = self.aim if self.aim is not None else (0.0 if self._regime == "user" else 1.0)
+        return float(self.reference) + aim * res["mia_band"]  # type: ignore[arg-type]
+
     def _bisect(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[tuple[float, dict[str, float]]]:
         r"""The last step overshot: find :math:`t \in (0, 1)` with :math:`\theta_{prev} + t(\theta - \theta_{prev})`
         inside the band (and at or above the recall floor) by bisection (``bisect_steps`` verifications; AUC and
@@ -379,7 +415,9 @@ class UnlearningCallback(Callback, abc.ABC):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.stopping_reason is None:
+        last = self.history[-1] if self.history else None
+        if self.stopping_reason is None and not (last is not None and int(last["step"]) == self.steps and
+                                                 "undone" not in last and self._answered_short_of_aim(trainer, "step budget spent", last)):
             self.stopping_reason = f"step budget spent ({self.steps} steps) without reaching the target"
         self._previous = None
         self._restore_modes(pl_module)
@@ -394,7 +432,7 @@ class UnlearningCallback(Callback, abc.ABC):
         """The run stops here: the target is reached or passed (inside the band, or beyond it on either criterion)."""
         if self.stop_rule == "recall":
             return res[f"forget_recall@{self.k}"] <= float(self.target_recall)  # type: ignore[arg-type]
-        return res["mia_auc"] <= float(self.reference) + res["mia_band"] or self._below_floor(res)  # type: ignore[arg-type]
+        return res["mia_auc"] <= self._level(res) or self._below_floor(res)
 
     def _below_floor(self, res: dict[str, float]) -> bool:
         return self.recall_floor is not None and res[f"forget_recall@{self.k}"] < self.recall_floor

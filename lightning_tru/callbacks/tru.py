@@ -160,8 +160,9 @@ class TRU(UnlearningCallback):
         lr_growth, max_lr_scale: step-size control of the membership rule (:meth:`after_verification`): the lr
             grows by ``lr_growth`` after a verification whose pace would need more than two more to reach the band,
             up to ``max_lr_scale`` x ``lr``; an overshoot is then bisected back into the band. 1: a constant lr.
-        stop_rule, tolerance, max_utility_loss, heldout_users: see :class:`UnlearningCallback` (TRU guards utility by
-            default).
+        stop_rule, tolerance, aim, max_utility_loss, heldout_users: see :class:`UnlearningCallback` (TRU guards
+            utility by default; ``aim=None``: user-wise it aims at :math:`A^*` itself, measured closer to Retrain
+            than stopping at the band's edge, docs/method.md).
         sample_fanout: bounded-cost approximate steps (``None``: off, exact). Every pair score of the steps, of the
             profile and of the row fits in :meth:`prepare` is an unbiased estimate over a sampled computation graph, each
             node reading at most this many neighbours (:meth:`~lightning_tru.nn.Backbone.sampled_propagation`; a model
@@ -203,6 +204,7 @@ class TRU(UnlearningCallback):
         seed: int = 0,
         stop_rule: Optional[Literal["membership", "recall"]] = None,
         tolerance: float = 0.02,
+        aim: Optional[float] = None,
         max_utility_loss: Optional[float] = 0.02,
         keep_reset: bool = True,
         min_recall_ratio: Optional[float] = 0.8,
@@ -221,7 +223,8 @@ class TRU(UnlearningCallback):
     ) -> None:
         super().__init__(
             lr=lr, k=k, target_recall=target_recall, eval_every=eval_every, train_mode=train_mode,
-            stop_rule=stop_rule, tolerance=tolerance, max_utility_loss=max_utility_loss, heldout_users=heldout_users,
+            stop_rule=stop_rule, tolerance=tolerance, aim=aim, max_utility_loss=max_utility_loss,
+            heldout_users=heldout_users,
         )
         self.retain_weight = check_retain_weight(retain_weight)
         if not 0 < shared_lr_scale <= 1:
@@ -1049,7 +1052,7 @@ class TRU(UnlearningCallback):
         if self.lr_growth <= 1 or self.growth_stopped:
             return
         moved = self.history[-2]["mia_auc"] - res["mia_auc"]
-        left = res["mia_auc"] - (float(self.reference) + res["mia_band"])
+        left = res["mia_auc"] - self._level(res)
         factor = min(self.lr_growth, self.max_lr_scale / self.lr_scale)
         if factor <= 1 or (moved > 0 and left <= 2 * moved):
             return
@@ -1068,10 +1071,12 @@ class TRU(UnlearningCallback):
         if k is None or not at_max or len(verified) <= k:
             return False
         gained = verified[-1 - k]["mia_auc"] - res["mia_auc"]
-        left = res["mia_auc"] - (float(self.reference) + res["mia_band"])  # type: ignore[arg-type]
+        left = res["mia_auc"] - self._level(res)
         budget = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
         if gained > 0 and (budget is None or left <= gained / (k * self.eval_every) * (budget - self.steps)):
             return False  # slow, but the band is within the step budget at this pace
+        if self._answered_short_of_aim(trainer, "stalled", self.history[-1]):  # the point just verified
+            return True
         trainer.should_stop = True
         self.stopping_reason = (
             f"stalled after {self.steps} steps: the pair-MIA AUC went {verified[-1 - k]['mia_auc']:.4f} -> {res['mia_auc']:.4f} "
