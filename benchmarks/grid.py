@@ -291,6 +291,7 @@ def record_of(cell: Cell, report: dict[str, Any], col: str, a: argparse.Namespac
         "fairness_retrain": ret.get("fairness", {}).get(gap),
         "steps": status.get("steps"), "answered": bool(status["target_reached"]),
         "stopping_reason": status.get("stopping_reason"),
+        "timings": (report.get("details") or {}).get(col, {}).get("timings"),
     }
 
 

@@ -361,7 +361,7 @@ def answer_request(
         if not is_zero:
             return {}
         details[name] = {"steps": cb.steps, "stopping_reason": cb.stopping_reason, "target_recall": cb.target_recall,
-                         **cb.extra_state()}
+                         "timings": dict(cb.timings), **cb.extra_state()}
         changed = _changed(weights, model)
         final = cb.verify(model, udm)
         reached = changed and cb.target_reached
@@ -474,6 +474,10 @@ def answer_request(
     if verbose:
         print(format_table(columns, seconds))
         print(f"\n{'answered' if reached else 'NOT answered'} ({status['stopping_reason']}); run directory: {run_dir}")
+        timings = details.get(name, {}).get("timings") or {}
+        if timings.get("total"):
+            print(f"{name}'s {timings['total']:.2f} s: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in timings.items() if k != "total"))
         if "retained_data" in report:
             d = udm.retained.data
             print(f"retained data written to {write_retained}: load it with --data.init_args.root {write_retained} "

@@ -474,3 +474,31 @@ def test_a_run_inside_the_band_that_stops_short_of_its_aim_is_answered(setup: tu
     spent = _JustInsideTRU(lr=1e-12, reset_deleted=False, aim=0.0, stall_verifications=None)
     unlearn(trained, udm, spent, 6)
     assert spent.target_reached and spent.steps == 6 and "step budget spent" in str(spent.stopping_reason)
+
+
+def test_timings_put_each_phase_s_seconds_where_they_were_spent(setup: tuple) -> None:
+    """A TRU whose preparation and verifications each take a known extra time: ``timings`` charges them to
+    ``prepare`` and ``verify``, the rest of the fit to ``update``, and the phases sum to ``total``."""
+    import time
+
+    class Slow(TRU):
+        def prepare(self, trainer: Any, model: Any, dm: Any) -> None:
+            time.sleep(0.3)
+            super().prepare(trainer, model, dm)
+
+        def verify(self, model: Any, dm: Any) -> dict[str, float]:
+            time.sleep(0.1)
+            return super().verify(model, dm)
+
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.2, seed=1), seed=1)
+    tru = Slow(eval_every=2, stop_rule="recall", target_recall=0.0)  # steps run to the budget
+    tru.use_initial(initial)
+    start = time.perf_counter()
+    unlearn(trained, udm, tru, 4)
+    wall = time.perf_counter() - start
+    t = tru.timings
+    assert len(tru.history) == 3  # step 0, 2 and 4
+    assert t["prepare"] >= 0.3 and t["verify"] >= 0.3 and t["profile"] > 0 and t["update"] > 0, t
+    assert sum(v for k, v in t.items() if k != "total") == pytest.approx(t["total"])
+    assert t["total"] <= wall

@@ -57,6 +57,10 @@ def test_unlearn_writes_run_dir_report_and_ledger(trained: Path, tmp_path: Path,
     assert not list(run.glob(".*tmp"))  # no temporary leftovers
     out = capsys.readouterr().out
     assert "forget_recall@20" in out and "before" in out and "TRU" in out
+    timings = report["details"]["TRU"]["timings"]  # where the run's time went, summing to its total
+    assert {"prepare", "verify", "update", "total"} <= set(timings) and timings["verify"] > 0
+    assert sum(v for k, v in timings.items() if k != "total") == pytest.approx(timings["total"])
+    assert f"TRU's {timings['total']:.2f} s: prepare" in out
     assert report["status"]["target_reached"] and ckpt["lightning_tru_lineage"]["deletions"] == [
         report["request"]["fingerprint"]]
     # a second request: from the first one's checkpoint (the original now predates the store)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -59,6 +62,11 @@ class UnlearningCallback(Callback, abc.ABC):
     forget recall of the exactly reset model, which over-estimates Retrain's). A verification with recall below
     :math:`r_{min}` stops the run like an AUC overshoot, and the bisection then looks for a point of the last step
     that satisfies both: the AUC inside the band *and* recall :math:`\ge r_{min}`.
+
+    **Where the time goes** (``timings``, seconds of this process, in the run's report details): ``prepare``
+    (:meth:`prepare`), ``reference`` (:math:`A^*` and the floor), ``verify`` (every verification, bisection
+    included), ``profile`` (:meth:`profile`), ``update`` (the rest of the fit: the steps themselves) and ``total``.
+    A resumed run counts from its resume.
 
     Subclasses override :meth:`training_losses` and optionally :meth:`profile`,
     :meth:`edit_gradients`, :meth:`extra_state` / :meth:`load_extra_state`.
@@ -157,6 +165,17 @@ class UnlearningCallback(Callback, abc.ABC):
         self._restored = False  # load_state_dict ran for the coming fit (a resume)
         self._rng: Optional[dict[str, Any]] = None  # the RNG states a resumed run continues from
         self._modes: dict[str, bool] = {}  # the user's model's train/eval mode per module, restored at the end
+        self.timings: dict[str, float] = {}  # seconds per phase of the fit (see "Where the time goes")
+        self._fit_clock: Optional[float] = None
+
+    @contextmanager
+    def _clock(self, phase: str) -> Iterator[None]:
+        """Add the wall-clock seconds of the block to ``timings[phase]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
     @property
     @override
@@ -217,6 +236,7 @@ class UnlearningCallback(Callback, abc.ABC):
         # runs after a checkpoint's callback state is restored
         dm: UnlearningDataModule = trainer.datamodule  # type: ignore[assignment]
         model = pl_module.model  # type: ignore[attr-defined]
+        self.timings, self._fit_clock = {}, time.perf_counter()
         if self._fingerprint is not None and self._fingerprint != dm.forget.fingerprint:
             raise ValueError(
                 f"this callback state belongs to request {self._fingerprint[:12]}, the data holds "
@@ -248,14 +268,18 @@ class UnlearningCallback(Callback, abc.ABC):
                     torch.cuda.set_rng_state_all(self._rng["cuda"])
                 self._rng = None
             return
-        self.prepare(trainer, model, dm)
-        if self.stop_rule == "recall" and self.target_recall is None:
-            self.target_recall = self.reference_recall(model, dm)
-        if self.stop_rule == "membership" and self.reference is None:
-            self.reference = self.reference_auc(model, dm)
-        res = self.verify(model, dm)  # before profiling: a request already answered costs no profile
+        with self._clock("prepare"):
+            self.prepare(trainer, model, dm)
+        with self._clock("reference"):
+            if self.stop_rule == "recall" and self.target_recall is None:
+                self.target_recall = self.reference_recall(model, dm)
+            if self.stop_rule == "membership" and self.reference is None:
+                self.reference = self.reference_auc(model, dm)
+        with self._clock("verify"):
+            res = self.verify(model, dm)  # before profiling: a request already answered costs no profile
         if self.stop_rule == "membership":
-            self.recall_floor = self.reference_recall_floor(model, dm, res[f"forget_recall@{self.k}"])
+            with self._clock("reference"):
+                self.recall_floor = self.reference_recall_floor(model, dm, res[f"forget_recall@{self.k}"])
         self.history.append({"step": 0.0, **res})
         if self.stop_rule == "membership" and res["mia_band"] > self.max_band:  # the attack cannot tell anything
             trainer.should_stop = True
@@ -293,7 +317,7 @@ class UnlearningCallback(Callback, abc.ABC):
             self.stopping_reason = "already indistinguishable from Retrain before the first step (0 steps)"
             self._met = True
             return
-        with isolate_rng():
+        with isolate_rng(), self._clock("profile"):
             model.train(self.train_mode)
             self.profile(trainer, model, dm)
         self._previous = self._snapshot(model)
@@ -308,7 +332,8 @@ class UnlearningCallback(Callback, abc.ABC):
         if self.steps % self.eval_every:
             return
         dm: UnlearningDataModule = trainer.datamodule  # type: ignore[assignment]
-        res = self.verify(pl_module.model, dm)  # type: ignore[attr-defined]
+        with self._clock("verify"):
+            res = self.verify(pl_module.model, dm)  # type: ignore[attr-defined]
         self.history.append({"step": float(self.steps), **res})
         pl_module.log_dict({f"unlearn/{k}": v for k, v in res.items()}, batch_size=1)
         if self._guard is not None and res["guard_recall"] < self.utility_bound(self.utility0):  # type: ignore[arg-type]
@@ -343,7 +368,8 @@ class UnlearningCallback(Callback, abc.ABC):
             self._met = True
             return
         model = pl_module.model  # type: ignore[attr-defined]
-        found = self._bisect(model, trainer.datamodule) if self._previous is not None else None
+        with self._clock("verify"):
+            found = self._bisect(model, trainer.datamodule) if self._previous is not None else None
         if found is not None:
             t, res = found
             self.history.append({"step": float(self.steps), "interpolated": t, **res})
@@ -421,6 +447,10 @@ class UnlearningCallback(Callback, abc.ABC):
             self.stopping_reason = f"step budget spent ({self.steps} steps) without reaching the target"
         self._previous = None
         self._restore_modes(pl_module)
+        if self._fit_clock is not None:
+            total = time.perf_counter() - self._fit_clock
+            self.timings["update"] = max(total - sum(self.timings.values()), 0.0)
+            self.timings["total"], self._fit_clock = total, None
         rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
 
     @property
