@@ -63,7 +63,9 @@ class Reset(Surgery):
         items = initial.named_parameters() if isinstance(initial, nn.Module) else initial.items()
         self._initial = {n: t.detach().to("cpu", copy=True) for n, t in items}
 
-    def _initial_table(self, model: nn.Module, name: str, param: Tensor) -> tuple[Tensor, str]:
+    def initial_table(self, model: nn.Module, name: str, param: Tensor) -> tuple[Tensor, str]:
+        """Entity table ``name`` as the untrained model holds it (``use_initial``) or a seeded draw from the
+        initialiser, and where it came from."""
         if self._initial is not None:
             if name not in self._initial or self._initial[name].shape != param.shape:
                 raise ValueError(
@@ -98,7 +100,7 @@ class Reset(Surgery):
             idx = torch.as_tensor(rows, dtype=torch.long)
             for name in names:
                 p = params[name]
-                table, source = self._initial_table(model, name, p)
+                table, source = self.initial_table(model, name, p)
                 with torch.no_grad():
                     p[idx.to(p.device)] = table[idx].to(device=p.device, dtype=p.dtype)
                 sources.add(source)

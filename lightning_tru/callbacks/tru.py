@@ -564,7 +564,7 @@ class TRU(UnlearningCallback):
             return none
         params = dict(model.named_parameters())
         try:
-            tables_init = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
+            tables_init = {n: self._reset.initial_table(model, n, params[n])[0] for n in tables}
         except (TypeError, ValueError):
             return none
         c = torch.as_tensor(cold, dtype=torch.long)
@@ -719,7 +719,7 @@ class TRU(UnlearningCallback):
         utility0 = self._guard_recall(model, dm)
         auc0 = self._audit_auc(model, dm) if auc_gain else None
         try:
-            initial = {n: self._reset._initial_table(model, n, params[n])[0] for n in tables}
+            initial = {n: self._reset.initial_table(model, n, params[n])[0] for n in tables}
         except (TypeError, ValueError) as err:  # no initialiser known: the reverse update does it all
             rank_zero_warn(f"TRU could not refit {what} ({err}); continuing with reverse updates only")
             return False
