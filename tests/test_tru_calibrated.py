@@ -502,3 +502,16 @@ def test_timings_put_each_phase_s_seconds_where_they_were_spent(setup: tuple) ->
     assert t["prepare"] >= 0.3 and t["verify"] >= 0.3 and t["profile"] > 0 and t["update"] > 0, t
     assert sum(v for k, v in t.items() if k != "total") == pytest.approx(t["total"])
     assert t["total"] <= wall
+
+
+def test_timings_close_when_the_run_stops_before_its_first_step(setup: tuple) -> None:
+    """Inside the band at step 0 (Lightning then skips the training loop and ``on_train_end``): ``total`` is still
+    the fit's and the phases still sum to it."""
+    dm, initial, trained = setup
+    tru = TRU()
+    tru.use_initial(initial)
+    unlearn(trained, UnlearningDataModule(dm, ForgetRequest("item", 0.05, seed=0), seed=0), tru, 10)
+    assert tru.steps == 0 and tru.history, tru.stopping_reason
+    t = tru.timings
+    assert t["total"] > 0 and t["prepare"] > 0 and "profile" not in t, t
+    assert sum(v for k, v in t.items() if k != "total") == pytest.approx(t["total"])

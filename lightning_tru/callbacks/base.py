@@ -226,6 +226,7 @@ class UnlearningCallback(Callback, abc.ABC):
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_clock()
         if isinstance(pl_module, UnlearningTask):
             self._restore_modes(pl_module)  # also when the run stopped before its first epoch (no on_train_end)
             if pl_module._method is self:
@@ -447,11 +448,17 @@ class UnlearningCallback(Callback, abc.ABC):
             self.stopping_reason = f"step budget spent ({self.steps} steps) without reaching the target"
         self._previous = None
         self._restore_modes(pl_module)
+        self._stop_clock()
+        rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
+
+    def _stop_clock(self) -> None:
+        """Close ``timings``: ``total`` since fit start, ``update`` what no phase took (once per fit; from
+        ``on_train_end``, or from ``teardown`` when the run stopped before its first step and Lightning skipped the
+        training loop)."""
         if self._fit_clock is not None:
             total = time.perf_counter() - self._fit_clock
             self.timings["update"] = max(total - sum(self.timings.values()), 0.0)
             self.timings["total"], self._fit_clock = total, None
-        rank_zero_info(f"{type(self).__name__}: {self.stopping_reason}")
 
     @property
     def target_reached(self) -> bool:
