@@ -6,6 +6,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 EXT_STAMP := $(VENV)/.installed-ext
+# test processes (pytest-xdist); a test file stays on one worker: its module fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-ext install clean
 
@@ -31,7 +33,7 @@ demo: $(STAMP)
 	$(PY) -m lightning_tru.demo
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -m "not ext"
+	$(PY) -m pytest -q -m "not ext" -n $(TEST_WORKERS) --dist loadfile
 
 test-ext: $(EXT_STAMP)
 	$(PY) -m pytest -q -m ext
