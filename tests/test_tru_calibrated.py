@@ -205,11 +205,12 @@ def test_a_refit_that_costs_utility_is_undone(setup: tuple) -> None:
     assert torch.equal(dict(model.named_parameters())[USERS], dict(trained.named_parameters())[USERS])
 
 
-def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tuple) -> None:
+def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     """Items the deployed model never saw in training (here: removed before it was trained) had Retrain's treatment
     of a deleted item. The simulation runs on their initial rows beside the deleted ones and stops where their mean
     score equals their trained rows'; they get their trained rows back, the deleted rows stay at that point (between
-    the reset and the full simulation)."""
+    the reset and the full simulation). The simulation ends at the first step past that point, and the rows are those
+    of a simulation run to its end."""
     dm, initial, _ = setup
     cold = UnlearningDataModule(dm, ForgetRequest("item", 0.15, seed=5), seed=5).retained  # 30 never-trained items
     seed_everything(0, verbose=False)
@@ -221,7 +222,19 @@ def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tu
     for name, cb in (("calibrated", calibrated), ("full", full), ("reset", Reset())):
         cb.use_initial(initial)
         models[name] = unlearn(trained, udm, cb, 100)
+    fit_rows = TRU._fit_rows
+    def never_until(*a: Any, **kw: Any) -> None:  # the controls' scores still recorded, the simulation never ends early
+        until = kw.get("until")
+        fit_rows(*a, **{**kw, "until": None if until is None else lambda: until() and False})
+
+    monkeypatch.setattr(TRU, "_fit_rows", staticmethod(never_until))
+    to_the_end = TRU()
+    to_the_end.use_initial(initial)
+    models["to_the_end"] = unlearn(trained, udm, to_the_end, 100)
+    assert to_the_end.negative_phase["steps_run"] == to_the_end.negative_phase["simulated_steps"]
     phase = calibrated.negative_phase
+    assert phase["steps_run"] == int(np.ceil(phase["calibrated_step"])) < phase["simulated_steps"], phase
+    assert phase["calibrated_step"] == to_the_end.negative_phase["calibrated_step"]
     assert phase["controls"] == 30 and full.negative_phase["controls"] == 0, phase
     assert calibrated.steps == 0, calibrated.stopping_reason  # its reference is the phase it ran: no reverse step
     # what the reference rests on is said in the reason a reviewer reads
@@ -234,6 +247,7 @@ def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tu
     controls = torch.as_tensor(np.flatnonzero(~seen))
     deleted = torch.as_tensor(udm.forget.items)
     weights = {n: dict(m.named_parameters())[table].detach() for n, m in models.items()}
+    torch.testing.assert_close(weights["calibrated"], weights["to_the_end"])
     torch.testing.assert_close(weights["calibrated"][controls], dict(trained.named_parameters())[table][controls])
     rest = torch.ones(len(weights["calibrated"]), dtype=torch.bool)
     rest[controls], rest[deleted] = False, False

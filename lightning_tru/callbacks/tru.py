@@ -532,17 +532,27 @@ class TRU(UnlearningCallback):
 
         params = dict(model.named_parameters())
         trained = {n: params[n].detach()[d.to(params[n].device)].clone() for n in tables}
+        start = {n: t.clone() for n, t in trained.items()}
         if len(controls):  # the controls start where Retrain starts them: their initial rows
-            c = torch.as_tensor(controls, dtype=torch.long)
-            with torch.no_grad():
-                for n in tables:
-                    params[n][c.to(params[n].device)] = initial[n].to(device=params[n].device, dtype=params[n].dtype)
-        path: list[dict[str, Tensor]] = [{n: params[n].detach()[d.to(params[n].device)].clone() for n in tables}]
-        self._fit_rows(model, tables, d, draw, sim, lr * total / sim, self._reset.seed, trace=path)
+            for n in tables:
+                start[n][len(items):] = initial[n].to(device=start[n].device, dtype=start[n].dtype)
+        score = self._control_score(model, dm, tables, d, len(items)) if len(controls) else None
+        target = score(trained) if score is not None else math.inf
+        scores = [score(start)] if score is not None else []
+        path: list[dict[str, Tensor]] = [start]
+
+        def reached() -> bool:  # the controls score below their trained rows: the rest of the path is never used
+            scores.append(score(None))  # type: ignore[misc]
+            return scores[-1] < target
+
+        if score is None or scores[0] > target:
+            self._fit_rows(model, tables, d, draw, sim, lr * total / sim, self._reset.seed, trace=path,
+                           until=reached if score is not None else None)
         self.negative_phase = {"items": int(len(items)), "retrain_steps": int(total), "simulated_steps": int(sim),
-                               "pairs_per_step": int(per_step), "lr": lr, "controls": int(len(controls))}
-        if len(controls):
-            self.negative_phase.update(self._calibrate(model, dm, tables, d, len(items), trained, path))
+                               "steps_run": len(path) - 1, "pairs_per_step": int(per_step), "lr": lr,
+                               "controls": int(len(controls))}
+        if score is not None:
+            self.negative_phase.update(self._calibrate(model, tables, d, len(items), trained, path, scores, target))
 
     #: the calibration of the negative phase needs at least this many control items (see :meth:`_negatives`)
     min_controls: int = 10
@@ -570,11 +580,10 @@ class TRU(UnlearningCallback):
         c = torch.as_tensor(cold, dtype=torch.long)
         return cold, {n: t[c] for n, t in tables_init.items()}
 
-    def _calibrate(self, model: nn.Module, dm: UnlearningDataModule, tables: list[str], rows: Tensor, n_deleted: int,
-                   trained: dict[str, Tensor], path: list[dict[str, Tensor]]) -> dict[str, Any]:
-        """Leave the deleted rows (the first ``n_deleted`` of ``rows``) at the point of the simulated ``path`` (the start,
-        then every step) where the controls (the rest) score like their ``trained`` rows; the controls get their trained
-        rows back."""
+    def _control_score(self, model: nn.Module, dm: UnlearningDataModule, tables: list[str], rows: Tensor,
+                       n_deleted: int) -> Callable[[Optional[dict[str, Tensor]]], float]:
+        """``score(values)``: the controls' (``rows`` after the first ``n_deleted``) mean score over a fixed seeded sample
+        of retained users, after setting ``rows`` of ``tables`` to ``values`` (``None``: as they are)."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         g = torch.Generator().manual_seed(self._reset.seed + 3)
@@ -582,36 +591,45 @@ class TRU(UnlearningCallback):
         users = torch.from_numpy(pairs[torch.randint(len(pairs), (4096,), generator=g).numpy(), 0]).long().to(dev)
         ctrl = rows[n_deleted:]
         items = ctrl[torch.randint(len(ctrl), (4096,), generator=g)].to(dev)
-        points = path  # the start (initial / reset rows), then every simulated step
 
-        def set_rows(values: dict[str, Tensor]) -> None:
-            with torch.no_grad():
-                for n in tables:
-                    params[n][rows.to(dev)] = values[n]
-
-        def mean_score(values: dict[str, Tensor]) -> float:
-            set_rows(values)
+        def score(values: Optional[dict[str, Tensor]]) -> float:
+            if values is not None:
+                self._set_rows(model, tables, rows, values)
             with eval_mode(model), torch.no_grad():
                 (s,), _ = group_pair_scores(model, [(users, items)])
             return float(s.mean())
 
-        target = mean_score(trained)
-        lo, hi = 0, len(points) - 1
-        first, last = mean_score(points[lo]), mean_score(points[hi])
-        if last >= target or first <= target:  # never reached (or already below at the start): an end point
-            t = float(hi if last >= target else lo)
-        else:  # the mean score falls along the path: bisect the recorded points, then interpolate linearly
-            m_lo, m_hi = first, last
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                m = mean_score(points[mid])
-                lo, hi, m_lo, m_hi = (mid, hi, m, m_hi) if m > target else (lo, mid, m_lo, m)
-            t = lo + (m_lo - target) / max(m_lo - m_hi, 1e-12)
-        k = min(int(t), len(points) - 2)
+        return score
+
+    @staticmethod
+    def _set_rows(model: nn.Module, tables: list[str], rows: Tensor, values: dict[str, Tensor]) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n in tables:
+                params[n][rows.to(params[n].device)] = values[n].to(device=params[n].device, dtype=params[n].dtype)
+
+    def _calibrate(self, model: nn.Module, tables: list[str], rows: Tensor, n_deleted: int,
+                   trained: dict[str, Tensor], path: list[dict[str, Tensor]], scores: list[float],
+                   target: float) -> dict[str, Any]:
+        """Leave the deleted rows (the first ``n_deleted`` of ``rows``) at the point of the simulated ``path`` (the start,
+        then every step; ``scores``: the controls' mean score at each) where the controls (the rest) first score like
+        their ``trained`` rows (``target``), linear between the two recorded points around it; the controls get their
+        trained rows back. The simulation stopped at the first point below ``target`` (the rest of the path is never
+        used); a path that never gets there ends at its last point."""
+        first, last = scores[0], scores[-1]
+        below = [k for k, m in enumerate(scores) if m < target]
+        if first <= target:  # already there at the start
+            t = 0.0
+        elif not below:  # never reached
+            t = float(len(path) - 1)
+        else:
+            k = below[0] - 1  # scores[k] >= target > scores[k + 1]
+            t = k + (scores[k] - target) / max(scores[k] - scores[k + 1], 1e-12)
+        k = min(int(t), max(len(path) - 2, 0))
         frac = t - k
-        at = {n: points[k][n] + frac * (points[k + 1][n] - points[k][n]) for n in tables}
-        final = {n: torch.cat([at[n][:n_deleted], trained[n][n_deleted:]]) for n in tables}
-        set_rows(final)
+        nxt = path[min(k + 1, len(path) - 1)]
+        at = {n: path[k][n] + frac * (nxt[n] - path[k][n]) for n in tables}
+        self._set_rows(model, tables, rows, {n: torch.cat([at[n][:n_deleted], trained[n][n_deleted:]]) for n in tables})
         return {"calibrated_step": round(t, 3), "control_score_trained": target, "control_score_start": first,
                 "control_score_simulated": last}
 
@@ -763,11 +781,13 @@ class TRU(UnlearningCallback):
         objective: Optional[Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]] = None,
         decay: bool = False,
         trace: Optional[list[dict[str, Tensor]]] = None,
+        until: Optional[Callable[[], bool]] = None,
     ) -> None:
         r"""``steps`` Adam steps of BPR :math:`-\log\sigma(s_{ui} - s_{uj})` (or ``objective(model, u, i, j)``) on the
         triples ``draw(g)`` gives, moving only ``rows`` of ``tables``; every other parameter and row is exactly as
         before. ``decay``: the lr falls linearly, :math:`\eta_t = 2\eta (T - t)/(T + 1)` (the same total :math:`T\eta`).
-        ``trace``: receives ``{table: rows' values}`` after every step. Only the tables' gradients are computed
+        ``trace``: receives ``{table: rows' values}`` after every step; ``until()``, called after every step, ends the fit
+        early when true. Only the tables' gradients are computed
         (``torch.autograd.grad``: no gradient of a frozen weight, e.g. an encoder's, is formed)."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
@@ -798,6 +818,8 @@ class TRU(UnlearningCallback):
             opt.step()
             if trace is not None:
                 trace.append({n: params[n].detach()[rows].clone() for n in tables})
+            if until is not None and until():
+                break
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             for n, p in params.items():
