@@ -509,7 +509,7 @@ class TRU(UnlearningCallback):
         rows are simulated beside :math:`D`'s from their own initial rows; the point :math:`t^*` of the simulated
         path where the controls' mean score over a fixed sample of retained users equals their trained rows' is
         where :math:`D`'s rows are left (linear between the recorded steps; the controls get their trained rows
-        back). With fewer than ``min_controls`` controls the full simulation stands (planted data: within 0.01 of
+        back); the simulation ends at the first step past :math:`t^*`. With fewer than ``min_controls`` controls the full simulation stands (planted data: within 0.01 of
         Retrain's AUC).
         """
         _, items = deleted_entities(dm)
@@ -584,7 +584,6 @@ class TRU(UnlearningCallback):
                        n_deleted: int) -> Callable[[Optional[dict[str, Tensor]]], float]:
         """``score(values)``: the controls' (``rows`` after the first ``n_deleted``) mean score over a fixed seeded sample
         of retained users, after setting ``rows`` of ``tables`` to ``values`` (``None``: as they are)."""
-        params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         g = torch.Generator().manual_seed(self._reset.seed + 3)
         pairs = dm.forget.retain_pairs
