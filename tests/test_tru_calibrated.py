@@ -223,6 +223,7 @@ def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tu
         cb.use_initial(initial)
         models[name] = unlearn(trained, udm, cb, 100)
     fit_rows = TRU._fit_rows
+
     def never_until(*a: Any, **kw: Any) -> None:  # the controls' scores still recorded, the simulation never ends early
         until = kw.get("until")
         fit_rows(*a, **{**kw, "until": None if until is None else lambda: until() and False})

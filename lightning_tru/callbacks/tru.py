@@ -509,8 +509,8 @@ class TRU(UnlearningCallback):
         rows are simulated beside :math:`D`'s from their own initial rows; the point :math:`t^*` of the simulated
         path where the controls' mean score over a fixed sample of retained users equals their trained rows' is
         where :math:`D`'s rows are left (linear between the recorded steps; the controls get their trained rows
-        back); the simulation ends at the first step past :math:`t^*`. With fewer than ``min_controls`` controls the full simulation stands (planted data: within 0.01 of
-        Retrain's AUC).
+        back); the simulation ends at the first step past :math:`t^*`. With fewer than ``min_controls`` controls the
+        full simulation stands (planted data: within 0.01 of Retrain's AUC).
         """
         _, items = deleted_entities(dm)
         tables = entity_groups(model, dm.num_users, dm.num_items).get("item", [])
