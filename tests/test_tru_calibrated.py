@@ -154,6 +154,32 @@ def test_new_arguments_are_validated() -> None:
         TRU(refit_steps=-1)
     with pytest.raises(ValueError, match="lr_growth"):
         TRU(lr_growth=0.5)
+    for bad in (0.0, 1.5, "half", True):
+        with pytest.raises(ValueError, match="item_refit_share"):
+            TRU(item_refit_share=bad)
+
+
+def test_items_refit_share_by_regime(setup: tuple) -> None:
+    """``item_refit_share="auto"``: items that lose at least a tenth of their train pairs interaction-wise, half
+    user-wise, none item-wise; an explicit share holds in every regime but the item regime. The refit takes exactly
+    the items a naive count names (some pairs kept, at least that share lost)."""
+    assert [TRU().refit_share(r) for r in ("user", "interaction", "item")] == [0.5, 0.1, None]
+    assert [TRU(item_refit_share=0.3).refit_share(r) for r in ("user", "interaction", "item")] == [0.3, 0.3, None]
+    assert TRU(item_refit_share=None).refit_share("interaction") is None
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    tru = TRU(eval_every=100, stop_rule="recall", target_recall=1.0)
+    tru.use_initial(initial)
+    unlearn(trained, udm, tru, 1)
+    lost, kept = {}, {}
+    for _, i in udm.forget.forget_pairs.tolist():
+        lost[i] = lost.get(i, 0) + 1
+    for _, i in udm.forget.retain_pairs.tolist():
+        kept[i] = kept.get(i, 0) + 1
+    naive = [i for i in lost if kept.get(i, 0) > 0 and lost[i] / (lost[i] + kept[i]) >= 0.1]
+    half = [i for i in naive if lost[i] / (lost[i] + kept[i]) >= 0.5]
+    assert len(naive) > len(half) and "items_undone" not in tru.refit, tru.refit
+    assert tru.refit["items"] == len(naive) and tru.refit["item_share"] == 0.1, tru.refit
 
 
 def test_step_size_control_reaches_the_band_in_fewer_steps(setup: tuple) -> None:
