@@ -285,29 +285,32 @@ def test_item_wise_negative_phase_is_calibrated_on_never_trained_items(setup: tu
     assert mean["full"] < mean["calibrated"] < mean["reset"], mean
 
 
-def test_a_grown_lr_that_trips_the_guard_is_taken_back_once() -> None:
-    """The utility guard tripped after the lr grew: the run goes on from the restored point at the base lr, with no
-    further growth; at the base lr a trip stops the run (the default of every other method)."""
+def test_a_grown_lr_that_trips_the_guard_is_taken_back_one_growth_at_a_time() -> None:
+    """The utility guard tripped after the lr grew to 8x: the run goes on from the restored point at 4x (the last scale
+    the guard accepted), with no further growth; each trip takes back one more growth, and at the base lr a trip stops
+    the run (the default of every other method)."""
     from types import SimpleNamespace
 
-    tru = TRU(lr=0.05)
+    tru = TRU(lr=0.05)  # lr_growth 2
     param = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.Adam([{"params": [param], "lr": 0.05 * 8}, {"params": [torch.nn.Parameter(torch.zeros(1))],
                                                                     "lr": 0.05 * 0.02 * 8}])
     trainer = SimpleNamespace(optimizers=[opt])
     tru.lr_scale = 8.0
     assert tru.smaller_steps(trainer) is True
-    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.05 * 0.02])
-    assert tru.lr_scale == 1.0 and tru.growth_stopped
-    assert tru.smaller_steps(trainer) is False  # nothing left to take back: the guard stops the run
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05 * 4, 0.05 * 0.02 * 4])
+    assert tru.lr_scale == 4.0 and tru.growth_stopped
     tru.history = [{"mia_auc": 0.9}, {"mia_auc": 0.89}]
     tru.reference = 0.5
     tru.after_verification(trainer, {"mia_auc": 0.89, "mia_band": 0.02})  # slow pace, but growth is over
-    assert tru.lr_scale == 1.0
+    assert tru.lr_scale == 4.0
     state = tru.state_dict()
     fresh = TRU()
     fresh.load_state_dict(state)
-    assert fresh.growth_stopped and fresh.lr_scale == 1.0
+    assert fresh.growth_stopped and fresh.lr_scale == 4.0
+    assert tru.smaller_steps(trainer) is True and tru.smaller_steps(trainer) is True
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.05 * 0.02]) and tru.lr_scale == 1.0
+    assert tru.smaller_steps(trainer) is False  # nothing left to take back: the guard stops the run
 
 
 class _OverForgettingTRU(TRU):

@@ -380,6 +380,14 @@ class UnlearningCallback(Callback, abc.ABC):
             )
             self._met = True
             return
+        if self._previous is not None and self.smaller_steps(trainer):
+            # no point of the step is inside the band and above the recall floor: a smaller step may be (the top-K
+            # empties faster under a large step; measured: MIG-GT, TikTok, user-wise, the 16x step went below the
+            # floor where 8x steps reached the band above it)
+            self._restore(model, self._previous)
+            self.history[-1]["undone"] = 1.0
+            trainer.should_stop = False
+            return
         self.overshoot = True
         last = self.history[-1]
         floor = "" if self.recall_floor is None else (
@@ -521,8 +529,9 @@ class UnlearningCallback(Callback, abc.ABC):
 
     # -------------------------------------------------------------------- verification
     def smaller_steps(self, trainer: Trainer) -> bool:
-        """The utility guard tripped and the model is back at the last verified point: ``True`` when the method
-        continues from there with smaller steps (e.g. an lr it had grown), ``False`` (default) to stop."""
+        """The utility guard tripped, or a step overshot with no point inside the band above the recall floor, and the
+        model is back at the last verified point: ``True`` when the method continues from there with smaller steps (e.g.
+        an lr it had grown), ``False`` (default) to stop."""
         return False
 
     def after_verification(self, trainer: Trainer, res: dict[str, float]) -> None:

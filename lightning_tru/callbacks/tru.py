@@ -61,8 +61,12 @@ class TRU(UnlearningCallback):
     gradient touches, so a sparse embedding gradient is not diluted by untouched rows);
     layers are taken in decreasing :math:`S_l` (the most sensitive always; a layer whose
     parameters would exceed ``capacity`` of the model is skipped) until the taken layers carry
-    ``coverage`` of the forget-gradient energy :math:`\lVert g_f \rVert^2` (so the masked step can still
-    move along the deletion direction) or ``top_k_layers`` are taken; other gradients are zeroed.
+    ``coverage`` of the forget loss's first-order decrease under one Adam step, :math:`\lVert g_f \rVert_1` (Adam
+    moves every parameter by about the lr whatever its gradient's scale, so a step of the taken layers lowers the
+    loss by :math:`\approx \eta \lVert g_f^l \rVert_1`: the masked step can still move along the deletion direction)
+    or ``top_k_layers`` are taken; other gradients are zeroed. (The squared norm :math:`\lVert g_f \rVert_2^2` of
+    earlier versions let one scalar with a large gradient, MIG-GT's PReLU slope, carry 80% alone: the update then
+    moved that scalar only and the AUC did not move, docs/method.md.)
 
     **Row isolation** (the same rule one level down, for user/item embedding tables): a table's
     row :math:`r` is updated only if its entity is named by the request (a forgetting user, a
@@ -261,7 +265,7 @@ class TRU(UnlearningCallback):
             raise ValueError(f"lr_growth={lr_growth} and max_lr_scale={max_lr_scale} must be >= 1 (1: a constant lr)")
         self.lr_growth, self.max_lr_scale = lr_growth, max_lr_scale
         self.lr_scale = 1.0  # the product of the growths applied so far (see after_verification)
-        self.growth_stopped = False  # a grown lr tripped the utility guard: back to lr, no more growth (smaller_steps)
+        self.growth_stopped = False  # a grown lr tripped the utility guard: one growth back, no more growth (smaller_steps)
         if sample_fanout is not None and (isinstance(sample_fanout, bool) or not isinstance(sample_fanout, int) or sample_fanout < 1):
             raise ValueError(f"sample_fanout={sample_fanout!r} must be an integer >= 1 (neighbours per node) or None (exact steps)")
         self.sample_fanout = sample_fanout
@@ -1016,7 +1020,8 @@ class TRU(UnlearningCallback):
         layers = layer_groups(model)
         sizes = {n: p.numel() for n, p in model.named_parameters() if n in g_f}
         total = sum(sizes.values())
-        energy = {l: sum(sq_f.get(n, 0.0) for n in names) for l, names in layers.items()}
+        l1_f = {n: float(g.abs().sum()) for n, g in g_f.items()}  # an Adam step lowers the loss by ~ lr * |g|_1
+        energy = {l: sum(l1_f.get(n, 0.0) for n in names) for l, names in layers.items()}
         total_energy = sum(energy.values()) or 1.0
         chosen: list[str] = []
         used, covered = 0, 0.0
@@ -1128,14 +1133,17 @@ class TRU(UnlearningCallback):
 
     @override
     def smaller_steps(self, trainer: Trainer) -> bool:
-        """A grown lr that costs utility is taken back: the run goes on from the last verified point at ``lr``, without
-        further growth (measured on TikTok, MGCN, interaction-wise 5%, converged: the guard tripped at 16x)."""
+        """A grown lr that costs utility is taken back one growth: the run goes on from the last verified point at
+        ``lr_scale / lr_growth`` (the last scale whose steps the guard accepted), without further growth; another trip
+        takes back another growth, down to ``lr``. (Back to ``lr`` at once, as earlier versions did, left MIG-GT's
+        user-wise steps at 1/8 of the pace they had just shown, and the stall rule ended the run, docs/method.md.)"""
         if self.lr_scale <= 1:
             return False
+        scale = max(1.0, self.lr_scale / max(self.lr_growth, 1.0))
         for opt in trainer.optimizers:
             for group in opt.param_groups:
-                group["lr"] /= self.lr_scale
-        self.lr_scale, self.growth_stopped = 1.0, True
+                group["lr"] *= scale / self.lr_scale
+        self.lr_scale, self.growth_stopped = scale, True
         return True
 
     @override
