@@ -145,6 +145,26 @@ def test_layer_selection_respects_capacity_and_coverage(setup: tuple) -> None:
     assert sum(sizes[l] for l in cb.selected_layers[1:]) <= 0.3 * total
 
 
+def test_layer_coverage_counts_what_an_adam_step_moves() -> None:
+    """Coverage is the share of the forget gradient's L1 norm (an Adam step moves each parameter by about the lr, so
+    it lowers the loss by ~ lr * |g|_1): one scalar with a large gradient does not cover the deletion alone (with the
+    squared norm it carried 97.6% here, and the update moved that scalar only)."""
+    model = torch.nn.Module()
+    model.slope = torch.nn.Linear(1, 1, bias=False)  # e.g. a PReLU slope: 1 parameter
+    model.mat = torch.nn.Linear(40, 25, bias=False)  # 1000 parameters
+    g_f = {"slope.weight": torch.full((1, 1), 100.0), "mat.weight": torch.full((25, 40), 0.5)}
+    g_r = {"slope.weight": torch.ones(1, 1), "mat.weight": torch.ones(25, 40)}
+    cb = TRU(coverage=0.8, capacity=1.0)
+    cb._derive(model, g_f, g_r)
+    assert cb.layer_sensitivity["slope"] > cb.layer_sensitivity["mat"]  # the scalar comes first ...
+    l1 = {"slope": 100.0, "mat": 0.5 * 1000}
+    assert l1["slope"] / sum(l1.values()) < 0.8  # ... and covers 1/6 of the L1 norm: the matrix is needed too
+    assert cb.selected_layers == ["slope", "mat"]
+    cb = TRU(coverage=0.15, capacity=1.0)  # 1/6 > 0.15: the scalar alone is enough
+    cb._derive(model, g_f, g_r)
+    assert cb.selected_layers == ["slope"]
+
+
 def test_ranking_gate_lowers_forgotten_items(setup: tuple) -> None:
     dm, _, trained = setup
     udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=2))

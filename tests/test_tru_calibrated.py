@@ -560,3 +560,48 @@ def test_timings_close_when_the_run_stops_before_its_first_step(setup: tuple) ->
     t = tru.timings
     assert t["total"] > 0 and t["prepare"] > 0 and "profile" not in t, t
     assert sum(v for k, v in t.items() if k != "total") == pytest.approx(t["total"])
+
+
+class _Scripted(TRU):
+    """Verifications that say what a test needs (no model is ranked)."""
+
+    def __init__(self, results: list[dict[str, float]], **kwargs: Any) -> None:
+        super().__init__(eval_every=1, **kwargs)
+        self.results = results
+
+    def verify(self, model: Any, dm: Any) -> dict[str, float]:
+        return dict(self.results.pop(0))
+
+
+def test_a_grown_step_below_the_recall_floor_is_taken_back_one_growth_at_a_time() -> None:
+    """A step at a grown lr overshoots: no point of it is inside the band above the top-K floor (the bisection finds
+    none). The model goes back to the last verified point and the run goes on at one growth less; at the base lr the
+    same overshoot is reported (NOT answered)."""
+    from types import SimpleNamespace
+
+    model = torch.nn.Linear(2, 1)
+    below = {"mia_auc": 0.60, "mia_band": 0.02, "forget_recall@20": 0.05}  # above the band, below the floor
+    tru = _Scripted([below] * 100, lr=0.05)
+    tru.bisect_steps = 3
+    tru.stop_rule, tru.reference, tru.recall_floor, tru._regime = "membership", 0.5, 0.1, "user"
+    tru.history = [{"step": 0.0, "mia_auc": 0.70, "mia_band": 0.02, "forget_recall@20": 0.2}]
+    start = tru._snapshot(model)
+    tru._previous = start
+    opt = torch.optim.Adam(model.parameters(), lr=0.05 * 4)
+    tru.lr_scale = 4.0
+    trainer = SimpleNamespace(should_stop=False, optimizers=[opt], datamodule=None,
+                              strategy=SimpleNamespace(reduce_boolean_decision=lambda x, all: x))
+    module = SimpleNamespace(model=model, log_dict=lambda *a, **k: None)
+    for scale in (2.0, 1.0):
+        with torch.no_grad():
+            model.weight.add_(1.0)  # the step
+        tru.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
+        assert not trainer.should_stop and tru.lr_scale == scale and tru.history[-1]["undone"] == 1.0
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * scale)
+        assert torch.equal(model.weight, start["weight"])  # back at the last verified point
+        assert len(tru.results) == 100 - (1 + 3) * (3 - int(scale))  # the verification and the bisection's
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    tru.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
+    assert trainer.should_stop and tru.overshoot and not tru.target_reached
+    assert tru.stopping_reason.startswith("overshoot after 3 steps") and "floor" in tru.stopping_reason
