@@ -605,3 +605,74 @@ def test_a_grown_step_below_the_recall_floor_is_taken_back_one_growth_at_a_time(
     tru.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
     assert trainer.should_stop and tru.overshoot and not tru.target_reached
     assert tru.stopping_reason.startswith("overshoot after 3 steps") and "floor" in tru.stopping_reason
+
+
+class _ScriptedRung(TRU):
+    """Real preparation and steps, scripted verifications; records the model around :meth:`floor_reached`."""
+
+    def __init__(self, results: list[dict[str, float]], **kwargs: Any) -> None:
+        super().__init__(eval_every=1, **kwargs)
+        self.results = results
+        self.bisect_steps = 2
+        self.around: list[dict[str, torch.Tensor]] = []
+
+    def verify(self, model: Any, dm: Any) -> dict[str, float]:
+        return dict(self.results.pop(0))
+
+    def reference_auc(self, model: Any, dm: Any) -> float:
+        return 0.5
+
+    def reference_recall_floor(self, model: Any, dm: Any, recall: float) -> float:
+        return 0.1
+
+    def floor_reached(self, trainer: Any, model: Any, dm: Any) -> bool:
+        self.around.append(self._snapshot(model))
+        out = super().floor_reached(trainer, model, dm)
+        self.around.append(self._snapshot(model))
+        return out
+
+
+@pytest.mark.parametrize("rung_auc", [0.51, 0.40])
+def test_a_floor_overshoot_refits_the_next_rung_of_items(setup: tuple, rung_auc: float) -> None:
+    """Interaction-wise, a step whose path empties the top-K before the AUC reaches the band (no smaller step left):
+    from the last verified point the items that lost between half the share and the share (0.05 to 0.1) get their rows
+    re-fitted, exactly the items a naive count names, and the point is verified: inside the band the request is
+    answered; past it the refit is undone (the rows as they were) and the overshoot stands."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    start = {"mia_auc": 0.70, "mia_band": 0.02, "forget_recall@20": 0.3, "guard_recall": 0.5}
+    below = {"mia_auc": 0.60, "mia_band": 0.02, "forget_recall@20": 0.05, "guard_recall": 0.5}  # the floor is 0.1
+    rung = {"mia_auc": rung_auc, "mia_band": 0.02, "forget_recall@20": 0.2, "guard_recall": 0.5}
+    tru = _ScriptedRung([start, below, below, below, rung], stop_rule="membership", lr=0.05)
+    tru.use_initial(initial)
+    unlearn(trained, udm, tru, 10)
+    lost = np.bincount(udm.forget.forget_pairs[:, 1], minlength=dm.num_items)
+    kept = np.bincount(udm.forget.retain_pairs[:, 1], minlength=dm.num_items)
+    share = lost / np.maximum(lost + kept, 1)
+    naive = np.flatnonzero((kept > 0) & (share >= 0.05) & (share < 0.1))
+    assert len(naive) > 0 and tru.results == []
+    assert tru.refit["item_rungs"] == [{"item_share": 0.05, "items": len(naive)}], tru.refit
+    items = "backbone.item_id_embedding.weight"
+    before, after = tru.around
+    moved = (before[items] != after[items]).any(1).nonzero().ravel().numpy()
+    assert tru.history[-1]["item_rung"] == 0.05
+    if rung_auc > 0.5 - 0.02:
+        assert tru.target_reached and "refit of" in tru.stopping_reason, tru.stopping_reason
+        assert np.array_equal(moved, naive)  # the rung's rows, no other
+    else:
+        assert not tru.target_reached and tru.overshoot and "rung_undone" in tru.refit, tru.refit
+        assert len(moved) == 0 and tru.history[-1]["undone"] == 1.0
+
+
+def test_an_explicit_items_refit_share_has_no_rungs(setup: tuple) -> None:
+    """The rungs are ``item_refit_share="auto"``'s: a share the user set holds, and the floor overshoot is reported."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    start = {"mia_auc": 0.70, "mia_band": 0.02, "forget_recall@20": 0.3, "guard_recall": 0.5}
+    below = {"mia_auc": 0.60, "mia_band": 0.02, "forget_recall@20": 0.05, "guard_recall": 0.5}
+    tru = _ScriptedRung([start, below, below, below], stop_rule="membership", lr=0.05, item_refit_share=0.1)
+    tru.use_initial(initial)
+    unlearn(trained, udm, tru, 10)
+    assert tru.overshoot and not tru.target_reached and "item_rungs" not in tru.refit
+    before, after = tru.around  # asked, and nothing changed
+    assert all(torch.equal(before[n], after[n]) for n in before)

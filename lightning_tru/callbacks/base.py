@@ -388,8 +388,18 @@ class UnlearningCallback(Callback, abc.ABC):
             self.history[-1]["undone"] = 1.0
             trainer.should_stop = False
             return
-        self.overshoot = True
         last = self.history[-1]
+        if self._previous is not None and self._below_floor(last):
+            # the top-K ran out before the AUC reached the band, whatever the step size: the method may take more of the
+            # memory out by an exact means from the last verified point (see floor_reached)
+            least = self._snapshot(model)
+            self._restore(model, self._previous)
+            last["undone"] = 1.0
+            if self.floor_reached(trainer, model, trainer.datamodule):
+                return
+            self._restore(model, least)
+            del last["undone"]
+        self.overshoot = True
         floor = "" if self.recall_floor is None else (
             f", forget recall@{self.k} {last[f'forget_recall@{self.k}']:.4f} vs floor {self.recall_floor:.4f}")
         self.stopping_reason = (
@@ -532,6 +542,13 @@ class UnlearningCallback(Callback, abc.ABC):
         """The utility guard tripped, or a step overshot with no point inside the band above the recall floor, and the
         model is back at the last verified point: ``True`` when the method continues from there with smaller steps (e.g.
         an lr it had grown), ``False`` (default) to stop."""
+        return False
+
+    def floor_reached(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> bool:
+        """A step's path went below the recall floor before the AUC reached the band (no smaller step is left), and
+        ``model`` is back at the last verified point (the overshooting verification is marked ``undone``): ``True``
+        when the method changed the model there by other means and either goes on from the new point (which it
+        verified and made :attr:`_previous`) or stopped answered; ``False`` (default) to report the overshoot."""
         return False
 
     def after_verification(self, trainer: Trainer, res: dict[str, float]) -> None:
