@@ -311,6 +311,7 @@ class TRU(UnlearningCallback):
             raise ValueError(f"stall_verifications={stall_verifications!r} must be an integer >= 1 or None (no stall rule)")
         self.stall_verifications = stall_verifications
         self.quantiles: list[float] = []  # quantile matching: the reference pairs' percentile quantiles (empty: off)
+        self._start: Optional[dict[str, Tensor]] = None  # the prepared model, where a rung starts over (floor_reached)
 
     # ------------------------------------------------------------------------ profiling
     @staticmethod
@@ -884,26 +885,32 @@ class TRU(UnlearningCallback):
         ok = self._refit_rows(model, dm, tables, items, draw, self._reset.seed + 2, what, undone, info)
         return items if ok else np.zeros(0, dtype=np.int64)
 
+    def _rungs(self, regime: str) -> bool:
+        """Whether a floor overshoot may take the next rung of the items' refit (:meth:`floor_reached`)."""
+        return regime == "interaction" and self.item_refit_share == "auto" and self.refit_steps > 0
+
     @override
     def floor_reached(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> bool:
-        r"""Interaction-wise, items' refit ``auto``: the next rung of the items' refit, from the last verified point.
+        r"""Interaction-wise, items' refit ``auto``: the next rung of the items' refit, and the steps start over.
 
         The reverse steps empty the forget pairs' top-K before they bring the AUC down to the band (a user's row sums
         its forget pairs' pulls, the top-K pairs fall first); the items' refit lowers the AUC at almost no cost in
         forget recall (the rows of the less popular items, where a forgotten pair is a large part of the signal, go back
-        to the initial model and are re-fitted on their retained pairs). So the items that lost between half the
-        current share and the current share are re-fitted too (the share halves at every rung), the point is verified:
-        inside the band, the run ends answered; below the band or the floor, or the refit costs utility (the guard), it
-        is undone and the overshoot stands; above the band, the steps go on from there (the lr as it was). Measured:
-        MGCN, TikTok, successive 1.25% interaction-wise requests, where the second request's steps went below the
-        floor at the 0.1 share; a 0.05 share from the start answered all four (docs/method.md)."""
-        if self._regime != "interaction" or self.item_refit_share != "auto" or self.refit_steps == 0:
+        to the initial model and are re-fitted on their retained pairs). So the model goes back to the prepared point
+        (the steps' top-K losses with it), the items that lost between half the current share and the current share
+        (the share halves at every rung) are re-fitted too, and the point is verified: inside the band, the run ends
+        answered; below the band or the floor, or at a utility cost (the guard), the rung is undone and the overshoot
+        stands; above it, the steps start over from there (the base lr, a fresh optimiser state). Measured: MGCN,
+        TikTok, successive 1.25% interaction-wise requests, whose second request's steps went below the floor at the 0.1
+        share, where a 0.05 share from the start answered all four (docs/method.md)."""
+        if not self._rungs(self._regime) or self._start is None:
+            return False
+        if self.refit.get("items_undone") or self.refit.get("rung_undone"):
             return False
         rungs = self.refit.get("item_rungs") or [{"item_share": self.refit.get("item_share", self.refit_share("interaction"))}]
         current = float(rungs[-1]["item_share"])
-        if self.refit.get("items_undone") or self.refit.get("rung_undone"):
-            return False
         before = self._snapshot(model)
+        self._restore(model, self._start)
         with self._clock("prepare"), isolate_rng(), self._sampling(model, -1):
             items = self._refit_items(model, dm, (current / 2.0, current))
         if len(items) == 0:
@@ -915,8 +922,9 @@ class TRU(UnlearningCallback):
         if self._inside(res):
             trainer.should_stop, self._met = True, True
             self.stopping_reason = (
-                f"pair-MIA AUC within {res['mia_band']:.3f} of the expected Retrain AUC after {self.steps} steps and the "
-                f"refit of {len(items)} more items' rows (those that lost at least {current / 2.0:g} of their pairs)")
+                f"pair-MIA AUC within {res['mia_band']:.3f} of the expected Retrain AUC after the refit of {len(items)} "
+                f"more items' rows (those that lost at least {current / 2.0:g} of their pairs) on the prepared model "
+                f"({self.steps} steps taken back)")
             return True
         if res["mia_auc"] < float(self.reference) - res["mia_band"] or self._below_floor(res):  # type: ignore[arg-type]
             self._restore(model, before)
@@ -925,7 +933,12 @@ class TRU(UnlearningCallback):
                                          f"{res[f'forget_recall@{self.k}']:.4f} after the refit of {len(items)} more items' "
                                          "rows: past the band or the floor")
             return False
-        self._previous = self._snapshot(model)
+        self._start = self._previous = self._snapshot(model)
+        for opt in trainer.optimizers:  # the steps start over: the base lr, no moments of the steps taken back
+            opt.state.clear()
+            for group in opt.param_groups:
+                group["lr"] /= self.lr_scale
+        self.lr_scale, self.growth_stopped = 1.0, False
         trainer.should_stop = False
         return True
 
@@ -1042,6 +1055,8 @@ class TRU(UnlearningCallback):
             g_f[n][idx], g_r[n][idx] = 0, 0
         self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
+        if self._rungs(dm.forget.regime):
+            self._start = self._snapshot(model)
 
     def _derive(self, model: nn.Module, g_f: dict[str, Tensor], g_r: dict[str, Tensor]) -> None:
         """Branch scales and the layer selection from the two gradient profiles."""
@@ -1424,6 +1439,7 @@ class TRU(UnlearningCallback):
             "lr_scale": self.lr_scale,
             "growth_stopped": self.growth_stopped,
             "quantiles": list(self.quantiles),
+            "start": self._start,
         }
 
     @override
@@ -1441,3 +1457,4 @@ class TRU(UnlearningCallback):
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.growth_stopped = bool(state.get("growth_stopped", False))
         self.quantiles = [float(q) for q in state.get("quantiles", [])]
+        self._start = state.get("start")
