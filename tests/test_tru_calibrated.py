@@ -3,6 +3,7 @@ the simulated negative sampling of deleted items (item-wise), the refit of the f
 (interaction-wise). Each is measured against Retrain and the floors (Surgery, Reset)."""
 from __future__ import annotations
 
+import io
 from functools import partial
 from typing import Any
 
@@ -656,6 +657,12 @@ def test_a_floor_overshoot_refits_the_next_rung_of_items(setup: tuple, rung_auc:
     before, after = tru.around
     moved = (before[items] != after[items]).any(1).nonzero().ravel().numpy()
     assert tru.history[-1]["item_rung"] == 0.05
+    buf = io.BytesIO()  # a checkpoint holds the prepared model a rung starts over from (weights only)
+    torch.save(tru.state_dict(), buf)
+    buf.seek(0)
+    fresh = TRU()
+    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    assert fresh._start is not None and all(torch.equal(fresh._start[n], t) for n, t in tru._start.items())
     if rung_auc > 0.5 - 0.02:
         assert tru.target_reached and "refit of" in tru.stopping_reason, tru.stopping_reason
         assert np.array_equal(moved, naive)  # the rung's rows, no other

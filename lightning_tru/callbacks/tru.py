@@ -887,7 +887,8 @@ class TRU(UnlearningCallback):
 
     def _rungs(self, regime: str) -> bool:
         """Whether a floor overshoot may take the next rung of the items' refit (:meth:`floor_reached`)."""
-        return regime == "interaction" and self.item_refit_share == "auto" and self.refit_steps > 0
+        return (regime == "interaction" and self.item_refit_share == "auto" and self.refit_steps > 0
+                and self.stop_rule == "membership" and self.min_recall_ratio is not None)
 
     @override
     def floor_reached(self, trainer: Trainer, model: nn.Module, dm: UnlearningDataModule) -> bool:
