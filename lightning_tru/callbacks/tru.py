@@ -312,6 +312,7 @@ class TRU(UnlearningCallback):
         self.stall_verifications = stall_verifications
         self.quantiles: list[float] = []  # quantile matching: the reference pairs' percentile quantiles (empty: off)
         self._start: Optional[dict[str, Tensor]] = None  # the prepared model, where a rung starts over (floor_reached)
+        self._start_auc: Optional[float] = None  # its verified pair-MIA AUC
 
     # ------------------------------------------------------------------------ profiling
     @staticmethod
@@ -900,13 +901,14 @@ class TRU(UnlearningCallback):
         to the initial model and are re-fitted on their retained pairs). So the model goes back to the prepared point
         (the steps' top-K losses with it), the items that lost between half the current share and the current share
         (the share halves at every rung) are re-fitted too, and the point is verified: inside the band, the run ends
-        answered; below the band or the floor, or at a utility cost (the guard), the rung is undone and the overshoot
-        stands; above it, the steps start over from there (the base lr, a fresh optimiser state). Measured: MGCN,
+        answered; below the band or the floor, at a utility cost (the guard), or no lower than the prepared point's AUC
+        (it removed nothing an attacker sees), the rung is undone and the overshoot stands; above it, the steps start
+        over from there (the base lr, a fresh optimiser state). Measured: MGCN,
         TikTok, successive 1.25% interaction-wise requests, whose second request's steps went below the floor at the 0.1
         share, where a 0.05 share from the start answered all four (docs/method.md)."""
         if not self._rungs(self._regime) or self._start is None:
             return False
-        if self.refit.get("items_undone") or self.refit.get("rung_undone"):
+        if self.refit.get("items_undone") or self.refit.get("rung_undone") or self._start_auc is None:
             return False
         rungs = self.refit.get("item_rungs") or [{"item_share": self.refit.get("item_share", self.refit_share("interaction"))}]
         current = float(rungs[-1]["item_share"])
@@ -927,14 +929,17 @@ class TRU(UnlearningCallback):
                 f"more items' rows (those that lost at least {current / 2.0:g} of their pairs) on the prepared model "
                 f"({self.steps} steps taken back)")
             return True
-        if res["mia_auc"] < float(self.reference) - res["mia_band"] or self._below_floor(res):  # type: ignore[arg-type]
+        past = res["mia_auc"] < float(self.reference) - res["mia_band"] or self._below_floor(res)  # type: ignore[arg-type]
+        if past or res["mia_auc"] >= self._start_auc:
             self._restore(model, before)
             self.history[-1]["undone"] = 1.0
-            self.refit["rung_undone"] = (f"pair-MIA AUC {res['mia_auc']:.4f}, forget recall@{self.k} "
-                                         f"{res[f'forget_recall@{self.k}']:.4f} after the refit of {len(items)} more items' "
-                                         "rows: past the band or the floor")
+            self.refit["rung_undone"] = (
+                f"pair-MIA AUC {self._start_auc:.4f} -> {res['mia_auc']:.4f}, forget recall@{self.k} "
+                f"{res[f'forget_recall@{self.k}']:.4f} after the refit of {len(items)} more items' rows: "
+                + ("past the band or the floor" if past else "no gain (their memory is not in these rows)"))
             return False
-        self._start = self._previous = self._snapshot(model)
+        self._start, self._start_auc = self._snapshot(model), float(res["mia_auc"])
+        self._previous = self._snapshot(model)
         for opt in trainer.optimizers:  # the steps start over: the base lr, no moments of the steps taken back
             opt.state.clear()
             for group in opt.param_groups:
@@ -1056,8 +1061,8 @@ class TRU(UnlearningCallback):
             g_f[n][idx], g_r[n][idx] = 0, 0
         self._derive_rows(model, g_f, g_r, dm)
         self._derive(model, g_f, g_r)
-        if self._rungs(dm.forget.regime):
-            self._start = self._snapshot(model)
+        if self._rungs(dm.forget.regime) and self.history:
+            self._start, self._start_auc = self._snapshot(model), float(self.history[-1]["mia_auc"])
 
     def _derive(self, model: nn.Module, g_f: dict[str, Tensor], g_r: dict[str, Tensor]) -> None:
         """Branch scales and the layer selection from the two gradient profiles."""
@@ -1441,6 +1446,7 @@ class TRU(UnlearningCallback):
             "growth_stopped": self.growth_stopped,
             "quantiles": list(self.quantiles),
             "start": self._start,
+            "start_auc": self._start_auc,
         }
 
     @override
@@ -1458,4 +1464,4 @@ class TRU(UnlearningCallback):
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.growth_stopped = bool(state.get("growth_stopped", False))
         self.quantiles = [float(q) for q in state.get("quantiles", [])]
-        self._start = state.get("start")
+        self._start, self._start_auc = state.get("start"), state.get("start_auc")
