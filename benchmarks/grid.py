@@ -703,7 +703,11 @@ def successive_table(records: list[dict[str, Any]]) -> str:
         gold = stats.get((*cell, "retrain", "union"), {}).get("ndcg")
         for m in [m for m in METHODS if (*cell, m, "union") in stats and m != "retrain"]:
             st = {s: stats.get((*cell, m, s), {}) for s in chain}
-            answered = sum(st[s]["answered"][0] for s in chain[:4] if "answered" in st[s])
+            per_seed: dict[int, int] = {}  # requests answered by each seed's chain (one that stopped has no later record)
+            for r in records:
+                if tuple(r[c] for c in CELL[:4]) == cell and r["method"] == m and str(r["step"]) in chain[:4]:
+                    per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + int(bool(r["answered"]))
+            answered = mean(per_seed.values()) if per_seed else 0.0
             lines.append(f"| {'/'.join(map(str, cell))} | {m} | " + " | ".join(_ms(st[s].get("ndcg"), ".4f") for s in chain)
                          + f" | {_ms(gold, '.4f')} | {_ms(st['4'].get('mia_delta'), '+.3f')} | "
                          f"{_ms(st['union'].get('mia_delta'), '+.3f')} | {answered:.1f} of 4 |")
@@ -767,11 +771,23 @@ def render_plot(records: list[dict[str, Any]], bb: str, data: str) -> Optional[b
     return buf.getvalue()
 
 
+def latest_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last record of each key (a cell run twice, e.g. by two sessions, counts once); a successive chain run again
+    takes its earlier run's later requests with it (the new run may stop sooner: those records are not its)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("mode") == "successive" and str(r.get("step")) == "1":
+            chain = r["key"][:-1]
+            for k in [k for k in latest if k.startswith(chain) and k[len(chain):] in ("2", "3", "4")]:
+                del latest[k]
+        latest[r["key"]] = r
+    return list(latest.values())
+
+
 def render(a: argparse.Namespace, argv: Sequence[str]) -> None:
     """Write the grid's RESULTS.md section (and PNGs) from every finished cell of this setup."""
     sid = setup_id(a)
-    latest = {r["key"]: r for r in load_records(Path(a.results))}  # a cell run twice (two sessions at once) counts once
-    records = [r for r in latest.values() if r.get("setup") == sid and r.get("share") == a.share]
+    records = [r for r in latest_records(load_records(Path(a.results))) if r.get("setup") == sid and r.get("share") == a.share]
     for r in records:
         r["mia_distance"] = abs(r["mia_delta"]) if _num(r.get("mia_delta")) is not None else None
     single = [r for r in records if r["mode"] == "single"]

@@ -242,3 +242,20 @@ def test_another_request_size_renders_its_own_section(tiny_grid: Path, tmp_path:
     assert len(titles) == 2 and len(set(titles)) == 2 and "share0.1" in titles[1]  # neither replaced the other
     five, ten = text.split(titles[1])
     assert f"{recs[0]['ndcg']:.4f}" in five and f"{other[0]['ndcg']:.4f}" in ten
+
+
+def test_a_chain_run_again_replaces_its_earlier_run_and_answers_count_per_seed() -> None:
+    """Rendering: a successive chain run again that stops sooner leaves none of its earlier run's later requests behind,
+    and "requests answered" is the mean over seeds of each chain's count (a chain that stopped has no later record)."""
+    def rec(seed: int, step: str, answered: bool, run: int) -> dict:
+        cell = grid.Cell("mgcn", "synthetic", "interaction", "random", 0.05, seed, "tru", "s", "successive", step)
+        return {**grid.asdict(cell), "key": cell.key, "ndcg": 0.04 + run / 100, "mia_delta": 0.01, "answered": answered}
+
+    first = [rec(0, s, True, 0) for s in ("1", "2", "3", "4", "union")]  # seed 0, an earlier run: four answered
+    again = [rec(0, "1", True, 1), rec(0, "2", False, 1), rec(0, "union", True, 1)]  # run again: stops at the second
+    other = [rec(1, s, True, 0) for s in ("1", "2", "3", "4", "union")]  # seed 1: four answered
+    latest = grid.latest_records([*first, *other, *again])
+    assert sorted(r["step"] for r in latest if r["seed"] == 0) == ["1", "2", "union"]
+    assert all(r["ndcg"] == 0.05 for r in latest if r["seed"] == 0)
+    table = grid.successive_table(latest)
+    assert "| 2.5 of 4 |" in table, table  # (1 + 4) / 2, not the sum of per-request means (1 + 0.5 + 1 + 1)
