@@ -391,7 +391,7 @@ class UnlearningCallback(Callback, abc.ABC):
         last = self.history[-1]
         if self._previous is not None and self._below_floor(last):
             # the top-K ran out before the AUC reached the band, whatever the step size: the method may take more of the
-            # memory out by an exact means from the last verified point (see floor_reached)
+            # memory out by other means (see floor_reached)
             least = self._snapshot(model)
             self._restore(model, self._previous)
             last["undone"] = 1.0
