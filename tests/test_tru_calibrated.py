@@ -75,6 +75,7 @@ def test_user_wise_reset_rows_stay_and_forget_recall_stays_in_the_band(setup: tu
     assert tru.target_reached and tru.steps > 0, tru.stopping_reason  # reverse steps ran after the reset
     assert 0.8 * gold["forget"] <= out["forget"] <= 1.25 * gold["forget"], res
     assert out["forget"] >= tru.recall_floor  # type: ignore[operator]
+    assert tru.recall_floor == pytest.approx(0.65 * tru.history[0]["forget_recall@20"])  # "auto", user-wise
     assert abs(out["auc"] - gold["auc"]) <= 0.05, res
     assert abs(out["auc"] - gold["auc"]) < abs(res["Reset"]["auc"] - gold["auc"]), res  # beyond the floor
     assert out["util"] >= 0.98 * gold["util"], res
@@ -145,8 +146,11 @@ def test_interaction_wise_refit_gets_closer_to_retrain_than_surgery(setup: tuple
 
 
 def test_new_arguments_are_validated() -> None:
-    with pytest.raises(ValueError, match="min_recall_ratio"):
-        TRU(min_recall_ratio=1.5)
+    for bad in (1.5, 0.0, "low", True):
+        with pytest.raises(ValueError, match="min_recall_ratio"):
+            TRU(min_recall_ratio=bad)
+    assert (TRU().recall_ratio("user"), TRU().recall_ratio("interaction")) == (0.65, 0.8)  # "auto"
+    assert TRU(min_recall_ratio=0.9).recall_ratio("user") == 0.9 and TRU(min_recall_ratio=None).recall_ratio("user") is None
     with pytest.raises(ValueError, match="negative_epochs"):
         TRU(negative_epochs=-1)
     with pytest.raises(ValueError, match="negative_lr"):
