@@ -2,6 +2,7 @@
 user's row in Retrain; no item ID table) and a third-party model whose guard trips (it says why)."""
 from __future__ import annotations
 
+import copy
 from functools import partial
 import json
 from typing import Any
@@ -18,6 +19,8 @@ from lightning_tru.datamodules import SyntheticDataModule
 from lightning_tru.datamodules.forget import ForgetRequest
 from lightning_tru.datamodules.unlearning import UnlearningDataModule
 from lightning_tru.models import RecommenderModule
+from lightning_tru.audit.membership import pair_membership
+from lightning_tru.models.protocol import eval_mode
 from lightning_tru.models.retrain import retrain
 from lightning_tru.nn import MGCN, MIGGT
 
@@ -61,6 +64,32 @@ def test_miggt_deleted_rows_drift_like_retrains(mig: tuple) -> None:
     assert torch.equal(dict(runs["reset"][1].named_parameters())[USERS][rows], w0[rows])  # the plain reset
 
 
+def test_after_the_drift_the_user_wise_reference_passes_the_drifted_rows_round(mig: tuple) -> None:
+    """Where Retrain's objective shrinks a deleted user's row, the reference is the AUC with the drifted rows passed
+    round among the deleted users (a seeded cycle), against a loop that moves each row by hand; the model is left as
+    it was, and the reference is that AUC (no deleted item without a table here to mix in)."""
+    dm, initial, trained = mig
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.1, seed=1), seed=1)
+    tru = TRU(eval_every=1)
+    tru.use_initial(initial)
+    model = unlearn(trained, udm, tru, 1)
+    assert tru.reference == pytest.approx(tru.negative_phase["drift_reference"]) and tru.cold_reference == {}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    got = tru._drifted_reference(model, udm)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # put back
+    users, _ = deleted_entities(udm)
+    order = np.random.default_rng(tru._reset.seed).permutation(users)
+    naive = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for k, u in enumerate(order):  # user order[k] takes the row of order[k - 1]
+        naive[USERS][u] = before[USERS][order[k - 1]]
+    moved = copy.deepcopy(model)
+    moved.load_state_dict({**moved.state_dict(), **naive})
+    with eval_mode(moved):
+        expected = pair_membership(moved, *tru._audit, udm.retained_train_csr())["auc_rank"]
+    assert got == pytest.approx(expected) and got != pytest.approx(0.5)
+    assert float(torch.tensor(tru.negative_phase["drift_row_norm"][1])) < 0.5  # the rows did shrink
+
+
 def test_drift_leaves_rows_without_a_gradient_exact() -> None:
     """MGCN's regularisers are over the batch: a deleted user's row gets no gradient in Retrain, the reset row stays
     exactly the initial one (no drift recorded); ``drift_steps=0`` switches the drift off."""
@@ -74,7 +103,7 @@ def test_drift_leaves_rows_without_a_gradient_exact() -> None:
     tru.use_initial(initial)
     model = unlearn(trained, udm, tru, 1)
     rows = torch.as_tensor(sorted(udm.forget.users.tolist()))
-    assert "drift_users" not in tru.negative_phase
+    assert "drift_users" not in tru.negative_phase and tru._drifted_reference(model, udm) is None  # 0.5 stays
     assert torch.equal(dict(model.named_parameters())[USERS][rows], dict(initial.named_parameters())[USERS][rows])
     with pytest.raises(ValueError, match="drift_steps"):
         TRU(drift_steps=-1)
