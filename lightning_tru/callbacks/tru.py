@@ -219,7 +219,7 @@ class TRU(UnlearningCallback):
         negative_sim_steps: int = 20,
         refit_steps: int = 50,
         item_refit_share: Union[float, Literal["auto"], None] = "auto",
-        drift_steps: int = 100,
+        drift_steps: int = 25,
         lr_growth: float = 2.0,
         max_lr_scale: float = 16.0,
         sample_fanout: Optional[int] = None,
