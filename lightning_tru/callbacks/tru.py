@@ -97,10 +97,10 @@ class TRU(UnlearningCallback):
     into the forgotten items' rows, which every user of those items sees, and the guard stopped four of six runs at
     +0.03 to +0.25 from Retrain's AUC). Where Retrain's own objective
     still reaches a deleted user's row (a regulariser over every row, as MIG-GT's), the reset row is first drifted
-    under that objective (:meth:`_drift`), and the reference is no longer 0.5 but the AUC with the drifted rows passed
-    round among the deleted users (:meth:`_drifted_reference`). A model without the table a request needs (MIG-GT's items, item-wise)
-    is named in ``limitations`` (when the deleted entities hold more than ``tolerance / 2`` of the forget pairs, see
-    :meth:`_limitations`); the request is then never reported answered.
+    under that objective (:meth:`_drift`), and the reference is no longer 0.5 but the AUC with the drifted rows
+    passed round among the deleted users (:meth:`_drifted_reference`). A model without the table a request needs
+    (MIG-GT's items, item-wise) is named in ``limitations`` (when the deleted entities hold more than
+    ``tolerance / 2`` of the forget pairs, see :meth:`_limitations`); the request is then never reported answered.
 
     **No top-K over-forgetting** (``min_recall_ratio``): user-wise, the reset model's forget Recall@K
     :math:`r_0` estimates Retrain's from above (a never-trained user still gets popular items; measured
@@ -999,7 +999,7 @@ class TRU(UnlearningCallback):
 
     def _drifted_reference(self, model: nn.Module, dm: UnlearningDataModule) -> Optional[float]:
         r"""User-wise after the drift (:meth:`_drift` moved the reset rows): the AUC of the prepared model with the
-        deleted users' drifted rows passed round among them (a seeded cyclic permutation: the scale Retrain leaves
+        deleted users' drifted rows passed round among them (a seeded cyclic permutation: the scale the drift leaves
         them, no user's own direction); ``None`` without a drift, an audit, or two deleted users.
 
         0.5 assumes a deleted user's row is a random direction the size of a trained one. Where Retrain's objective
