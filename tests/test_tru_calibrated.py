@@ -157,6 +157,8 @@ def test_new_arguments_are_validated() -> None:
         TRU(negative_lr=0.0)
     with pytest.raises(ValueError, match="refit_steps"):
         TRU(refit_steps=-1)
+    with pytest.raises(ValueError, match="refit_length"):
+        TRU(refit_length=0)
     with pytest.raises(ValueError, match="lr_growth"):
         TRU(lr_growth=0.5)
     for bad in (0.0, 1.5, "half", True):
@@ -221,6 +223,25 @@ def test_refit_without_an_initialiser_warns_and_falls_back_to_reverse_updates(
     users = np.unique(udm.forget.forget_pairs[:, 0])
     others = np.setdiff1d(np.arange(dm.num_users), users)
     assert torch.equal(dict(model.named_parameters())[USERS][others], dict(trained.named_parameters())[USERS][others])
+
+
+def test_the_refit_is_a_fit_of_refit_length_steps_in_refit_steps(setup: tuple) -> None:
+    """``refit_steps`` decaying steps take the total lr of ``refit_length`` steps at the training lr: the refitted rows
+    move from the initial ones about as far in 25 steps as in 100, and clearly less with a quarter of the length."""
+    dm, initial, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("interaction", 0.05, seed=0), seed=0)
+    users = np.intersect1d(udm.forget.forget_pairs[:, 0], udm.forget.retain_pairs[:, 0])
+    start = dict(initial.named_parameters())[USERS].detach()[users]
+    moved = {}
+    for steps, length in ((25, 50), (100, 50), (25, 12)):
+        tru = TRU(refit_steps=steps, refit_length=length, item_refit_share=None, eval_every=100, stop_rule="recall",
+                  target_recall=1.0)
+        tru.use_initial(initial)
+        model = unlearn(trained, udm, tru, 1)
+        assert tru.refit["users"] == len(users) and "undone" not in tru.refit and tru.steps == 0, tru.refit
+        moved[(steps, length)] = float((dict(model.named_parameters())[USERS].detach()[users] - start).norm(dim=1).mean())
+    assert 0.75 < moved[(25, 50)] / moved[(100, 50)] < 1.33, moved
+    assert moved[(25, 12)] < 0.6 * moved[(25, 50)], moved
 
 
 def test_a_refit_that_costs_utility_is_undone(setup: tuple) -> None:
