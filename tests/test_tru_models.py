@@ -73,7 +73,7 @@ def test_after_the_drift_the_user_wise_reference_passes_the_drifted_rows_round(m
     tru = TRU(eval_every=1)
     tru.use_initial(initial)
     model = unlearn(trained, udm, tru, 1)
-    assert tru.reference == pytest.approx(tru.negative_phase["drift_reference"]) and tru.cold_reference == {}
+    assert tru.reference == pytest.approx(tru.negative_phase["drift_reference"])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     got = tru._drifted_reference(model, udm)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # put back
@@ -208,58 +208,32 @@ def mig_cold() -> tuple[UnlearningDataModule, RecommenderModule, RecommenderModu
     return dm, initial, trained
 
 
-def test_deleted_items_without_a_table_are_referenced_on_cold_items(mig_cold: tuple) -> None:
-    """Where the data hold items without a train interaction, a model without an item table is no limitation: Retrain
-    never sees a deleted item as a positive, like those cold items, so the expected Retrain AUC takes the deleted items'
-    pairs' term from cold items in their place (item-wise: all of it), where the share of forget pairs on deleted items
-    times ``cold_error`` stays within half the band. Fewer cold items than ``min_controls``, or a share too large for
-    the default ``cold_error`` (item-wise: 1): the limitation stands and the reference is 0.5."""
+def test_deleted_items_without_a_table_are_expected_at_the_reference(mig_cold: tuple) -> None:
+    """Deleted items without an item table: their forget pairs are expected at the reference like the others, off
+    Retrain's by at most ``cold_error``, so they are no limitation while their share of the forget pairs times
+    ``cold_error`` stays within half the band (the reason names them); item-wise the share is 1 and the default
+    ``cold_error`` makes it a limitation (NOT answered, warned). The cold items (no train interaction) do not enter
+    the reference: their term was measured off Retrain's by up to 0.37 on real data."""
     dm, initial, trained = mig_cold
-    cold = np.flatnonzero(np.diff(dm.data.csr("train").tocsc().indptr) == 0)
-    assert len(cold) == 15
+    assert int((np.diff(dm.data.csr("train").tocsc().indptr) == 0).sum()) == 15
     udm = UnlearningDataModule(dm, ForgetRequest("item", 0.05, seed=0), seed=0)
     default = TRU(eval_every=1)
     with pytest.warns(UserWarning, match="no item ID table"):
         unlearn(trained, udm, default, 1)
-    assert default.cold_reference == {} and len(default.limitations) == 1 and default.reference == 0.5
+    assert default.no_table == {} and len(default.limitations) == 1 and default.reference == 0.5
+    assert not default.target_reached and "model limits" in str(default.stopping_reason)
     tru = TRU(eval_every=1)
-    tru.cold_error = tru.tolerance / 2  # trusted up to a share of 1
+    tru.cold_error = tru.tolerance / 2  # no limitation up to a share of 1
     tru.use_initial(initial)
-    model = unlearn(trained, udm, tru, 2)
-    ref = tru.cold_reference
-    assert tru.limitations == [] and ref["cold_items"] == 15 and ref["audited_share"] == 1.0 and ref["items"] == len(udm.forget.items)
-    assert tru.reference == pytest.approx(ref["cold_auc"]) and ref["base_reference"] == 0.5
-    assert "15 cold items" in str(tru.stopping_reason) and not tru.target_reached  # the shared layers cannot reach it here
-    assert tru.history[0]["mia_auc"] > ref["cold_auc"] + 0.3  # after surgery the deleted items still stand out
-    # the cold pairs' AUC by hand: each audited (u, i) with i replaced by a cold item u never met, against the audit's
-    # non-members, percentiles from the user's full ranking of the items outside u's retained train set
-    members, nonmembers = tru._audit
-    known = dm.data.csr("train", "valid", "test").tocsr()
-    rng = np.random.default_rng(udm.seed)
-    subs = np.array([[u, rng.choice(np.setdiff1d(cold, known[u].indices))] for u, _ in members])
-    surgery = unlearn(trained, udm, TRU(reset_deleted=False, eval_every=1, max_utility_loss=None), 0)
-    surgery.eval()
-    excl = udm.retained_train_csr()
-
-    def pct(pairs: np.ndarray) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for u, i in pairs:
-                s = surgery.score(torch.full((dm.num_items,), int(u)), torch.arange(dm.num_items)).double()
-                s[torch.as_tensor(excl[u].indices, dtype=torch.long)] = float("nan")
-                cand = s[~torch.isnan(s)]
-                out.append(float(((cand < s[i]).sum() + 0.5 * ((cand == s[i]).sum() - 1)) / (len(cand) - 1)))
-        return np.array(out)
-
-    pm, pn = pct(subs), pct(nonmembers)
-    naive = float(np.mean([(p > pn).mean() + 0.5 * (p == pn).mean() for p in pm]))
-    assert ref["cold_auc"] == pytest.approx(naive, abs=1e-6)
+    unlearn(trained, udm, tru, 2)
+    assert tru.limitations == [] and tru.reference == 0.5
+    assert tru.no_table == {"entity": "item", "count": len(udm.forget.items), "share": 1.0}
+    assert f"the {len(udm.forget.items)} deleted items have no ID table (100.0% of the forget pairs)" in str(tru.stopping_reason)
     strict = TRU(eval_every=1)
-    strict.cold_error = tru.cold_error
-    strict.min_controls = 16  # one more than the data hold
+    strict.cold_error = tru.tolerance / 2 + 1e-6  # just past half the band at a share of 1
     with pytest.warns(UserWarning, match="no item ID table"):
         unlearn(trained, udm, strict, 1)
-    assert strict.cold_reference == {} and len(strict.limitations) == 1 and strict.reference == 0.5
+    assert strict.no_table == {} and len(strict.limitations) == 1
     again = TRU()
     again.load_extra_state(tru.extra_state())
-    assert again.cold_reference == ref
+    assert again.no_table == tru.no_table
