@@ -210,9 +210,9 @@ def mig_cold() -> tuple[UnlearningDataModule, RecommenderModule, RecommenderModu
 
 def test_deleted_items_without_a_table_are_expected_at_the_reference(mig_cold: tuple) -> None:
     """Deleted items without an item table: their forget pairs are expected at the reference like the others, off
-    Retrain's by at most ``cold_error``, so they are no limitation while their share of the forget pairs times
-    ``cold_error`` stays within half the band (the reason names them); item-wise the share is 1 and the default
-    ``cold_error`` makes it a limitation (NOT answered, warned). The cold items (no train interaction) do not enter
+    Retrain's by at most ``no_table_error``, so they are no limitation while their share of the forget pairs times
+    ``no_table_error`` stays within half the band (the reason names them); item-wise the share is 1 and the default
+    ``no_table_error`` makes it a limitation (NOT answered, warned). The cold items (no train interaction) do not enter
     the reference: their term was measured off Retrain's by up to 0.37 on real data."""
     dm, initial, trained = mig_cold
     assert int((np.diff(dm.data.csr("train").tocsc().indptr) == 0).sum()) == 15
@@ -223,14 +223,14 @@ def test_deleted_items_without_a_table_are_expected_at_the_reference(mig_cold: t
     assert default.no_table == {} and len(default.limitations) == 1 and default.reference == 0.5
     assert not default.target_reached and "model limits" in str(default.stopping_reason)
     tru = TRU(eval_every=1)
-    tru.cold_error = tru.tolerance / 2  # no limitation up to a share of 1
+    tru.no_table_error = tru.tolerance / 2  # no limitation up to a share of 1
     tru.use_initial(initial)
     unlearn(trained, udm, tru, 2)
     assert tru.limitations == [] and tru.reference == 0.5
-    assert tru.no_table == {"entity": "item", "count": len(udm.forget.items), "share": 1.0}
+    assert tru.no_table == {"item": {"count": len(udm.forget.items), "share": 1.0}}
     assert f"the {len(udm.forget.items)} deleted items have no ID table (100.0% of the forget pairs)" in str(tru.stopping_reason)
     strict = TRU(eval_every=1)
-    strict.cold_error = tru.tolerance / 2 + 1e-6  # just past half the band at a share of 1
+    strict.no_table_error = tru.tolerance / 2 + 1e-6  # just past half the band at a share of 1
     with pytest.warns(UserWarning, match="no item ID table"):
         unlearn(trained, udm, strict, 1)
     assert strict.no_table == {} and len(strict.limitations) == 1

@@ -312,7 +312,7 @@ class TRU(UnlearningCallback):
         self._param_masked: set[str] = set()
         self._row_keep: dict[str, Tensor] = {}
         self.limitations: list[str] = []  # what the model does not offer for this request (see _limitations)
-        self.no_table: dict[str, Any] = {}  # deleted entities without a table, too few to be a limitation
+        self.no_table: dict[str, dict[str, Any]] = {}  # entity -> its deleted ones without a table (no limitation)
         if forget_loss not in ("reverse_bpr", "quantile"):
             raise ValueError(f"forget_loss={forget_loss!r} must be 'reverse_bpr' (with the gate) or 'quantile' (matching)")
         self.forget_loss = forget_loss
@@ -433,7 +433,7 @@ class TRU(UnlearningCallback):
 
         A deleted side without an ID table (e.g. MIG-GT's items) leaves Retrain's treatment of its forget pairs
         unknown: each such pair's term of the pair-MIA AUC (a mean over forget pairs) is taken as the reference's own
-        (as if they were like the other forget pairs), off Retrain's by at most ``cold_error`` :math:`e`, so a share
+        (as if they were like the other forget pairs), off Retrain's by at most ``no_table_error`` :math:`e`, so a share
         :math:`q` of the forget pairs on them moves the expected AUC by at most :math:`q e`. It is a limitation when
         :math:`q e > \delta / 2` (half the band's least half-width, ``tolerance``): item-wise on MIG-GT :math:`q = 1`;
         user- and interaction-wise the few items that lose every interaction with the request (Baby: 1-3 items,
@@ -455,8 +455,8 @@ class TRU(UnlearningCallback):
             if not len(ids) or groups.get(entity):
                 continue
             share = float(np.isin(pairs[:, col], ids).mean()) if len(pairs) else 1.0
-            if share * self.cold_error <= self.tolerance / 2:  # their pairs' terms cannot move the reference far
-                self.no_table = {"entity": entity, "count": int(len(ids)), "share": share}
+            if share * self.no_table_error <= self.tolerance / 2:  # their pairs' terms cannot move the reference far
+                self.no_table[entity] = {"count": int(len(ids)), "share": share}
             else:
                 out.append(
                     f"{type(model).__name__} has no {entity} ID table (entity_parameters() names none: its {entity}s are "
@@ -496,11 +496,10 @@ class TRU(UnlearningCallback):
                 + (f"calibrated on {c} items without a train interaction" if c else
                    f"uncalibrated (fewer than {self.min_controls} items without a train interaction to calibrate on: "
                    "the simulation's end point, which over-forgets, see docs/method.md)"))
-        gap = self.no_table
-        if gap and self.stopping_reason is not None and "no ID table" not in self.stopping_reason:
-            self.stopping_reason += (  # what the reference assumes for the rows the model does not have
-                f"; the {gap['count']} deleted {gap['entity']}s have no ID table ({gap['share']:.1%} of the forget "
-                f"pairs): their pairs are expected at the reference like the others")
+        for entity, gap in self.no_table.items():  # what the reference assumes for the rows the model does not have
+            if self.stopping_reason is not None and f"{entity}s have no ID table" not in self.stopping_reason:
+                self.stopping_reason += (f"; the {gap['count']} deleted {entity}s have no ID table ({gap['share']:.1%} of "
+                                         "the forget pairs): their pairs are expected at the reference like the others")
         notes = list(self.limitations)
         if self.utility_guard_tripped and not callable(getattr(pl_module.model, "embeddings", None)):
             notes.append(f"{type(pl_module.model).__name__}'s score is not a dot product of user and item rows (no "
@@ -580,7 +579,7 @@ class TRU(UnlearningCallback):
     #: Retrain's term of a forget pair on a deleted entity without a table may be off the reference by this much
     #: (measured: MIG-GT, TikTok, at most 0.06, see :meth:`_limitations`); those pairs are no limitation while their
     #: share times this stays within ``tolerance / 2``
-    cold_error: float = 0.1
+    no_table_error: float = 0.1
 
     def _controls(self, model: nn.Module, dm: UnlearningDataModule, tables: list[str],
                   deleted: np.ndarray) -> tuple[np.ndarray, dict[str, Tensor]]:
@@ -747,8 +746,8 @@ class TRU(UnlearningCallback):
         (measured, 25 steps instead of 50 constant ones at the same total lr, against Retrain: MGCN TikTok, 12 grid
         requests, the pair-MIA AUC distance within 0.002 of the 50 steps' on 11 and 0.013 on one (user-wise core, now
         +0.006); MIG-GT TikTok interaction-wise, 3 seeds, within 0.001; the preparation of an MGCN TikTok
-        interaction-wise request 10.0-10.2 s -> 6.9-7.1 s, quiet machine), recorded in ``refit`` (``info``). Without a known initialiser nothing changes
-        (nothing recorded); a refit that costs more than ``max_utility_loss`` of the guard's recall is undone
+        interaction-wise request 10.0-10.2 s -> 6.9-7.1 s, quiet machine), recorded in ``refit`` (``info``). Without a
+        known initialiser nothing changes (nothing recorded); a refit that costs more than ``max_utility_loss`` of the guard's recall is undone
         (``refit[undone_key]`` says so), and with ``auc_gain`` (membership rule) one that does not lower the forget
         pairs' pair-MIA AUC either (it removed nothing an attacker sees). ``False`` when not kept."""
         params = dict(model.named_parameters())
@@ -1476,7 +1475,7 @@ class TRU(UnlearningCallback):
             "negative_phase": dict(self.negative_phase),
             "refit": dict(self.refit),
             "limitations": list(self.limitations),
-            "no_table": dict(self.no_table),
+            "no_table": {e: dict(v) for e, v in self.no_table.items()},
             "lr_scale": self.lr_scale,
             "growth_stopped": self.growth_stopped,
             "quantiles": list(self.quantiles),
@@ -1495,7 +1494,7 @@ class TRU(UnlearningCallback):
         self.negative_phase = dict(state.get("negative_phase", {}))
         self.refit = dict(state.get("refit", {}))
         self.limitations = list(state.get("limitations", []))
-        self.no_table = dict(state.get("no_table", {}))
+        self.no_table = {e: dict(v) for e, v in state.get("no_table", {}).items()}
         self.lr_scale = float(state.get("lr_scale", 1.0))
         self.growth_stopped = bool(state.get("growth_stopped", False))
         self.quantiles = [float(q) for q in state.get("quantiles", [])]
