@@ -684,8 +684,10 @@ class TRU(UnlearningCallback):
             return torch.stack(list(losses(u, i, j).values())).sum()  # type: ignore[misc]
 
         params = dict(model.named_parameters())
-        with torch.enable_grad():  # a probe: does Retrain's objective reach these rows at all?
-            u, i, j = (t.to(next(model.parameters()).device) for t in draw(torch.Generator().manual_seed(self._reset.seed)))
+        with torch.enable_grad():  # a probe: does Retrain's objective reach these rows at all? (64 triples: a term that
+            # reaches rows outside the batch does so at any batch size; a batch-wide one, e.g. MGCN's InfoNCE, costs less)
+            u, i, j = (t[:64].to(next(model.parameters()).device)
+                       for t in draw(torch.Generator().manual_seed(self._reset.seed)))
             grads = torch.autograd.grad(objective(model, u, i, j), [params[n] for n in tables], allow_unused=True)
         model.zero_grad(set_to_none=True)
         if all(g is None or not bool(g[rows.to(g.device)].abs().sum() > 0) for g in grads):
