@@ -99,8 +99,9 @@ class TRU(UnlearningCallback):
     still reaches a deleted user's row (a regulariser over every row, as MIG-GT's), the reset row is first drifted
     under that objective (:meth:`_drift`), and the reference is no longer 0.5 but the AUC with the drifted rows
     passed round among the deleted users (:meth:`_drifted_reference`). A model without the table a request needs
-    (MIG-GT's items, item-wise) is named in ``limitations`` (when the deleted entities hold more than
-    ``tolerance / 2`` of the forget pairs, see :meth:`_limitations`); the request is then never reported answered.
+    (MIG-GT's items, item-wise) is named in ``limitations`` (when the deleted entities' share of the forget pairs
+    times ``no_table_error`` exceeds ``tolerance / 2``, see :meth:`_limitations`); the request is then never reported
+    answered.
 
     **No top-K over-forgetting** (``min_recall_ratio``): user-wise, the reset model's forget Recall@K
     :math:`r_0` estimates Retrain's from above (a never-trained user still gets popular items; measured
