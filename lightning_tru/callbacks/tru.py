@@ -161,7 +161,8 @@ class TRU(UnlearningCallback):
             the items' refit (:meth:`_refit_items`); 0: off.
         refit_length: :math:`L`, each refit's length in steps at the training lr :math:`\eta`: its ``refit_steps``
             :math:`S` steps take the same total lr :math:`L\eta`, decaying linearly from :math:`2\eta L/(S+1)`
-            (:meth:`_refit_rows`). Data-dependent (docs/method.md): 50 measured best on TikTok, 200 on MIG-GT Baby.
+            (:meth:`_refit_rows`). Data-dependent (docs/method.md): of the lengths measured 50 is best on TikTok, 200 on
+            MIG-GT Baby (one request).
         item_refit_share: user- and interaction-wise, items that lose at least this share of their train
             interactions get their rows re-fitted from the initial model (:meth:`_refit_items`); ``None``: off;
             ``"auto"``: 0.5 user-wise, 0.1 interaction-wise (:meth:`refit_share`).
