@@ -751,9 +751,9 @@ class TRU(UnlearningCallback):
         requests, the pair-MIA AUC distance within 0.002 of the 50 steps' on 11 and 0.013 on one (user-wise core, now
         +0.006); MIG-GT TikTok interaction-wise, 3 seeds, within 0.001; the preparation of an MGCN TikTok
         interaction-wise request 10.0-10.2 s -> 6.9-7.1 s, quiet machine), recorded in ``refit`` (``info``). Without a
-        known initialiser nothing changes (nothing recorded); a refit that costs more than ``max_utility_loss`` of the guard's recall is undone
-        (``refit[undone_key]`` says so), and with ``auc_gain`` (membership rule) one that does not lower the forget
-        pairs' pair-MIA AUC either (it removed nothing an attacker sees). ``False`` when not kept."""
+        known initialiser nothing changes (nothing recorded); a refit that costs more than ``max_utility_loss`` of the
+        guard's recall is undone (``refit[undone_key]`` says so), and with ``auc_gain`` (membership rule) one that does
+        not lower the forget pairs' pair-MIA AUC either (it removed nothing an attacker sees). ``False`` when not kept."""
         params = dict(model.named_parameters())
         dev = next(model.parameters()).device
         rows = torch.as_tensor(ids, dtype=torch.long, device=dev)
