@@ -1,6 +1,7 @@
 """TRU on planted synthetic data: mechanics (masks, scales, gate, resume, DDP) and forgetting vs Retrain."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from functools import partial
@@ -201,6 +202,29 @@ def test_ablations_switch_interventions_off(setup: tuple) -> None:
     cb._index(model)
     cb.edit_gradients(model)
     assert all(bool((p.grad == 1).all()) for p in model.parameters())
+
+
+def test_masked_layers_form_no_gradient_and_the_steps_stay_the_same(setup: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layer isolation's masked parameters are left out of the step's graph: the same steps as zeroed gradients."""
+    dm, _, trained = setup
+    udm = UnlearningDataModule(dm, ForgetRequest("user", 0.05, seed=0))
+    cb = TRU(eval_every=3, target_recall=0.0)  # the one-sided target 0 is never reached: every step is taken
+    fast = _unlearn(trained, udm, cb, steps=6)
+    names = {n for n, _ in fast.named_parameters()}
+    assert cb.steps == 6 and cb._param_masked and cb._param_masked < names  # some masked, some stepped
+    assert all(p.requires_grad for p in fast.parameters())  # the user's model is handed back as it came
+    model = copy.deepcopy(fast)
+    model.zero_grad(set_to_none=True)
+    sum(cb.training_losses(model, udm.make_batch(0, 0), udm).values()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(grads[n] is None for n in cb._param_masked) and any(grads[n] is not None for n in names - cb._param_masked)
+    assert all(p.requires_grad for p in model.parameters())
+    monkeypatch.setattr(TRU, "_masked_frozen", lambda self, model, dm: contextlib.nullcontext())
+    slow_cb = TRU(eval_every=3, target_recall=0.0)
+    slow = _unlearn(trained, udm, slow_cb, steps=6)  # every gradient formed, the masked ones zeroed
+    assert slow_cb.selected_layers == cb.selected_layers
+    for (n, a), b in zip(fast.state_dict().items(), slow.state_dict().values()):
+        assert torch.equal(a, b), n
 
 
 def test_resume_mid_unlearning_matches_uninterrupted(setup: tuple, tmp_path: Path) -> None:

@@ -2,13 +2,14 @@ r"""TRU: Targeted Reverse Update (arXiv 2604.02183), in our formulation (see doc
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable, Literal, Optional, Union
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
@@ -1438,7 +1439,7 @@ class TRU(UnlearningCallback):
         fu, fi, fj, ru, ri, rj = batch
         if self.sample_fanout is not None:
             ru, ri, rj = self._neighbourhood_retain(dm, len(ru), fu.device)
-        with self._sampling(model, self.steps, sparse=self._row_sparse):
+        with self._sampling(model, self.steps, sparse=self._row_sparse), self._masked_frozen(model, dm):
             (s_fi, s_fj, s_ri, s_rj), parts = group_pair_scores(model, [(fu, fi), (fu, fj), (ru, ri), (ru, rj)])
         losses = {"retain_bpr": self.retain_weight * bpr_loss(s_ri, s_rj)}
         if self.quantiles:
@@ -1460,6 +1461,28 @@ class TRU(UnlearningCallback):
                 fused = s_fi
             losses["gate"] = self.gate_weight * (p * F.softplus((fused - t) / tau)).mean()
         return losses
+
+    @contextmanager
+    def _masked_frozen(self, model: nn.Module, dm: UnlearningDataModule) -> Iterator[None]:
+        """The step's forward records no graph through the parameters layer isolation masks (:meth:`edit_gradients`
+        would zero their gradients: they are not formed at all, and Adam skips a parameter without one, which is the
+        same step as a zero gradient from zero moments). Measured, MIG-GT, Baby, interaction-wise (only the user table
+        selected): 10 steps 19.3 s -> 14.0 s, every audit number identical. ``requires_grad`` is back as it was when the
+        block ends. Not under a parallel strategy: DDP expects a gradient for every parameter it registered."""
+        trainer = getattr(dm, "trainer", None)
+        parallel = trainer is not None and isinstance(trainer.strategy, ParallelStrategy)
+        names = self._param_masked if self.layer_isolation and not parallel else set()
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        frozen = [p for n, p in params if n in names]
+        if len(frozen) == len(params):  # nothing left to step: the forward stays as it is
+            frozen = []
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
 
     @override
     def restore_profile(self, model: nn.Module) -> None:
